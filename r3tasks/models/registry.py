@@ -1,0 +1,94 @@
+"""Backends by name. A backend module is imported only when its name is asked for, so torch,
+transformers and their weights load on first use, never at import."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Callable, Literal
+
+from r3tasks.errors import R3Error
+from r3tasks.models.base import Embedder, Reasoner, Reranker
+from r3tasks.settings import R3Settings
+
+Role = Literal["embedder", "reasoner", "reranker"]
+
+# role -> backend name -> "module:factory"; each factory takes the settings.
+_BACKENDS: dict[Role, dict[str, str]] = {
+    "embedder": {
+        "qwen3vl": "r3tasks.models.qwen3vl:load_embedder",
+        "minilm": "r3tasks.models.minilm:load_embedder",
+    },
+    "reasoner": {
+        "qwen3vl": "r3tasks.models.qwen3vl:load_reasoner",
+        "gemma3": "r3tasks.models.gemma3:load_reasoner",
+    },
+    "reranker": {
+        "qwen3vl": "r3tasks.models.qwen3vl:load_reranker",
+        "gemma3": "r3tasks.models.gemma3:load_reranker",
+    },
+}
+
+
+def register_backend(role: Role, name: str, target: str) -> None:
+    """Add a backend (``"package.module:factory"``) so settings can pick it by name."""
+    _BACKENDS[role][name] = target
+
+
+def available_backends(role: Role) -> list[str]:
+    return sorted(_BACKENDS[role])
+
+
+def _factory(role: Role, name: str) -> Callable[[R3Settings], object]:
+    try:
+        target = _BACKENDS[role][name]
+    except KeyError:
+        raise R3Error(
+            f"unknown {role} backend {name!r}; available: {', '.join(available_backends(role))}"
+        ) from None
+    module_name, _, attr = target.partition(":")
+    return getattr(import_module(module_name), attr)
+
+
+def load_embedder(settings: R3Settings) -> Embedder:
+    return _factory("embedder", settings.models.backend("embedder"))(settings)  # type: ignore[return-value]
+
+
+def load_reasoner(settings: R3Settings) -> Reasoner:
+    return _factory("reasoner", settings.models.backend("reasoner"))(settings)  # type: ignore[return-value]
+
+
+def load_reranker(settings: R3Settings) -> Reranker:
+    return _factory("reranker", settings.models.backend("reranker"))(settings)  # type: ignore[return-value]
+
+
+# Loading weights takes seconds to minutes, and a flow calls many tasks with the same settings:
+# keep the last few loaded models per process (a Dask worker gets its own), keyed by the settings
+# that pick and configure them. Explicitly clearable, never populated at import.
+_LOADED: dict[tuple[Role, str], object] = {}
+_MAX_LOADED = 6
+
+
+def _cached(role: Role, settings: R3Settings, loader: Callable[[R3Settings], object]) -> object:
+    key = (role, settings.settings_hash("models", "frames") + str(settings.home))
+    if key not in _LOADED:
+        if len(_LOADED) >= _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = loader(settings)
+    return _LOADED[key]
+
+
+def shared_embedder(settings: R3Settings) -> Embedder:
+    """The process's loaded embedder for these settings, loading it on first use."""
+    return _cached("embedder", settings, load_embedder)  # type: ignore[return-value]
+
+
+def shared_reasoner(settings: R3Settings) -> Reasoner:
+    return _cached("reasoner", settings, load_reasoner)  # type: ignore[return-value]
+
+
+def shared_reranker(settings: R3Settings) -> Reranker:
+    return _cached("reranker", settings, load_reranker)  # type: ignore[return-value]
+
+
+def clear_loaded_models() -> None:
+    _LOADED.clear()

@@ -1,0 +1,269 @@
+"""The one settings tree of r3.
+
+Built once (by the CLI, a flow's entry point or a test) and passed down; no
+other module reads the environment. Sources, strongest first: explicit
+arguments, ``R3_*`` environment variables (nested with ``__``, e.g.
+``R3_MODELS__PRESET=offline``), an optional TOML file (``r3.toml`` in the
+working directory, or the path in ``R3_CONFIG``), then the defaults below.
+Defaults are the R^3 reference values (see design.md); a deliberate change is
+a setting, never an edit of the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Preset = Literal["tiny", "offline", "qwen3vl"]
+FusionMode = Literal["gated_residual", "max", "mean", "rrf"]
+RerankRule = Literal["yes_no_sigmoid", "rankvideo_logsumexp"]
+FingerprintMode = Literal["content", "stat"]
+TaskRunnerName = Literal["thread", "dask"]
+
+# The backend each preset picks for each role; a role set explicitly wins.
+PRESET_BACKENDS: dict[str, dict[str, str]] = {
+    "tiny": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
+    "qwen3vl": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
+    "offline": {"embedder": "minilm", "reasoner": "gemma3", "reranker": "gemma3"},
+}
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("r3", appauthor=False))
+
+
+class ModelSettings(BaseModel):
+    preset: Preset = Field(
+        "qwen3vl",
+        description="Model preset: `qwen3vl` (real Qwen3-VL checkpoints, production), "
+        "`offline` (MiniLM text embedder + Gemma 3 270M, CPU, no network), "
+        "`tiny` (tiny random Qwen3-VL models for tests and code-path benchmarks).",
+    )
+    embedder: str | None = Field(None, description="Embedder backend name; None takes the preset's.")
+    reasoner: str | None = Field(None, description="Reasoner backend name; None takes the preset's.")
+    reranker: str | None = Field(None, description="Reranker backend name; None takes the preset's.")
+    embedding_model: str = Field(
+        "Qwen/Qwen3-VL-Embedding-2B", description="Qwen3-VL-Embedding hub id or local path (qwen3vl preset)."
+    )
+    reranker_model: str = Field(
+        "Qwen/Qwen3-VL-Reranker-2B", description="Qwen3-VL-Reranker hub id or local path (qwen3vl preset)."
+    )
+    reasoner_model: str = Field(
+        "Qwen/Qwen3-VL-2B-Thinking", description="Qwen3-VL Thinking/Instruct hub id or local path (qwen3vl preset)."
+    )
+    revision: str | None = Field(None, description="Hub revision for the qwen3vl models; None is the default branch.")
+    local_files_only: bool = Field(
+        False, description="Never contact a model hub; load only local paths or the local hub cache."
+    )
+    embedding_dim: int | None = Field(
+        None, ge=8, description="MRL truncation of embeddings to this many dimensions (re-normalised); None keeps all."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype: `auto` is bfloat16 on a GPU and float32 on a CPU."
+    )
+    device: str = Field("auto", description="Torch device: `auto`, `cpu`, `cuda`, `cuda:1`, ...")
+    attn_implementation: str | None = Field(
+        None, description="transformers attention implementation (`sdpa`, `flash_attention_2`, `eager`); None is the default."
+    )
+    embed_batch_size: int = Field(8, ge=1, description="Items per embedder forward pass.")
+    rerank_batch_size: int = Field(4, ge=1, description="(query, candidate) pairs per reranker forward pass.")
+    max_pixels_per_frame: int = Field(
+        256 * 32 * 32, ge=1024, description="Per-frame pixel cap handed to the Qwen3-VL video processor."
+    )
+    rerank_rule: RerankRule = Field(
+        "yes_no_sigmoid",
+        description="Reranker score: sigmoid(logit_yes - logit_no) at the last position (Qwen3-VL-Reranker), "
+        "or RankVideo's logsumexp over yes-variants minus logsumexp over no-variants.",
+    )
+    reasoning_max_new_tokens: int = Field(4096, ge=1, description="Token limit for the reasoner (greedy decoding).")
+    offline_reasoning_max_new_tokens: int = Field(
+        96, ge=1, description="Token limit for the offline preset's small base-model reasoner."
+    )
+
+    def backend(self, role: Literal["embedder", "reasoner", "reranker"]) -> str:
+        chosen = getattr(self, role)
+        return chosen if chosen is not None else PRESET_BACKENDS[self.preset][role]
+
+
+class FrameSettings(BaseModel):
+    fps: float = Field(1.0, gt=0, description="Target sampling rate for gallery and reasoning frames.")
+    max_frames: int = Field(128, ge=1, description="Frame cap for gallery and reasoning frames.")
+    rerank_frames: int = Field(16, ge=1, description="Frame cap for the reranker's video inputs.")
+    max_side: int = Field(448, ge=16, description="Longest side of a decoded frame, resized on decode.")
+    fingerprint: FingerprintMode = Field(
+        "content",
+        description="How a video's cache key is made: `content` hashes its bytes; `stat` uses size + mtime + path "
+        "(faster on huge galleries, blind to edits that keep both).",
+    )
+
+
+class GallerySettings(BaseModel):
+    uri: str | None = Field(
+        None, description="LanceDB URI (a folder, or s3://bucket/prefix); None is `<home>/lancedb`."
+    )
+    table_prefix: str = Field("gallery", description="Table names are `<prefix>_<embedder fingerprint>`.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="LanceDB/object-store options (endpoint, region, credentials)."
+    )
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders a query's source video path may lie in; empty allows only gallery item ids.",
+    )
+
+
+class IndexSettings(BaseModel):
+    batch_size: int = Field(16, ge=1, description="Items per embedding task (one Prefect task per batch).")
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
+        description="File suffixes a gallery folder scan treats as videos.",
+    )
+    retries: int = Field(2, ge=0, description="Retries for stages whose failures can be transient (I/O).")
+    retry_delay_seconds: float = Field(2.0, ge=0, description="Delay between those retries.")
+    task_runner: TaskRunnerName = Field("thread", description="Prefect task runner for the embedding stage.")
+    dask_address: str | None = Field(None, description="Existing Dask scheduler address; None starts a local cluster.")
+    dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
+
+
+class QuerySettings(BaseModel):
+    base_template: str = Field(
+        "Reference video after edit instruction: {edit}", description="R^3 base query template."
+    )
+    reasoning_template: str = Field(
+        "Reference video after edit instruction: {edit}\nReasoned target video description: {reasoning}",
+        description="R^3 reasoning-augmented query template.",
+    )
+    document_instruction: str = Field(
+        "Represent this candidate target video for composed video retrieval. Focus on visible objects, actions, "
+        "state changes, scene, camera framing, and temporal progression.",
+        description="Embedder system instruction for gallery items (R^3 reference).",
+    )
+    query_instruction: str = Field(
+        "Retrieve the target video that matches the reference video after applying the edit instruction. "
+        "The correct target should satisfy the requested visual change while preserving unchanged visual context, "
+        "including objects, actions, state changes, scene, camera framing, and temporal progression.",
+        description="Embedder system instruction for composed queries (R^3 reference).",
+    )
+    text_query_instruction: str = Field(
+        "Retrieve videos relevant to the user's query.", description="Embedder system instruction for text queries."
+    )
+    reranker_instruction: str = Field(
+        "Score how well the candidate target video matches the reference video after applying the edit instruction. "
+        "A good candidate satisfies the requested visual change, preserves unchanged context, and remains temporally "
+        "and visually consistent with the intended edited result.",
+        description="Reranker instruction for composed queries (R^3 reference).",
+    )
+    text_reranker_instruction: str = Field(
+        "Judge whether the candidate video is relevant to the user's query.",
+        description="Reranker instruction for text queries.",
+    )
+    reasoning_reranker_template: str = Field(
+        "{edit}\n\nReasoned target video description:\n{reasoning}",
+        description="Reranker query text when reasoning is used (R^3 reference).",
+    )
+    use_reasoning: bool = Field(True, description="Generate target-side reasoning for composed queries.")
+    gate_threshold: float = Field(0.5, description="Agreement gate tau: reasoning is used only if agreement >= tau.")
+    fusion: FusionMode = Field("gated_residual", description="How base and reasoning scores combine.")
+    fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
+    rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")
+    recall_k: int = Field(50, ge=1, description="Candidates recalled per query (source excluded).")
+    rerank_k: int = Field(50, ge=0, description="Top-K reranked; 0 turns reranking off.")
+    final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
+    final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
+    max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
+
+
+class R3Settings(BaseSettings):
+    """Everything r3 can be told. Every field is documented; `r3 settings` prints them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="R3_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Data home: LanceDB gallery, caches, model copies, artifacts' files.",
+    )
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    frames: FrameSettings = Field(default_factory=FrameSettings)
+    gallery: GallerySettings = Field(default_factory=GallerySettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings ignores `toml_file` unless a TOML source is returned here.
+        toml_path = Path(os.environ.get("R3_CONFIG", "r3.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_final_weights(self) -> "R3Settings":
+        q = self.query
+        if q.final_embedding_weight + q.final_reranker_weight <= 0:
+            raise ValueError("query.final_embedding_weight + query.final_reranker_weight must be > 0")
+        return self
+
+    # Derived locations under the one data home.
+    @property
+    def gallery_uri(self) -> str:
+        return self.gallery.uri if self.gallery.uri else str(self.home / "lancedb")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    def settings_hash(self, *sections: str) -> str:
+        """Stable short hash of the given sections (all when none), for cache keys and lineage."""
+        dumped: dict[str, Any] = self.model_dump(mode="json")
+        dumped.pop("home", None)
+        if sections:
+            dumped = {name: dumped[name] for name in sections}
+        blob = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_settings(preset: str | None = None, home: Path | None = None, **overrides: Any) -> R3Settings:
+    """Build the settings once, letting CLI flags win over environment and file."""
+    init: dict[str, Any] = dict(overrides)
+    if home is not None:
+        init["home"] = home
+    settings = R3Settings(**init)
+    if preset is not None:
+        settings = settings.model_copy(
+            update={"models": settings.models.model_copy(update={"preset": preset})}
+        )
+        # model_copy skips validation; re-validate so a bad preset name fails here.
+        settings = R3Settings.model_validate(settings.model_dump())
+    return settings
