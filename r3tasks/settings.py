@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,7 +44,12 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("r3", appauthor=False))
 
 
-class ModelSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt setting is an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
     preset: Preset = Field(
         "qwen3vl",
         description="Model preset: `qwen3vl` (real Qwen3-VL checkpoints, production), "
@@ -97,7 +102,7 @@ class ModelSettings(BaseModel):
         return chosen if chosen is not None else PRESET_BACKENDS[self.preset][role]
 
 
-class FrameSettings(BaseModel):
+class FrameSettings(_Section):
     fps: float = Field(1.0, gt=0, description="Target sampling rate for gallery and reasoning frames.")
     max_frames: int = Field(128, ge=1, description="Frame cap for gallery and reasoning frames.")
     rerank_frames: int = Field(16, ge=1, description="Frame cap for the reranker's video inputs.")
@@ -109,7 +114,7 @@ class FrameSettings(BaseModel):
     )
 
 
-class GallerySettings(BaseModel):
+class GallerySettings(_Section):
     uri: str | None = Field(
         None, description="LanceDB URI (a folder, or s3://bucket/prefix); None is `<home>/lancedb`."
     )
@@ -123,7 +128,7 @@ class GallerySettings(BaseModel):
     )
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(_Section):
     batch_size: int = Field(16, ge=1, description="Items per embedding task (one Prefect task per batch).")
     video_extensions: list[str] = Field(
         default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
@@ -136,7 +141,7 @@ class IndexSettings(BaseModel):
     dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
 
 
-class QuerySettings(BaseModel):
+class QuerySettings(_Section):
     base_template: str = Field(
         "Reference video after edit instruction: {edit}", description="R^3 base query template."
     )

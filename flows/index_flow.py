@@ -1,0 +1,186 @@
+"""The gallery indexing flow: discover -> fingerprint -> plan -> sample+embed batches -> upsert -> artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+from prefect.context import TaskRunContext
+
+from flows.common import code_version, flow_settings, result_storage, retry_on_transient, stable_hash
+from r3tasks.gallery import GalleryStore
+from r3tasks.indexing import (
+    EmbeddedBatch,
+    IndexPlan,
+    IndexSummary,
+    ItemFailure,
+    KeyingResult,
+    batches,
+    embed_batch,
+    key_items,
+    plan_index,
+)
+from r3tasks.models.registry import shared_embedder
+from r3tasks.settings import R3Settings
+from r3tasks.sources import GalleryItem, KeyedItem, discover
+
+
+def open_store(settings: R3Settings) -> GalleryStore:
+    embedder = shared_embedder(settings)
+    return GalleryStore(
+        settings.gallery_uri,
+        settings.gallery.table_prefix,
+        embedder.fingerprint,
+        embedder.dim,
+        storage_options=settings.gallery.storage_options,
+    )
+
+
+@task(name="discover-gallery", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+def discover_task(source: str, settings: R3Settings) -> list[GalleryItem]:
+    return discover(source, settings.index.video_extensions)
+
+
+@task(name="fingerprint-content", cache_policy=NONE)
+def fingerprint_task(items: list[GalleryItem], settings: R3Settings) -> KeyingResult:
+    # Never cached: hashing the bytes is how a change is noticed.
+    return key_items(items, settings)
+
+
+@task(name="plan-index", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+def plan_task(keying: KeyingResult, settings: R3Settings) -> IndexPlan:
+    store = open_store(settings)
+    stored = store.content_keys() if store.exists() else {}
+    return plan_index(keying.keyed, [f.id for f in keying.failed], stored)
+
+
+def _embed_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    settings: R3Settings = parameters["settings"]
+    batch: list[KeyedItem] = parameters["batch"]
+    return "embed-" + stable_hash(
+        [(k.item.id, k.content_key, k.item.group, str(k.item.path)) for k in batch],
+        shared_embedder(settings).fingerprint,
+        settings.settings_hash("frames", "models"),
+        settings.query.document_instruction,
+    )
+
+
+@task(name="sample-and-embed-batch", cache_key_fn=_embed_cache_key, persist_result=True)
+def embed_batch_task(batch: list[KeyedItem], settings: R3Settings) -> EmbeddedBatch:
+    """Decode frames (decord, resize on decode) and embed one batch; cached by content and model."""
+    return embed_batch(batch, shared_embedder(settings), settings)
+
+
+@task(name="upsert-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+def upsert_task(embedded: EmbeddedBatch, settings: R3Settings) -> int:
+    return open_store(settings).upsert(embedded.rows)
+
+
+@task(name="remove-stale-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+def remove_task(ids: list[str], settings: R3Settings) -> int:
+    return open_store(settings).delete_ids(ids)
+
+
+@task(name="record-index-artifacts", cache_policy=NONE)
+def record_artifacts(summary: IndexSummary) -> None:
+    create_table_artifact(
+        [
+            {
+                "added": summary.added,
+                "updated": summary.updated,
+                "unchanged": summary.unchanged,
+                "removed": summary.removed,
+                "failed": len(summary.failed),
+                "table version": summary.version,
+            }
+        ],
+        key="index-counts",
+        description="Items per outcome in this index run.",
+    )
+    create_table_artifact(
+        [asdict(f) for f in summary.failed] or [{"id": "", "path": "", "reason": "no failures"}],
+        key="index-failures",
+        description="Items that could not be indexed, with the reason.",
+    )
+    create_markdown_artifact(
+        "\n".join(
+            [
+                "# Index lineage",
+                f"- table: `{summary.table['name']}` at `{summary.table['uri']}`",
+                f"- table version after run: **{summary.version}**",
+                f"- embedder fingerprint: `{summary.embedder}`",
+                f"- settings hash: `{summary.settings_hash}`",
+                f"- code version: `{summary.code_version}`",
+            ]
+        ),
+        key="index-lineage",
+        description="What produced this gallery version.",
+    )
+
+
+@flow(name="index-gallery", log_prints=True)
+def index_gallery(
+    source: str,
+    preset: str | None = None,
+    home: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Bring the LanceDB gallery in line with SOURCE (folder or manifest); returns the run summary."""
+    settings = flow_settings(preset, home, overrides)
+    logger = get_run_logger()
+    storage = result_storage(settings)
+
+    items = discover_task(source, settings)
+    keying = fingerprint_task(items, settings)
+    plan = plan_task(keying, settings)
+    failed: list[ItemFailure] = list(keying.failed)
+    logger.info(
+        "gallery %s: %d items, %d to embed (%d new, %d changed), %d unchanged, %d to remove, %d unreadable",
+        source, len(items), len(plan.to_embed), len(plan.to_add), len(plan.to_update),
+        len(plan.unchanged), len(plan.to_remove), len(keying.failed),
+    )
+
+    to_embed = batches(plan.to_embed, settings.index.batch_size)
+    progress_id = create_progress_artifact(0.0, key="index-progress", description="Items embedded this run")
+    embed = embed_batch_task.with_options(result_storage=storage)
+    io_retries = {"retries": settings.index.retries, "retry_delay_seconds": settings.index.retry_delay_seconds}
+    upsert = upsert_task.with_options(**io_retries)
+    futures = [embed.submit(batch, settings) for batch in to_embed]
+    written_ids: set[str] = set()
+    done = 0
+    total = len(plan.to_embed)
+    for future in futures:
+        embedded = future.result()
+        upsert(embedded, settings)
+        written_ids.update(row.id for row in embedded.rows)
+        failed.extend(embedded.failed)
+        done += len(embedded.rows) + len(embedded.failed)
+        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+        logger.info("embedded %d/%d items (%.0f%%)", done, total, 100.0 * done / max(total, 1))
+    if total == 0:
+        update_progress_artifact(progress_id, 100.0)
+
+    version = remove_task.with_options(**io_retries)(plan.to_remove, settings)
+    store = open_store(settings)
+    summary = IndexSummary(
+        added=sum(1 for k in plan.to_add if k.item.id in written_ids),
+        updated=sum(1 for k in plan.to_update if k.item.id in written_ids),
+        unchanged=len(plan.unchanged),
+        removed=len(plan.to_remove),
+        failed=sorted(failed, key=lambda f: f.id),
+        table={"uri": store.uri, "name": store.name},
+        version=version,
+        embedder=store.embedder_fingerprint,
+        settings_hash=settings.settings_hash(),
+        code_version=code_version(),
+    )
+    record_artifacts(summary)
+    return summary.to_dict()

@@ -1,0 +1,65 @@
+"""A fake embedder for flow tests (LanceDB's own tests do the same): fast, deterministic, countable."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from r3tasks.errors import ItemError
+from r3tasks.models.base import EmbedInput, l2_normalise
+from r3tasks.settings import R3Settings
+
+FAKE_DIM = 16
+
+
+class FakeEmbedder:
+    """Vectors from a hash of the text and the mean colour of the frames; counts what it embeds."""
+
+    def __init__(self, dim: int = FAKE_DIM, uses_frames: bool = True, fail_ids: Sequence[str] = ()) -> None:
+        self._dim = dim
+        self._uses_frames = uses_frames
+        self.fail_ids = set(fail_ids)
+        self.documents_embedded = 0
+        self.queries_embedded = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        return f"fake-{self._dim}-{int(self._uses_frames)}"
+
+    @property
+    def uses_frames(self) -> bool:
+        return self._uses_frames
+
+    def _vector(self, item: EmbedInput) -> np.ndarray:
+        if item.item_id in self.fail_ids:
+            raise ItemError(item.item_id, "injected embedder failure")
+        seed = int(hashlib.sha256((item.text or "").encode()).hexdigest()[:8], 16)
+        vector = np.random.default_rng(seed).standard_normal(self._dim).astype(np.float32)
+        if item.frames is not None:
+            colour = item.frames.reshape(-1, 3).mean(axis=0) / 255.0
+            vector[:3] += 4.0 * colour.astype(np.float32)
+        return vector
+
+    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        vectors = np.stack([self._vector(i) for i in items])
+        self.documents_embedded += len(items)
+        return l2_normalise(vectors)
+
+    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        vectors = np.stack([self._vector(i) for i in items])
+        self.queries_embedded += len(items)
+        return l2_normalise(vectors)
+
+
+def load_fake_embedder(settings: R3Settings) -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+def load_fake_text_embedder(settings: R3Settings) -> FakeEmbedder:
+    return FakeEmbedder(uses_frames=False)

@@ -1,0 +1,246 @@
+"""The indexing flow end to end under a Prefect test server: incremental runs, failures, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main as cli_main
+from flows.index_flow import index_gallery
+from r3tasks.gallery import GalleryStore
+from r3tasks.models.registry import shared_embedder
+from r3tasks.synthetic import ClipSpec, write_clip
+from tests.conftest import fake_settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAKE = {"models": {"embedder": "fake"}}
+
+SPECS = [
+    ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
+    ClipSpec(shape="square", colour="blue", motion="left", background="night", count=2),
+    ClipSpec(shape="triangle", colour="green", motion="up", background="grass", count=1),
+    ClipSpec(shape="circle", colour="yellow", motion="still", background="sand", count=3),
+]
+
+
+def make_gallery(folder: Path, specs=SPECS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        write_clip(folder / f"{spec.clip_id()}.mp4", spec, seconds=1.0, caption_sidecar=True)
+    return folder
+
+
+def store_for(home: Path) -> GalleryStore:
+    settings = fake_settings(home)
+    embedder = shared_embedder(settings)
+    return GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, embedder.fingerprint, embedder.dim)
+
+
+def stored_ids(home: Path) -> list[str]:
+    return sorted(store_for(home).content_keys())
+
+
+def run_index(source: Path, home: Path, **overrides) -> dict:
+    return index_gallery(source=str(source), home=str(home), overrides={**FAKE, **overrides})
+
+
+def test_first_run_indexes_every_video_with_its_caption(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery")
+    summary = run_index(gallery, r3_home)
+
+    assert summary["added"] == len(SPECS)
+    assert summary["updated"] == summary["removed"] == summary["unchanged"] == 0
+    assert summary["failed"] == []
+    assert summary["table"]["name"].startswith("gallery_fake-16")
+    assert isinstance(summary["version"], int)
+    snapshot = store_for(r3_home).snapshot()
+    assert sorted(snapshot.ids) == sorted(s.clip_id() for s in SPECS)
+    assert snapshot.ref.version == summary["version"]
+    texts = dict(zip(snapshot.ids, snapshot.texts))
+    assert texts[SPECS[0].clip_id()] == SPECS[0].caption()
+
+
+def test_rerun_on_unchanged_gallery_embeds_nothing(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery")
+    first = run_index(gallery, r3_home)
+    embedder = shared_embedder(fake_settings(r3_home))
+    embedded_before = embedder.documents_embedded
+
+    second = run_index(gallery, r3_home)
+
+    assert embedder.documents_embedded == embedded_before
+    assert second["unchanged"] == len(SPECS)
+    assert second["added"] == second["updated"] == second["removed"] == 0
+    assert second["version"] == first["version"]
+
+
+def test_changed_removed_and_new_videos_are_reconciled(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:3])
+    run_index(gallery, r3_home)
+    embedder = shared_embedder(fake_settings(r3_home))
+    before = embedder.documents_embedded
+
+    changed, removed = SPECS[0], SPECS[1]
+    write_clip(gallery / f"{changed.clip_id()}.mp4", changed, seconds=1.0, seed=7)  # new bytes, same id
+    (gallery / f"{removed.clip_id()}.mp4").unlink()
+    write_clip(gallery / f"{SPECS[3].clip_id()}.mp4", SPECS[3], seconds=1.0)
+    summary = run_index(gallery, r3_home)
+
+    assert (summary["added"], summary["updated"], summary["removed"], summary["unchanged"]) == (1, 1, 1, 1)
+    assert embedder.documents_embedded - before == 2
+    assert stored_ids(r3_home) == sorted([SPECS[0].clip_id(), SPECS[2].clip_id(), SPECS[3].clip_id()])
+
+
+def test_broken_items_are_reported_and_never_stop_the_batch(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:2])
+    (gallery / "empty.mp4").write_bytes(b"")
+    (gallery / "not-a-video.mp4").write_text("this is a text file, not a video\n" * 50)
+    (gallery / "folder.mp4").mkdir()
+    good = gallery / f"{SPECS[0].clip_id()}.mp4"
+    (gallery / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+
+    summary = run_index(gallery, r3_home)
+
+    reasons = {f["id"]: f["reason"] for f in summary["failed"]}
+    assert set(reasons) == {"empty", "not-a-video", "folder", "truncated"}
+    assert "empty" in reasons["empty"]
+    assert "directory" in reasons["folder"]
+    assert all(f["path"].endswith(".mp4") for f in summary["failed"])
+    assert summary["added"] == 2
+    assert stored_ids(r3_home) == sorted(s.clip_id() for s in SPECS[:2])
+
+
+def test_a_file_broken_after_indexing_keeps_its_stored_row(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:2])
+    run_index(gallery, r3_home)
+    (gallery / f"{SPECS[0].clip_id()}.mp4").write_bytes(b"")
+
+    summary = run_index(gallery, r3_home)
+
+    assert [f["id"] for f in summary["failed"]] == [SPECS[0].clip_id()]
+    assert summary["removed"] == 0
+    assert stored_ids(r3_home) == sorted(s.clip_id() for s in SPECS[:2])
+
+
+def test_manifest_with_text_only_items_and_relative_paths(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:1])
+    manifest = gallery / "manifest.jsonl"
+    manifest.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"id": "clip", "path": f"{SPECS[0].clip_id()}.mp4", "text": "a red circle"},
+                {"id": "caption-only", "text": "a person sits down on a bench"},
+            ]
+        )
+    )
+    summary = run_index(manifest, r3_home)
+    assert summary["added"] == 2 and summary["failed"] == []
+    snapshot = store_for(r3_home).snapshot()
+    paths = dict(zip(snapshot.ids, snapshot.paths))
+    assert paths["caption-only"] is None
+    assert Path(paths["clip"]).is_file()
+
+
+def test_changing_the_embedder_writes_a_separate_table(tmp_path: Path, r3_home: Path) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:2])
+    video = run_index(gallery, r3_home)
+    text = index_gallery(source=str(gallery), home=str(r3_home), overrides={"models": {"embedder": "fake-text"}})
+    assert video["table"]["name"] != text["table"]["name"]
+    assert text["added"] == 2  # nothing was reused from the other model's table
+
+
+def test_cli_json_summary_and_strict_exit_code(tmp_path: Path, r3_home: Path, capsys, monkeypatch) -> None:
+    gallery = make_gallery(tmp_path / "gallery", SPECS[:1])
+    (gallery / "empty.mp4").write_bytes(b"")
+    monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
+
+    assert cli_main(["index", str(gallery), "--home", str(r3_home), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"added", "updated", "unchanged", "removed", "failed", "table", "version"} <= set(summary)
+    assert summary["failed"][0]["id"] == "empty"
+
+    assert cli_main(["index", str(gallery), "--home", str(r3_home), "--strict"]) == 1
+    assert "FAILED empty" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_malformed_manifest_with_exit_2(tmp_path: Path, r3_home: Path, capsys, monkeypatch) -> None:
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n')
+    monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
+    assert cli_main(["index", str(manifest), "--home", str(r3_home)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "not valid JSON" in err
+
+
+SLOW_INDEX_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from r3tasks.models.registry import register_backend
+    import tests.fakes as fakes
+
+    class SlowFake(fakes.FakeEmbedder):
+        def embed_documents(self, items, instruction):
+            time.sleep(0.4)
+            return super().embed_documents(items, instruction)
+
+    fakes.load_slow = lambda settings: SlowFake(uses_frames=False)
+    register_backend("embedder", "slow", "tests.fakes:load_slow")
+    from flows.cli import main
+    sys.exit(main(["index", sys.argv[1], "--home", sys.argv[2]]))
+    """
+)
+
+
+def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path, r3_home: Path) -> None:
+    import prefect.settings
+
+    n_items = 60
+    manifest = tmp_path / "gallery.jsonl"
+    manifest.write_text("\n".join(json.dumps({"id": f"item-{i:03d}", "text": f"caption {i}"}) for i in range(n_items)))
+    script = tmp_path / "slow_index.py"
+    script.write_text(SLOW_INDEX_SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
+        "R3_MODELS__EMBEDDER": "slow",
+        "R3_INDEX__BATCH_SIZE": "4",
+    }
+    process = subprocess.Popen([sys.executable, str(script), str(manifest), str(r3_home)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lance_dir = r3_home / "lancedb"
+            tables = list(lance_dir.glob("gallery_*.lance")) if lance_dir.exists() else []
+            if tables and len(list((tables[0] / "_versions").glob("*"))) >= 4:
+                break  # a few batches are in the table: kill mid-run
+            assert process.poll() is None, "the index run ended before it could be killed"
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    completed = subprocess.run(
+        [sys.executable, str(script), str(manifest), str(r3_home)], env=env, timeout=300
+    )
+    assert completed.returncode == 0
+    import lancedb
+
+    table_dirs = list((r3_home / "lancedb").glob("gallery_*.lance"))
+    assert len(table_dirs) == 1
+    table = lancedb.connect(r3_home / "lancedb").open_table(table_dirs[0].name.removesuffix(".lance"))
+    ids = table.to_arrow().column("id").to_pylist()
+    assert len(ids) == n_items
+    assert sorted(set(ids)) == sorted(f"item-{i:03d}" for i in range(n_items))
