@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--strict", action="store_true", help="exit non-zero when any item failed")
     _add_common(index)
 
+    query = sub.add_parser("query", help="answer a batch of composed and text queries")
+    query.add_argument("queries", help="JSONL, JSON or CSV queries (composed: id, source, edit; text: id, text)")
+    query.add_argument("--out", required=True, help="where to write the results JSON")
+    query.add_argument("--format", choices=["r3", "covrr"], default="r3", help="covrr also writes OUT.covrr.json")
+    query.add_argument("--gallery-version", type=int, default=None, help="pin this table version (default: latest)")
+    query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
+    _add_common(query)
+
+    demo = sub.add_parser("demo", help="build the demo gallery, index it, answer a demo batch, print the results")
+    demo.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
+    _add_common(demo)
+    demo.set_defaults(preset="offline")
+
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
     return parser
@@ -80,18 +93,85 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "settings": cmd_settings}
+def _run_queries(queries: Path, out: Path, args: argparse.Namespace, covrr_out: Path | None = None) -> dict:
+    from flows.query_flow import query_batch
+
+    return query_batch(
+        queries=str(queries.resolve()),
+        out=str(out.resolve()),
+        preset=args.preset,
+        home=args.home,
+        gallery_version=getattr(args, "gallery_version", None),
+        covrr_out=str(covrr_out.resolve()) if covrr_out else None,
+    )
+
+
+def _item_texts(payload: dict, args: argparse.Namespace) -> dict[str, str | None]:
+    from flows.index_flow import open_store
+    from r3tasks.settings import load_settings
+
+    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+    gallery = open_store(settings).pin(payload["lineage"]["gallery"]["version"])
+    return {item_id: record.text for item_id, record in gallery.records.items()}
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from r3tasks.report import terminal_table
+
+    out = Path(args.out)
+    covrr_out = out.with_suffix(".covrr.json") if args.format == "covrr" else None
+    payload = _run_queries(Path(args.queries), out, args, covrr_out)
+    failed = [r for r in payload["results"] if r["error"]]
+    if args.json:
+        print(json.dumps({"out": str(out), "queries": len(payload["results"]), "failed": len(failed),
+                          "artifacts": payload["artifacts"]}))
+    else:
+        print(terminal_table(payload["results"], _item_texts(payload, args), top=args.top))
+        print(f"results: {out}\nreport and contact sheets: {payload['artifacts']}")
+    return EXIT_ITEM_FAILURES if failed else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.index_flow import index_gallery
+    from r3tasks.demo import build_demo
+    from r3tasks.report import terminal_table
+    from r3tasks.settings import load_settings
+
+    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+    demo = build_demo(settings.home / "demo")
+    print(f"demo gallery: {demo.gallery} (sample videos found: {', '.join(demo.samples_found) or 'none'})")
+    summary = index_gallery(source=str(demo.gallery), preset=args.preset, home=args.home)
+    _print_index_summary(summary)
+    out = settings.home / "demo" / "results.json"
+    payload = _run_queries(demo.queries, out, args)
+    expected = {
+        row["id"]: row.get("expected") for row in map(json.loads, demo.queries.read_text().splitlines()) if row
+    }
+    print()
+    print(terminal_table(payload["results"], _item_texts(payload, args), top=args.top))
+    hits = [
+        r["id"] for r in payload["results"] if expected.get(r["id"]) and r["ranked"]
+        and r["ranked"][0]["id"] == expected[r["id"]]
+    ]
+    n_composed = sum(1 for v in expected.values() if v)
+    print(f"composed queries with the intended target at rank 1: {len(hits)}/{n_composed}")
+    print(f"results: {out}\nreport and contact sheets: {payload['artifacts']}")
+    return EXIT_OK if not any(r["error"] for r in payload["results"]) else EXIT_ITEM_FAILURES
+
+
+COMMANDS = {"index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
-    from r3tasks.errors import ModelNotAvailableError, SourceError
     from pydantic import ValidationError
+
+    from r3tasks.errors import R3Error
 
     try:
         return COMMANDS[args.command](args)
-    except (SourceError, ModelNotAvailableError, ValidationError) as error:
+    except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

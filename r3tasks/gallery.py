@@ -116,6 +116,15 @@ class GalleryStore:
         table = self.table().to_arrow().select(["id", "content_key"])
         return dict(zip(table.column("id").to_pylist(), table.column("content_key").to_pylist()))
 
+    def pin(self, version: int | None = None) -> "PinnedGallery":
+        """A read-only view of one table version (the latest when None); later writes do not change it."""
+        table = self._db.open_table(self.name) if self.exists() else self.table()
+        if version is not None:
+            table.checkout(version)
+        else:
+            table.checkout(int(table.version))
+        return PinnedGallery(self, table)
+
     def snapshot(self, version: int | None = None) -> "GallerySnapshot":
         """All rows at one table version (the latest when None), for a query batch to pin."""
         import lancedb
@@ -181,6 +190,45 @@ class GalleryStore:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
         }
         return pa.table(columns, schema=gallery_schema(self.dim, self.embedder_fingerprint))
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    id: str
+    path: str | None
+    text: str | None
+    group: str | None
+    content_key: str
+
+
+class PinnedGallery:
+    """One table version, searched by a whole query batch so a refresh meanwhile changes nothing in it."""
+
+    def __init__(self, store: GalleryStore, table: Any) -> None:
+        self.store = store
+        self._table = table
+        self.ref = GalleryRef(uri=store.uri, table=store.name, version=int(table.version))
+        meta = table.to_arrow().select(["id", "path", "text", "group", "content_key"]).to_pylist()
+        self.records: dict[str, ItemRecord] = {row["id"]: ItemRecord(**row) for row in meta}
+        self._group_sizes: dict[str | None, int] = {}
+        for record in self.records.values():
+            self._group_sizes[record.group] = self._group_sizes.get(record.group, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def search(self, vector: np.ndarray, limit: int = 0, group: str | None = None) -> dict[str, float]:
+        """Cosine similarity of the best `limit` items (all when 0), optionally within one group."""
+        size = self._group_sizes.get(group, 0) if group is not None else len(self.records)
+        if size == 0:
+            return {}
+        limit = size if limit <= 0 else min(limit, size)
+        query = self._table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine").limit(limit)
+        if group is not None:
+            query = query.where(f"`group` = {_sql_string(group)}", prefilter=True)
+        hits = query.select(["id", "_distance"]).to_arrow()
+        distances = hits.column("_distance").to_numpy(zero_copy_only=False)
+        return {item_id: 1.0 - float(d) for item_id, d in zip(hits.column("id").to_pylist(), distances)}
 
 
 @dataclass(frozen=True)

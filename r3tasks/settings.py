@@ -183,6 +183,13 @@ class QuerySettings(_Section):
     fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")
     recall_k: int = Field(50, ge=1, description="Candidates recalled per query (source excluded).")
+    candidate_pool: int = Field(
+        0, ge=0, description="Items each query vector scores before fusion; 0 scores the whole gallery (reference)."
+    )
+    source_text_template: str = Field(
+        "Reference video: {source_text}",
+        description="How a source's caption enters a query when no pixels do (text-only presets, caption galleries).",
+    )
     rerank_k: int = Field(50, ge=0, description="Top-K reranked; 0 turns reranking off.")
     final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
     final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")

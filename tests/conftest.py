@@ -21,6 +21,8 @@ for _name in [n for n in os.environ if n.startswith("R3_")]:
 
 register_backend("embedder", "fake", "tests.fakes:load_fake_embedder")
 register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")
+register_backend("reasoner", "fake", "tests.fakes:load_fake_reasoner")
+register_backend("reranker", "fake", "tests.fakes:load_fake_reranker")
 
 
 @pytest.fixture(scope="session")
@@ -47,5 +49,5 @@ def _fresh_models():
 
 
 def fake_settings(home: Path, **overrides) -> R3Settings:
-    models = {"preset": "tiny", "embedder": "fake", **overrides.pop("models", {})}
+    models = {"embedder": "fake", **overrides.pop("models", {})}
     return load_settings(home=home, models=models, **overrides)

@@ -63,3 +63,46 @@ def load_fake_embedder(settings: R3Settings) -> FakeEmbedder:
 
 def load_fake_text_embedder(settings: R3Settings) -> FakeEmbedder:
     return FakeEmbedder(uses_frames=False)
+
+
+class FakeReasoner:
+    """Writes the 'target description' as the source text with the edit appended; counts calls."""
+
+    fingerprint = "fake-reasoner-1"
+    prompt_version = "p1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reason(self, requests):
+        from r3tasks.models.base import Reasoning
+
+        self.calls += len(requests)
+        out = []
+        for request in requests:
+            text = f"{request.source_text or 'a video'}, after: {request.edit}"
+            out.append(Reasoning(text=text, raw=f"<think>edit it</think>{text}", thinking="edit it"))
+        return out
+
+
+class FakeReranker:
+    """Prefers candidates whose text shares words with the query; counts scored pairs."""
+
+    fingerprint = "fake-reranker-1"
+    uses_frames = False
+
+    def __init__(self) -> None:
+        self.pairs = 0
+
+    def score(self, query, candidates):
+        self.pairs += len(candidates)
+        words = set(query.text.lower().split())
+        return np.array([len(words & set((c.text or "").lower().split())) for c in candidates], dtype=np.float64)
+
+
+def load_fake_reasoner(settings: R3Settings) -> FakeReasoner:
+    return FakeReasoner()
+
+
+def load_fake_reranker(settings: R3Settings) -> FakeReranker:
+    return FakeReranker()

@@ -1,0 +1,213 @@
+"""The query-batch flow: load -> pin gallery version -> reason -> embed -> fused recall -> rerank -> results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+from flows.common import code_version, flow_settings, retry_on_transient
+from flows.index_flow import open_store
+from r3tasks import retrieval
+from r3tasks.gallery import PinnedGallery
+from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
+from r3tasks.queries import ComposedQuery, Query, load_queries
+from r3tasks.report import contact_sheet, markdown_report
+from r3tasks.retrieval import QueryState
+from r3tasks.settings import R3Settings
+from r3tasks.stagecache import StageCache
+
+CHUNK = 16  # queries per stage task: small enough for visible progress, large enough for batching
+
+
+def _caches(settings: R3Settings) -> dict[str, StageCache]:
+    root = settings.cache_dir
+    return {name: StageCache(root, name) for name in ("frames", "reasoning", "query-embedding", "rerank")}
+
+
+def _pinned(settings: R3Settings, version: int) -> PinnedGallery:
+    return open_store(settings).pin(version)
+
+
+def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None, version: int, n: int) -> None:
+    create_table_artifact(
+        [
+            {
+                "stage": stage,
+                "queries": n,
+                "model fingerprint": fingerprint or "-",
+                "cache hits": cache.hits if cache else 0,
+                "cache misses": cache.misses if cache else 0,
+                "gallery version": version,
+            }
+        ],
+        key=f"lineage-{stage}",
+        description=f"Lineage of the {stage} stage for one chunk of queries.",
+    )
+
+
+@task(name="load-queries", cache_policy=NONE, retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_transient)
+def load_queries_task(path: str) -> list[Query]:
+    return load_queries(path)
+
+
+@task(name="pin-gallery-version", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+def pin_task(settings: R3Settings, version: int | None) -> int:
+    gallery = open_store(settings).pin(version)
+    retrieval.ensure_gallery_not_empty(gallery)
+    return gallery.ref.version
+
+
+@task(name="validate-queries", cache_policy=NONE)
+def prepare_task(queries: list[Query], settings: R3Settings, version: int) -> list[QueryState]:
+    return retrieval.prepare(queries, _pinned(settings, version), settings)
+
+
+@task(name="reasoning", cache_policy=NONE)
+def reasoning_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
+    """Cached per query by (source content, edit, reasoner fingerprint, prompt) in the data home."""
+    needs = [s for s in states if s.ok and isinstance(s.query, ComposedQuery)]
+    if not needs or not settings.query.use_reasoning:
+        return states
+    caches = _caches(settings)
+    reasoner = shared_reasoner(settings)
+    retrieval.run_reasoning(states, reasoner, settings, caches["reasoning"], caches["frames"])
+    _stage_lineage("reasoning", reasoner.fingerprint, caches["reasoning"], version, len(needs))
+    return states
+
+
+@task(name="query-embedding", cache_policy=NONE)
+def embedding_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
+    caches = _caches(settings)
+    embedder = shared_embedder(settings)
+    retrieval.embed_queries(states, embedder, settings, caches["query-embedding"], caches["frames"])
+    _stage_lineage("query-embedding", embedder.fingerprint, caches["query-embedding"], version, len(states))
+    return states
+
+
+@task(name="fused-recall", cache_policy=NONE)
+def recall_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
+    retrieval.recall(states, _pinned(settings, version), settings)
+    return states
+
+
+@task(name="rerank", cache_policy=NONE)
+def rerank_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
+    caches = _caches(settings)
+    reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
+    retrieval.rerank(states, reranker, _pinned(settings, version), settings, caches["rerank"], caches["frames"])
+    _stage_lineage("rerank", reranker.fingerprint if reranker else None, caches["rerank"], version, len(states))
+    return states
+
+
+@task(name="write-results", cache_policy=NONE, retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_transient)
+def results_task(
+    states: list[QueryState], settings: R3Settings, version: int, out: str | None, covrr_out: str | None
+) -> dict:
+    gallery = _pinned(settings, version)
+    lineage = {
+        "gallery": {"uri": gallery.ref.uri, "table": gallery.ref.table, "version": gallery.ref.version},
+        "embedder": shared_embedder(settings).fingerprint,
+        "reasoner": shared_reasoner(settings).fingerprint if settings.query.use_reasoning and any(
+            s.reasoning is not None for s in states) else None,
+        "reranker": shared_reranker(settings).fingerprint if settings.query.rerank_k > 0 and any(
+            s.ranked and s.ranked[0].reranker_score is not None for s in states) else None,
+        "settings_hash": settings.settings_hash(),
+        "code_version": code_version(),
+    }
+    results = [retrieval.result_of(state, lineage) for state in states]
+    run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
+    sheets = _contact_sheets(states, gallery, settings, run_dir)
+    report = markdown_report(results, sheets)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.md").write_text(report)
+    payload = {"lineage": lineage, "results": results, "artifacts": str(run_dir)}
+    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(payload, indent=2))
+    if covrr_out:
+        Path(covrr_out).write_text(json.dumps(covrr_submission(states), indent=2))
+    create_markdown_artifact(report, key="query-report", description="Each query's reasoning and top-5.")
+    create_link_artifact(run_dir.as_uri(), link_text="contact sheets and results", key="query-artifacts")
+    return payload
+
+
+def _contact_sheets(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings, run_dir: Path) -> dict:
+    sheets = {}
+    frame_cache = _caches(settings)["frames"]
+    for state in states:
+        if not state.ok:
+            continue
+        source_frames: list = []
+        source_label, source_caption = state.query.id, getattr(state.query, "text", None)
+        if state.source is not None:
+            source_caption = state.source.text
+            if state.source.path is not None:
+                sampled = retrieval.source_frames(state.source, "rerank", settings, frame_cache)
+                if sampled is not None:
+                    step = max(1, len(sampled.frames) // 4)
+                    source_frames = list(sampled.frames[::step][:4])
+        candidates = []
+        for item in state.ranked[:5]:
+            record = gallery.records[item.id]
+            candidates.append((item.id, record.path, record.text, item.score))
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in state.query.id)[:80]
+        sheets[state.query.id] = contact_sheet(run_dir / f"{safe}.png", source_frames, source_label, source_caption, candidates)
+    return sheets
+
+
+def covrr_submission(states: Sequence[QueryState]) -> dict:
+    """CoVR-R's submission layout: {section: {query id: [target ids best first]}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for state in states:
+        section = getattr(state.query, "section", None) or "default"
+        out.setdefault(section, {})[state.query.id] = [item.id for item in state.ranked]
+    return out
+
+
+@flow(name="query-batch", log_prints=True)
+def query_batch(
+    queries: str,
+    out: str | None = None,
+    preset: str | None = None,
+    home: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    gallery_version: int | None = None,
+    covrr_out: str | None = None,
+) -> dict:
+    """Answer a batch of composed and text queries against one pinned gallery version."""
+    settings = flow_settings(preset, home, overrides)
+    logger = get_run_logger()
+    loaded = load_queries_task(queries)
+    version = pin_task(settings, gallery_version)
+    logger.info("%d queries against gallery version %d", len(loaded), version)
+    chunks = [loaded[i : i + CHUNK] for i in range(0, len(loaded), CHUNK)]
+    progress = create_progress_artifact(0.0, key="query-progress", description="Queries answered")
+    states: list[QueryState] = []
+    for number, chunk in enumerate(chunks, start=1):
+        chunk_states = prepare_task(chunk, settings, version)
+        chunk_states = reasoning_task(chunk_states, settings, version)
+        chunk_states = embedding_task(chunk_states, settings, version)
+        chunk_states = recall_task(chunk_states, settings, version)
+        chunk_states = rerank_task(chunk_states, settings, version)
+        states.extend(chunk_states)
+        update_progress_artifact(progress, 100.0 * number / len(chunks))
+        logger.info("answered %d/%d queries", len(states), len(loaded))
+    payload = results_task(states, settings, version, out, covrr_out)
+    failed = [r for r in payload["results"] if r["error"]]
+    if failed:
+        logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),
+                       "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5]))
+    return payload

