@@ -1,0 +1,338 @@
+"""Score fusion, recall and re-ranking maths of R^3, as plain numpy functions.
+
+The numerics follow the reference submission code (Lee-zixu/R-3, ``validate.py``
+and ``utils.py``); where we deliberately differ the docstring says so and why.
+
+Conventions used throughout:
+
+* Scores are "higher is better". A non-finite score (NaN, +-inf) marks an item
+  that must not be retrieved: an excluded source, a missing embedding.
+  :func:`top_k` never returns one.
+* Ties are broken by position: among equal scores the item that comes first in
+  the input keeps the better rank. (The reference uses
+  ``np.argsort(s)[::-1]``, whose tie order depends on numpy's sort algorithm;
+  we make it deterministic.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+FusionMode = Literal["gated_residual", "max", "mean", "rrf"]
+
+# Reference `_minmax`: a range below this is "constant" and maps to all ones.
+MINMAX_EPS = 1e-8
+# Reference `l2_normalize_np` guards the norm with this.
+NORM_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """Fused per-item scores, whether the reasoning query was used, and the agreement it was gated on."""
+
+    scores: np.ndarray
+    gate_used: bool
+    agreement: float | None
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One entry of a final ranking. `score` never increases down a list from :func:`rerank_topk`."""
+
+    id: str
+    score: float
+    embedding_score: float
+    reranker_score: float | None
+
+
+def _as_scores(values: np.ndarray | Sequence[float], name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def _clean(scores: np.ndarray) -> np.ndarray:
+    """NaN -> -inf, so "missing" has one spelling (the reference's `_rank_indices` does the same)."""
+    return np.where(np.isnan(scores), -np.inf, scores)
+
+
+def reasoning_agreement(base_query_embeddings: np.ndarray, reasoning_embedding: np.ndarray) -> float:
+    """Gate value g: the largest cosine between any base query ``(B, D)`` and the reasoning query ``(D,)``.
+
+    The reference takes dot products of unit vectors; normalising here makes the
+    result a cosine even for vectors that are not unit length. A zero vector has
+    cosine 0 with everything.
+    """
+    base = np.asarray(base_query_embeddings, dtype=np.float64)
+    if base.ndim == 1:
+        base = base[None, :]
+    reason = np.asarray(reasoning_embedding, dtype=np.float64).reshape(-1)
+    if base.ndim != 2 or base.shape[0] == 0:
+        raise ValueError(f"base_query_embeddings must be (B, D) with B >= 1, got shape {base.shape}")
+    if base.shape[1] != reason.shape[0]:
+        raise ValueError(f"dimension mismatch: base queries have {base.shape[1]}, reasoning has {reason.shape[0]}")
+    base = base / (np.linalg.norm(base, axis=1, keepdims=True) + NORM_EPS)
+    reason = reason / (np.linalg.norm(reason) + NORM_EPS)
+    return float(np.max(base @ reason))
+
+
+def gated_residual_fusion(base_scores: np.ndarray, reasoning_scores: np.ndarray, weight: float) -> np.ndarray:
+    """Reference `_gated_residual_scores`: ``base + weight * (reasoning - base)`` per item.
+
+    Where only the reasoning score is finite it is used as is; where the
+    reasoning score is not finite the base score is kept unchanged (even if it
+    is itself non-finite).
+    """
+    base = _as_scores(base_scores, "base_scores")
+    reason = _as_scores(reasoning_scores, "reasoning_scores")
+    if base.shape != reason.shape:
+        raise ValueError(f"shape mismatch: base {base.shape} vs reasoning {reason.shape}")
+    out = base.copy()
+    both = np.isfinite(base) & np.isfinite(reason)
+    out[both] = base[both] + weight * (reason[both] - base[both])
+    only_reason = ~np.isfinite(base) & np.isfinite(reason)
+    out[only_reason] = reason[only_reason]
+    return out
+
+
+def fuse_base_queries(scores: np.ndarray) -> np.ndarray:
+    """Several base queries' scores ``(B, N)`` -> ``(N,)`` by max (reference ``query_fusion: max``).
+
+    NaN counts as -inf, so one query's missing score does not hide another's.
+    A 1-D input is returned as is (one base query).
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim == 1:
+        return arr.copy()
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"scores must be (B, N) with B >= 1, got shape {arr.shape}")
+    return _clean(arr).max(axis=0)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of each finite score (best = 0, ties by position); -1 for non-finite scores."""
+    order = np.argsort(-_clean(scores), kind="stable")
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[order] = np.arange(len(scores))
+    ranks[~np.isfinite(scores)] = -1
+    return ranks
+
+
+def rrf_fusion(base_scores: np.ndarray, reasoning_scores: np.ndarray, weight: float, k: int) -> np.ndarray:
+    """Reciprocal-rank fusion as the reference's ``expand_pool`` mode scores it.
+
+    ``1/(k + r_base) + weight/(k + r_reason)`` with 1-based ranks ``r`` (the
+    reference writes ``1/(k + rank0 + 1)``; ``k`` is clamped to >= 1 as there).
+    Deliberate difference: the reference ranks every item including excluded
+    (-inf) ones; here an item with a non-finite score in one list gets no
+    contribution from that list, and -inf if it has no finite score at all.
+    """
+    base = _as_scores(base_scores, "base_scores")
+    reason = _as_scores(reasoning_scores, "reasoning_scores")
+    if base.shape != reason.shape:
+        raise ValueError(f"shape mismatch: base {base.shape} vs reasoning {reason.shape}")
+    offset = max(float(k), 1.0)
+    out = np.zeros(len(base), dtype=np.float64)
+    for arr, w in ((base, 1.0), (reason, weight)):
+        r = _ranks(arr)
+        ok = r >= 0
+        out[ok] += w / (offset + r[ok] + 1.0)
+    out[~np.isfinite(base) & ~np.isfinite(reason)] = -np.inf
+    return out
+
+
+def fuse(
+    base_scores: np.ndarray,
+    reasoning_scores: np.ndarray | None,
+    *,
+    mode: FusionMode = "gated_residual",
+    weight: float = 0.5,
+    rrf_k: int = 60,
+    agreement: float | None = None,
+    gate_threshold: float = 0.5,
+) -> FusionResult:
+    """Combine base and reasoning scores behind the agreement gate (R^3 recall).
+
+    `base_scores` is ``(N,)`` or ``(B, N)`` (several base queries, fused by max).
+    The reasoning scores are used only when given and ``agreement >=
+    gate_threshold``; otherwise the base scores come back unchanged. Pass
+    ``gate_threshold=-inf`` to use reasoning without measuring agreement.
+
+    Modes: ``gated_residual`` (reference default), ``max`` (elementwise max,
+    non-finite treated as -inf), ``mean`` (the residual rule at weight 0.5: the
+    reference's ``mean`` quietly uses the configured weight instead, which only
+    equals a mean at w = 0.5), ``rrf`` (:func:`rrf_fusion`).
+
+    Source exclusion is not done here: :func:`top_k` drops excluded ids after
+    fusion, which is what the reference's second exclusion pass achieves.
+    """
+    base = fuse_base_queries(base_scores)
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    if reasoning_scores is None:
+        return FusionResult(base, False, agreement)
+    reason = _as_scores(reasoning_scores, "reasoning_scores")
+    if reason.shape != base.shape:
+        raise ValueError(f"shape mismatch: base {base.shape} vs reasoning {reason.shape}")
+    if agreement is None:
+        if gate_threshold != -math.inf:
+            raise ValueError("agreement is required to gate reasoning scores (or pass gate_threshold=-inf)")
+        passed = True
+    else:
+        passed = agreement >= gate_threshold
+    if not passed:
+        return FusionResult(base, False, agreement)
+    if mode == "gated_residual":
+        fused = gated_residual_fusion(base, reason, weight)
+    elif mode == "mean":
+        fused = gated_residual_fusion(base, reason, 0.5)
+    elif mode == "max":
+        fused = np.maximum(_clean(base), _clean(reason))
+    elif mode == "rrf":
+        fused = rrf_fusion(base, reason, weight, rrf_k)
+    else:
+        raise ValueError(f"unknown fusion mode {mode!r}")
+    return FusionResult(fused, True, agreement)
+
+
+def top_k(
+    scores: np.ndarray, ids: Sequence[str], k: int, exclude: Collection[str] = ()
+) -> list[tuple[str, float]]:
+    """The `k` best ``(id, score)`` pairs, best first.
+
+    Ties keep input order (the earlier id ranks higher). Ids in `exclude` (the
+    query's source) and non-finite scores are never returned, so fewer than `k`
+    pairs come back when too few items qualify.
+    """
+    arr = _as_scores(scores, "scores")
+    if len(arr) != len(ids):
+        raise ValueError(f"{len(arr)} scores for {len(ids)} ids")
+    if k <= 0:
+        return []
+    excluded = set(exclude)
+    order = np.argsort(-_clean(arr), kind="stable")
+    out: list[tuple[str, float]] = []
+    for i in order:
+        s = float(arr[i])
+        if not math.isfinite(s):
+            # Sorted descending with NaN as -inf: +inf sits first (skipped), -inf/NaN last (stop).
+            if s == math.inf:
+                continue
+            break
+        item = ids[i]
+        if item in excluded:
+            continue
+        out.append((item, s))
+        if len(out) == k:
+            break
+    return out
+
+
+def minmax(values: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Scale to [0, 1] (reference `_minmax`): a constant vector (range < 1e-8) maps to all ones.
+
+    Empty in, empty out. Non-finite values raise ``ValueError``: a min-max over
+    infinities has no meaning, and the reference only ever applies it to
+    finite top-K scores.
+    """
+    arr = _as_scores(values, "values")
+    if arr.size == 0:
+        return arr
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("minmax needs finite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi - lo < MINMAX_EPS:
+        return np.ones_like(arr)
+    return (arr - lo) / (hi - lo)
+
+
+def final_fusion(
+    embedding_scores: np.ndarray | Sequence[float],
+    reranker_scores: np.ndarray | Sequence[float],
+    embedding_weight: float = 0.4,
+    reranker_weight: float = 0.6,
+) -> np.ndarray:
+    """R^3 final score over the re-ranked top-K: ``we * minmax(embedding) + wr * minmax(reranker)``.
+
+    Computed in float64 (the reference uses float32; the difference is below
+    1e-7 and only matters for near-ties).
+    """
+    emb = _as_scores(embedding_scores, "embedding_scores")
+    rr = _as_scores(reranker_scores, "reranker_scores")
+    if emb.shape != rr.shape:
+        raise ValueError(f"shape mismatch: embedding {emb.shape} vs reranker {rr.shape}")
+    return embedding_weight * minmax(emb) + reranker_weight * minmax(rr)
+
+
+def rerank_topk(
+    recalled: Sequence[tuple[str, float]],
+    reranker_scores: Mapping[str, float] | np.ndarray | Sequence[float],
+    k: int,
+    embedding_weight: float = 0.4,
+    reranker_weight: float = 0.6,
+) -> list[RankedItem]:
+    """Re-rank the first `k` recalled items by :func:`final_fusion`; the rest keep their order after them.
+
+    `recalled` is the recall list, best first (as :func:`top_k` returns it).
+    `reranker_scores` holds raw reranker scores, either by id or as an array
+    aligned with ``recalled[:k]``. An item of the first `k` with no finite
+    reranker score (the reference skips candidates whose video is missing) is
+    not re-ranked: like the reference it drops to the end of the block, and its
+    `reranker_score` is None. The min-max of embedding scores runs over the
+    re-ranked items only, as in the reference. Ties in the fused score keep
+    recall order (stable sort, as the reference's ``sorted``).
+
+    Scores of the items below the block, so that `score` never increases down
+    the list: the re-ranked items carry their fused score (within
+    ``[0, we + wr]``); every later item gets ``block_min - 1 - (e_0 - e_i)``,
+    where ``e_i`` is its embedding score and ``e_0`` the first later item's, so
+    they sit at least 1 below the block and keep their embedding-score gaps (a
+    running minimum guards against an unsorted recall list). When nothing is
+    re-ranked (``k == 0`` or no reranker score at all) the list is the recall
+    order and `score` is the embedding score.
+    """
+    items = [(str(i), float(s)) for i, s in recalled]
+    for item_id, s in items:
+        if not math.isfinite(s):
+            raise ValueError(f"recalled item {item_id!r} has a non-finite embedding score {s}")
+    n = min(max(k, 0), len(items))
+    head = items[:n]
+    raw: list[float | None]
+    if isinstance(reranker_scores, Mapping):
+        raw = [reranker_scores.get(i) for i, _ in head]
+    else:
+        arr = np.asarray(reranker_scores, dtype=np.float64).reshape(-1)
+        if len(arr) != n:
+            raise ValueError(f"{len(arr)} reranker scores for the {n} items to re-rank")
+        raw = [float(x) for x in arr]
+    raw = [float(x) if x is not None and math.isfinite(float(x)) else None for x in raw]
+    scored = [j for j in range(n) if raw[j] is not None]
+    if not scored:
+        return [RankedItem(i, s, s, None) for i, s in items]
+
+    fused = final_fusion(
+        [head[j][1] for j in scored],
+        [raw[j] for j in scored],  # type: ignore[misc]
+        embedding_weight,
+        reranker_weight,
+    )
+    block_order = sorted(range(len(scored)), key=lambda m: -fused[m])  # stable: ties keep recall order
+    out = [
+        RankedItem(head[scored[m]][0], float(fused[m]), head[scored[m]][1], raw[scored[m]]) for m in block_order
+    ]
+    tail = [(head[j], raw[j]) for j in range(n) if raw[j] is None] + [(it, None) for it in items[n:]]
+    if tail:
+        floor = float(fused.min()) - 1.0
+        e0 = tail[0][0][1]
+        prev = floor
+        for (item_id, e), r in tail:
+            s = min(prev, floor - (e0 - e))
+            out.append(RankedItem(item_id, s, e, r))
+            prev = s
+    return out
