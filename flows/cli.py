@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(preset="offline")
 
+    evaluate = sub.add_parser("eval", help="ablation (base, +reasoning, +reasoning+rerank) on a benchmark")
+    evaluate.add_argument("dataset", help="egocvr, egocvr-local, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
+    evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
+    _add_common(evaluate)
+
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
     return parser
@@ -159,7 +165,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if not any(r["error"] for r in payload["results"]) else EXIT_ITEM_FAILURES
 
 
-COMMANDS = {"index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings}
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flows.eval_flow import evaluate_benchmark
+    from r3tasks.evaluation import markdown_table
+
+    report = evaluate_benchmark(
+        dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit
+    )
+    print(json.dumps(report, indent=2) if args.json else markdown_table(report))
+    return EXIT_OK
+
+
+COMMANDS = {"eval": cmd_eval, "index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -196,16 +197,20 @@ def query_batch(
     chunks = [loaded[i : i + CHUNK] for i in range(0, len(loaded), CHUNK)]
     progress = create_progress_artifact(0.0, key="query-progress", description="Queries answered")
     states: list[QueryState] = []
+    stages = [("validate", prepare_task), ("reasoning", reasoning_task), ("embedding", embedding_task),
+              ("recall", recall_task), ("rerank", rerank_task)]
+    stage_seconds = {name: 0.0 for name, _ in stages}
     for number, chunk in enumerate(chunks, start=1):
-        chunk_states = prepare_task(chunk, settings, version)
-        chunk_states = reasoning_task(chunk_states, settings, version)
-        chunk_states = embedding_task(chunk_states, settings, version)
-        chunk_states = recall_task(chunk_states, settings, version)
-        chunk_states = rerank_task(chunk_states, settings, version)
+        chunk_states: Any = chunk
+        for name, stage in stages:
+            started = time.perf_counter()
+            chunk_states = stage(chunk_states, settings, version)
+            stage_seconds[name] += time.perf_counter() - started
         states.extend(chunk_states)
         update_progress_artifact(progress, 100.0 * number / len(chunks))
         logger.info("answered %d/%d queries", len(states), len(loaded))
     payload = results_task(states, settings, version, out, covrr_out)
+    payload["stage_seconds"] = stage_seconds
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),

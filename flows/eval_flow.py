@@ -1,0 +1,75 @@
+"""The ablation flow: index a benchmark's gallery, run each arm's query batch, score, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from flows.common import flow_settings
+from flows.index_flow import index_gallery
+from flows.query_flow import query_batch
+from r3tasks.datasets import Benchmark, load_benchmark
+from r3tasks.evaluation import arm_report, arms, markdown_table, plot_recall, write_benchmark_files
+
+
+@task(name="load-benchmark", cache_policy=NONE)
+def load_benchmark_task(dataset: str, limit: int | None, options: dict[str, Any]) -> Benchmark:
+    return load_benchmark(dataset, limit=limit, **options)
+
+
+@task(name="record-eval-artifacts", cache_policy=NONE)
+def record_eval(report: dict, table: str) -> None:
+    create_markdown_artifact(table, key="eval-metrics", description="Metrics per ablation arm.")
+    create_table_artifact(
+        [{"arm": a["arm"], **a["metrics"], "gate_pass_rate": a["gate_pass_rate"]} for a in report["arms"]],
+        key="eval-arms",
+    )
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_benchmark(
+    dataset: str,
+    out: str,
+    preset: str | None = None,
+    home: str | None = None,
+    limit: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> dict:
+    """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
+    settings = flow_settings(preset, home, overrides)
+    logger = get_run_logger()
+    benchmark = load_benchmark_task(dataset, limit, dataset_options or {})
+    work = settings.home / "eval" / f"{benchmark.name}-{benchmark.setting}"
+    manifest, queries = write_benchmark_files(benchmark, work)
+    index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides)
+    report: dict[str, Any] = {
+        "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
+        "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
+    }
+    for arm in arms(settings.query.rerank_k):
+        merged = _merge(overrides or {}, arm.overrides)
+        payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
+        report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
+        logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
+    table = markdown_table(report)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
+    report["plot"] = str(plot_recall(report, out_path.with_suffix(".png")))
+    out_path.write_text(json.dumps(report, indent=2))
+    record_eval(report, table)
+    print(table)
+    return report
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged

@@ -1,0 +1,109 @@
+"""Ablation over the R^3 stages: base recall, + reasoning, + reasoning + rerank, on one benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from r3tasks.datasets import Benchmark
+from r3tasks.metrics import METRIC_KEYS, evaluate
+from r3tasks.queries import ComposedQuery
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    overrides: dict[str, Any]
+
+
+def arms(rerank_k: int) -> list[Arm]:
+    """The paper's ablation order; each arm differs from the previous one by one stage."""
+    return [
+        Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
+        Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),
+        Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
+    ]
+
+
+def write_benchmark_files(benchmark: Benchmark, folder: Path) -> tuple[Path, Path]:
+    """The benchmark as a gallery manifest and a queries file that `r3 index` / `r3 query` read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "gallery.jsonl"
+    with manifest.open("w") as handle:
+        for item in benchmark.items:
+            row = {"id": item.id, "text": item.text, "group": item.group}
+            if item.path is not None:
+                row["path"] = str(item.path)
+            handle.write(json.dumps(row) + "\n")
+    queries = folder / "queries.jsonl"
+    with queries.open("w") as handle:
+        for query in benchmark.queries:
+            if isinstance(query, ComposedQuery):
+                row = {"id": query.id, "source": query.source, "edit": query.edit,
+                       "source_text": query.source_text, "gallery_group": query.gallery_group}
+            else:
+                row = {"id": query.id, "text": query.text, "gallery_group": query.gallery_group}
+            handle.write(json.dumps(row) + "\n")
+    return manifest, queries
+
+
+def run_from_results(results: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """{query: {item: score}} from r3 results; failed queries give an empty ranking (they count as misses)."""
+    return {r["id"]: {item["id"]: item["score"] for item in r["ranked"]} for r in results}
+
+
+def arm_report(name: str, payload: dict, qrels: dict[str, dict[str, int]]) -> dict:
+    results = payload["results"]
+    composed = [r for r in results if r["kind"] == "composed" and not r["error"]]
+    gated = [r for r in composed if r["reasoning"] is not None]
+    n = max(len(results), 1)
+    return {
+        "arm": name,
+        "metrics": evaluate(run_from_results(results), qrels),
+        "queries": len(results),
+        "failed": sum(1 for r in results if r["error"]),
+        "gate_pass_rate": (sum(r["gate"]["used"] for r in gated) / len(gated)) if gated else None,
+        "seconds_per_query": {stage: seconds / n for stage, seconds in payload.get("stage_seconds", {}).items()},
+    }
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        f"{report['benchmark']} ({report['setting']}, {report['queries']} queries, preset {report['preset']})",
+        "",
+        "| arm | " + " | ".join(METRIC_KEYS) + " | gate pass | s/query |",
+        "|---|" + "---:|" * (len(METRIC_KEYS) + 2),
+    ]
+    for arm in report["arms"]:
+        metrics = " | ".join(f"{arm['metrics'][k]:.2f}" if k.startswith("R") else f"{arm['metrics'][k]:.3f}"
+                             for k in METRIC_KEYS)
+        gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
+        seconds = sum(arm["seconds_per_query"].values())
+        lines.append(f"| {arm['arm']} | {metrics} | {gate} | {seconds:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_recall(report: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [1, 5, 10, 50]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in report["arms"]:
+        ax.plot(ks, [arm["metrics"][f"R@{k}"] for k in ks], marker="o", label=arm["arm"])
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k")
+    ax.set_ylabel("R@k (%)")
+    ax.set_title(f"{report['benchmark']} {report['setting']} ({report['preset']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,44 @@
+"""The ablation flow on a small generic benchmark with fake models: three arms, metrics, plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.eval_flow import evaluate_benchmark
+from tests.test_query_flow import CAPTIONS, FAKES
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path, r3_home: Path) -> None:
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "manifest.jsonl").write_text("\n".join(json.dumps({"id": k, "text": v}) for k, v in CAPTIONS.items()))
+    (folder / "queries.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "q1", "source": "dog-park-day", "edit": "make it night"},
+                {"id": "q2", "source": "person-sits", "edit": "the person stands up instead"},
+            ]
+        )
+    )
+    (folder / "qrels.json").write_text(json.dumps({"q1": {"dog-park-night": 1}, "q2": {"person-stands": 1}}))
+    out = tmp_path / "report.json"
+
+    report = evaluate_benchmark(dataset=str(folder), out=str(out), home=str(r3_home), overrides=FAKES)
+
+    assert [a["arm"] for a in report["arms"]] == ["base", "+reasoning", "+reasoning+rerank"]
+    for arm in report["arms"]:
+        assert set(arm["metrics"]) == {"R@1", "R@5", "R@10", "R@50", "R_mean", "MRR", "nDCG@10"}
+        assert arm["queries"] == 2 and arm["failed"] == 0
+        assert 0 <= arm["metrics"]["R@1"] <= arm["metrics"]["R@5"] <= 100
+    assert report["arms"][0]["gate_pass_rate"] is None  # no reasoning in the base arm
+    assert report["arms"][1]["gate_pass_rate"] is not None
+    # With only 5 candidates after excluding the source, every target is within the top 5.
+    assert report["arms"][0]["metrics"]["R@5"] == 100.0
+    assert json.loads(out.read_text())["arms"][2]["arm"] == "+reasoning+rerank"
+    assert Path(report["plot"]).stat().st_size > 0
