@@ -127,8 +127,6 @@ class GalleryStore:
 
     def snapshot(self, version: int | None = None) -> "GallerySnapshot":
         """All rows at one table version (the latest when None), for a query batch to pin."""
-        import lancedb
-
         table = self._db.open_table(self.name) if self.exists() else self.table()
         if version is not None:
             table.checkout(version)
@@ -137,7 +135,6 @@ class GalleryStore:
         vectors = np.asarray(
             data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32
         ).reshape(len(data), self.dim)
-        del lancedb
         return GallerySnapshot(
             ref=GalleryRef(uri=self.uri, table=self.name, version=read_version),
             ids=data.column("id").to_pylist(),

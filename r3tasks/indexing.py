@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from r3tasks.errors import ItemError, R3Error, VideoReadError
+from r3tasks.errors import ItemError, R3Error
 from r3tasks.frames import policy_from_settings, read_frames
 from r3tasks.gallery import GalleryRow
 from r3tasks.models.base import EmbedInput, Embedder
@@ -192,16 +192,3 @@ def _row(keyed_item: KeyedItem, embed_input: EmbedInput, vector: np.ndarray) -> 
         vector=np.asarray(vector, dtype=np.float32),
     )
 
-
-__all__ = [
-    "EmbeddedBatch",
-    "IndexPlan",
-    "IndexSummary",
-    "ItemFailure",
-    "KeyingResult",
-    "VideoReadError",
-    "batches",
-    "embed_batch",
-    "key_items",
-    "plan_index",
-]

@@ -432,30 +432,53 @@ def _temporal_patch(loaded: _Loaded) -> int:
 # Embedder
 
 
-class Qwen3VLEmbedder:
+class _LazyWeights:
+    """Weights load on first use: a run whose stages are all cached needs only the fingerprint."""
+
+    def _init_lazy(self, settings: R3Settings, role: Role, with_lm_head: bool) -> None:
+        self._settings = settings
+        self._role = role
+        self._with_lm_head = with_lm_head
+        self._resolved = resolve_model(settings, role)
+        _check_model_type(self._resolved)
+        _, dtype_name = _device_and_dtype(settings)
+        self._fingerprint = _fingerprint(self._resolved, dtype_name, **_fingerprint_parts(settings, role))
+        self._bundle: _Loaded | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def _loaded(self) -> _Loaded:
+        if self._bundle is None:
+            with self._load_lock:
+                if self._bundle is None:
+                    self._bundle = _load(self._settings, self._role, self._with_lm_head)
+        return self._bundle
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+
+def _config_hidden_size(path: Path) -> int:
+    config = json.loads((path / "config.json").read_text())
+    return int(config.get("text_config", config)["hidden_size"])
+
+
+class Qwen3VLEmbedder(_LazyWeights):
     """Qwen3-VL-Embedding: last-token pooling, L2-normalised, optional MRL truncation."""
 
     def __init__(self, settings: R3Settings) -> None:
-        self._settings = settings
-        self._loaded = _load(settings, "embedding", with_lm_head=False)
-        config = self._loaded.model.config
-        hidden = int(getattr(config, "text_config", config).hidden_size)
+        self._init_lazy(settings, "embedding", with_lm_head=False)
+        hidden = _config_hidden_size(self._resolved.path)
         wanted = settings.models.embedding_dim
         if wanted is not None and wanted > hidden:
             raise R3Error(f"models.embedding_dim={wanted} exceeds the embedding model's {hidden} dimensions")
         self._dim = wanted if wanted is not None else hidden
         self._lock = threading.Lock()
-        self._fingerprint = _fingerprint(
-            self._loaded.resolved, self._loaded.dtype_name, **_fingerprint_parts(settings, "embedding")
-        )
 
     @property
     def dim(self) -> int:
         return self._dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     @property
     def uses_frames(self) -> bool:
@@ -463,7 +486,7 @@ class Qwen3VLEmbedder:
 
     @property
     def model_path(self) -> Path:
-        return self._loaded.resolved.path
+        return self._resolved.path
 
     def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
         return self._embed(items, instruction)
@@ -587,25 +610,32 @@ def _check_side(name: str, text: str | None, frames: Any, fps: float | None) -> 
         _check_frames(name, frames, fps)
 
 
-class Qwen3VLReranker:
+class Qwen3VLReranker(_LazyWeights):
     """Qwen3-VL-Reranker: one forward pass per (query, candidate) pair, scored at the last real token."""
 
     def __init__(self, settings: R3Settings) -> None:
-        self._settings = settings
-        self._loaded = _load(settings, "reranker", with_lm_head=True)
+        self._init_lazy(settings, "reranker", with_lm_head=True)
         self._rule = settings.models.rerank_rule
-        tokenizer = self._loaded.processor.tokenizer
-        variants = self._rule == "rankvideo_logsumexp"
-        self.yes_ids = _answer_token_ids(tokenizer, _YES, variants)
-        self.no_ids = _answer_token_ids(tokenizer, _NO, variants)
+        self._answer_ids: tuple[list[int], list[int]] | None = None
         self._lock = threading.Lock()
-        self._fingerprint = _fingerprint(
-            self._loaded.resolved, self._loaded.dtype_name, **_fingerprint_parts(settings, "reranker")
-        )
+
+    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
+        if self._answer_ids is None:
+            tokenizer = self._loaded.processor.tokenizer
+            variants = self._rule == "rankvideo_logsumexp"
+            self._answer_ids = (
+                _answer_token_ids(tokenizer, _YES, variants),
+                _answer_token_ids(tokenizer, _NO, variants),
+            )
+        return self._answer_ids
 
     @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
+    def yes_ids(self) -> list[int]:
+        return self._yes_no_ids()[0]
+
+    @property
+    def no_ids(self) -> list[int]:
+        return self._yes_no_ids()[1]
 
     @property
     def uses_frames(self) -> bool:
@@ -731,21 +761,13 @@ def is_unterminated(reasoning: Reasoning) -> bool:
     return _THINK_OPEN in reasoning.raw and _THINK_CLOSE not in reasoning.raw
 
 
-class Qwen3VLReasoner:
+class Qwen3VLReasoner(_LazyWeights):
     """Qwen3-VL Thinking/Instruct: greedy generation of one target-side paragraph per composed query."""
 
     def __init__(self, settings: R3Settings) -> None:
-        self._settings = settings
-        self._loaded = _load(settings, "reasoner", with_lm_head=True)
+        self._init_lazy(settings, "reasoner", with_lm_head=True)
         self._max_new_tokens = settings.models.reasoning_max_new_tokens
         self._lock = threading.Lock()
-        self._fingerprint = _fingerprint(
-            self._loaded.resolved, self._loaded.dtype_name, **_fingerprint_parts(settings, "reasoner")
-        )
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     @property
     def prompt_version(self) -> str:
