@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(preset="offline")
 
     evaluate = sub.add_parser("eval", help="ablation (base, +reasoning, +reasoning+rerank) on a benchmark")
-    evaluate.add_argument("dataset", help="egocvr, egocvr-local, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
+    evaluate.add_argument("dataset", help="egocvr, egocvr-local, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
     evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
     _add_common(evaluate)

@@ -14,11 +14,21 @@ from flows.common import flow_settings
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.datasets import Benchmark, load_benchmark
+from r3tasks.synthetic import generate_benchmark
 from r3tasks.evaluation import arm_report, arms, markdown_table, plot_recall, write_benchmark_files
 
 
+GENERATED_QUERIES = 60
+
+
 @task(name="load-benchmark", cache_policy=NONE)
-def load_benchmark_task(dataset: str, limit: int | None, options: dict[str, Any]) -> Benchmark:
+def load_benchmark_task(dataset: str, limit: int | None, options: dict[str, Any], home: str) -> Benchmark:
+    if dataset == "generated":
+        # Procedural clips with known attributes: checks pixels-in, ranks-out end to end.
+        generated = generate_benchmark(Path(home) / "eval" / "generated-clips", n_queries=limit or GENERATED_QUERIES)
+        benchmark = load_benchmark(generated.folder)
+        benchmark.name = "generated"
+        return benchmark
     return load_benchmark(dataset, limit=limit, **options)
 
 
@@ -44,7 +54,7 @@ def evaluate_benchmark(
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
-    benchmark = load_benchmark_task(dataset, limit, dataset_options or {})
+    benchmark = load_benchmark_task(dataset, limit, dataset_options or {}, str(settings.home))
     work = settings.home / "eval" / f"{benchmark.name}-{benchmark.setting}"
     manifest, queries = write_benchmark_files(benchmark, work)
     index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides)
