@@ -28,11 +28,15 @@ def result_storage(settings: R3Settings) -> Path:
     return path
 
 
+# What a retry may cure: I/O, storage and model-server hiccups. Anything else is deterministic.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientError, OSError, TimeoutError, ConnectionError)
+
+
 def retry_on_transient(task: Any, task_run: TaskRun, state: State) -> bool:
     """Retry I/O and storage hiccups; a deterministic error (bad file, bad model) fails at once."""
     try:
         state.result()
-    except (TransientError, OSError, TimeoutError, ConnectionError):
+    except TRANSIENT_ERRORS:
         return True
     except Exception:
         return False

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -14,9 +15,19 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
+from prefect.task_runners import TaskRunner
 
-from flows.common import code_version, flow_settings, result_storage, retry_on_transient, stable_hash
-from r3tasks.gallery import GalleryStore
+from flows.common import (
+    TRANSIENT_ERRORS,
+    code_version,
+    flow_settings,
+    result_storage,
+    retry_on_transient,
+    stable_hash,
+)
+from r3tasks.errors import R3Error
+from r3tasks.gallery import GalleryRow, GalleryStore
 from r3tasks.indexing import (
     EmbeddedBatch,
     IndexPlan,
@@ -73,10 +84,69 @@ def _embed_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     )
 
 
-@task(name="sample-and-embed-batch", cache_key_fn=_embed_cache_key, persist_result=True)
+@task(
+    name="sample-and-embed-batch",
+    cache_key_fn=_embed_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient,
+)
 def embed_batch_task(batch: list[KeyedItem], settings: R3Settings) -> EmbeddedBatch:
-    """Decode frames (decord, resize on decode) and embed one batch; cached by content and model."""
+    """Decode frames (decord, resize on decode) and embed one batch; cached by content and model.
+
+    A transient failure (model server, storage) is retried; a bad item fails only itself.
+    """
     return embed_batch(batch, shared_embedder(settings), settings)
+
+
+def embedding_task_runner(settings: R3Settings) -> TaskRunner | None:
+    """The task runner `index.task_runner` picks for the embedding stage; None keeps the flow's threads."""
+    if settings.index.task_runner != "dask":
+        return None
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise R3Error("index.task_runner = 'dask' needs prefect-dask: pip install 'r3[dask]'") from None
+    if settings.index.dask_address:
+        return DaskTaskRunner(address=settings.index.dask_address)
+    # One thread per worker: each worker process holds its own model, and models are not thread-safe.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.index.dask_workers, "threads_per_worker": 1})
+
+
+def _embed_one_at_a_time(embed: Any, batch: list[KeyedItem], settings: R3Settings) -> EmbeddedBatch:
+    """A batch still failing after its retries: embed its items singly so only the culprit fails.
+
+    Runs in the flow's process (not on Dask) and without further retries: the batch had them.
+    """
+    single = embed.with_options(retries=0)
+    rows: list[GalleryRow] = []
+    failed: list[ItemFailure] = []
+    for keyed in batch:
+        state = single([keyed], settings, return_state=True)
+        if state.is_completed():
+            part: EmbeddedBatch = state.result()
+            rows.extend(part.rows)
+            failed.extend(part.failed)
+            continue
+        cause = state.result(raise_on_failure=False)
+        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(state.message)
+        path = str(keyed.item.path) if keyed.item.path is not None else None
+        failed.append(
+            ItemFailure(
+                id=keyed.item.id,
+                path=path,
+                reason=f"embedding failed after {settings.index.retries} retries ({reason})",
+            )
+        )
+    return EmbeddedBatch(rows=rows, failed=failed)
+
+
+def _printable(failure: ItemFailure) -> ItemFailure:
+    # A non-UTF-8 file name must not break the summary, its JSON or the run's artifacts.
+    if failure.path is None:
+        return failure
+    return replace(failure, path=failure.path.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 @task(name="upsert-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
@@ -150,21 +220,36 @@ def index_gallery(
 
     to_embed = batches(plan.to_embed, settings.index.batch_size)
     progress_id = create_progress_artifact(0.0, key="index-progress", description="Items embedded this run")
-    embed = embed_batch_task.with_options(result_storage=storage)
     io_retries = {"retries": settings.index.retries, "retry_delay_seconds": settings.index.retry_delay_seconds}
+    embed = embed_batch_task.with_options(result_storage=storage, **io_retries)
     upsert = upsert_task.with_options(**io_retries)
-    futures = [embed.submit(batch, settings) for batch in to_embed]
     written_ids: set[str] = set()
     done = 0
     total = len(plan.to_embed)
-    for future in futures:
-        embedded = future.result()
-        upsert(embedded, settings)
-        written_ids.update(row.id for row in embedded.rows)
-        failed.extend(embedded.failed)
-        done += len(embedded.rows) + len(embedded.failed)
-        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
-        logger.info("embedded %d/%d items (%.0f%%)", done, total, 100.0 * done / max(total, 1))
+    with ExitStack() as stack:
+        runner = embedding_task_runner(settings) if to_embed else None  # no cluster for nothing to embed
+        submit: Callable[[list[KeyedItem]], PrefectFuture[EmbeddedBatch]]
+        if runner is None:
+            submit = lambda batch: embed.submit(batch, settings)  # noqa: E731
+        else:
+            stack.enter_context(runner)
+            logger.info("embedding on %s", type(runner).__name__)
+            submit = lambda batch: runner.submit(embed, {"batch": batch, "settings": settings})  # noqa: E731
+        futures = [submit(batch) for batch in to_embed]
+        # Upserts stay here, in order, one commit per batch: a crash loses at most the batches in flight.
+        for batch, future in zip(to_embed, futures):
+            try:
+                embedded = future.result()
+            except TRANSIENT_ERRORS as error:
+                logger.warning("a batch of %d still fails after retries (%s): embedding its items singly",
+                               len(batch), error)
+                embedded = _embed_one_at_a_time(embed, batch, settings)
+            upsert(embedded, settings)
+            written_ids.update(row.id for row in embedded.rows)
+            failed.extend(embedded.failed)
+            done += len(embedded.rows) + len(embedded.failed)
+            update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+            logger.info("embedded %d/%d items (%.0f%%)", done, total, 100.0 * done / max(total, 1))
     if total == 0:
         update_progress_artifact(progress_id, 100.0)
 
@@ -175,7 +260,7 @@ def index_gallery(
         updated=sum(1 for k in plan.to_update if k.item.id in written_ids),
         unchanged=len(plan.unchanged),
         removed=len(plan.to_remove),
-        failed=sorted(failed, key=lambda f: f.id),
+        failed=[_printable(f) for f in sorted(failed, key=lambda f: f.id)],
         table={"uri": store.uri, "name": store.name},
         version=version,
         embedder=store.embedder_fingerprint,

@@ -178,9 +178,9 @@ class GalleryStore:
         vectors = np.stack([row.vector.astype(np.float32) for row in rows])
         columns = {
             "id": pa.array([r.id for r in rows], pa.string()),
-            "path": pa.array([r.path for r in rows], pa.string()),
-            "text": pa.array([r.text for r in rows], pa.string()),
-            "group": pa.array([r.group for r in rows], pa.string()),
+            "path": pa.array([_utf8(r.path) for r in rows], pa.string()),
+            "text": pa.array([_utf8(r.text) for r in rows], pa.string()),
+            "group": pa.array([_utf8(r.group) for r in rows], pa.string()),
             "content_key": pa.array([r.content_key for r in rows], pa.string()),
             "num_frames": pa.array([r.num_frames for r in rows], pa.int32()),
             "indexed_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
@@ -244,6 +244,13 @@ class GallerySnapshot:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"{self.ref.uri}|{self.ref.table}|{self.ref.version}".encode()).hexdigest()[:16]
+
+
+def _utf8(value: str | None) -> str | None:
+    """Text Arrow can store: a non-UTF-8 file name (surrogate escapes) gets backslash escapes, as its id does."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _sql_string(value: str) -> str:
