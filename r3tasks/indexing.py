@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from r3tasks.errors import ItemError, R3Error
+from r3tasks.errors import ItemError
 from r3tasks.frames import policy_from_settings, read_frames
 from r3tasks.gallery import GalleryRow
 from r3tasks.models.base import EmbedInput, Embedder
@@ -159,7 +159,11 @@ def embed_batch(
             rows, more_failed = _embed_one_by_one(kept, inputs, embedder, settings)
             failed.extend(more_failed)
         else:
-            rows = [_row(k, i, v) for k, i, v in zip(kept, inputs, np.asarray(vectors))]
+            for keyed_item, embed_input, vector in zip(kept, inputs, np.asarray(vectors)):
+                try:
+                    rows.append(_row(keyed_item, embed_input, vector))
+                except ItemError as error:
+                    failed.append(failure_of(keyed_item.item, error))
     if on_item_done is not None:
         on_item_done(len(batch))
     return EmbeddedBatch(rows=rows, failed=failed)
@@ -181,7 +185,7 @@ def _embed_one_by_one(
 def _row(keyed_item: KeyedItem, embed_input: EmbedInput, vector: np.ndarray) -> GalleryRow:
     item = keyed_item.item
     if not np.all(np.isfinite(vector)):
-        raise R3Error(f"item {item.id}: the embedder returned non-finite values")
+        raise ItemError(item.id, "the embedder returned non-finite values (NaN or inf)")
     return GalleryRow(
         id=item.id,
         path=str(item.path) if item.path is not None else None,

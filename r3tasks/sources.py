@@ -131,6 +131,8 @@ def _manifest_items(rows: Iterable[tuple[int, dict]], manifest: Path) -> list[Ga
         item_id = str(row.get("id") or "").strip()
         if not item_id:
             raise SourceError(f"{manifest}:{where}: item has no `id`")
+        if not _is_valid_text(item_id):
+            raise SourceError(f"{manifest}:{where}: id {item_id!r} is not valid Unicode text")
         if len(item_id) > ID_MAX_CHARS:
             raise SourceError(f"{manifest}:{where}: id longer than {ID_MAX_CHARS} characters")
         raw_path = (row.get("path") or "").strip() if isinstance(row.get("path"), str) else row.get("path")
@@ -147,6 +149,14 @@ def _manifest_items(rows: Iterable[tuple[int, dict]], manifest: Path) -> list[Ga
         group = row.get("group")
         items.append(GalleryItem(id=item_id, path=path, text=text, group=str(group) if group else None))
     return items
+
+
+def _is_valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. a JSON "\udce9" escape
+        return False
+    return True
 
 
 def _check_unique_ids(items: Sequence[GalleryItem], source: Path) -> None:
@@ -171,6 +181,8 @@ def file_fingerprint(path: Path, mode: FingerprintMode = "content") -> str:
         raise VideoReadError(path, "permission denied") from None
     if path.is_dir():
         raise VideoReadError(path, "is a directory, not a video file")
+    if not path.is_file():
+        raise VideoReadError(path, "not a regular file (a pipe, socket or device)")
     if stat.st_size == 0:
         raise VideoReadError(path, "file is empty (0 bytes)")
     if mode == "stat":

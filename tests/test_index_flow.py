@@ -244,3 +244,23 @@ def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path
     ids = table.to_arrow().column("id").to_pylist()
     assert len(ids) == n_items
     assert sorted(set(ids)) == sorted(f"item-{i:03d}" for i in range(n_items))
+
+
+def test_non_finite_vector_fails_only_its_item(tmp_path: Path, r3_home: Path) -> None:
+    import numpy as np
+
+    from r3tasks.indexing import embed_batch, key_items
+    from r3tasks.sources import GalleryItem
+    from tests.fakes import FakeEmbedder
+
+    class NanForOne(FakeEmbedder):
+        def embed_documents(self, items, instruction):
+            vectors = super().embed_documents(items, instruction)
+            vectors[[i.item_id for i in items].index("bad")] = np.nan
+            return vectors
+
+    settings = fake_settings(r3_home)
+    items = [GalleryItem(id=name, text=f"caption {name}") for name in ("good", "bad", "fine")]
+    result = embed_batch(key_items(items, settings).keyed, NanForOne(uses_frames=False), settings)
+    assert [row.id for row in result.rows] == ["good", "fine"]
+    assert [(f.id, "non-finite" in f.reason) for f in result.failed] == [("bad", True)]

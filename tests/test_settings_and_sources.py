@@ -143,3 +143,19 @@ def test_gallery_refuses_bad_vectors(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="non-finite"):
         store.upsert([GalleryRow(**{**bad.__dict__, "vector": np.array([np.nan, 0, 0, 0], np.float32)})])
     assert store.count() == 0
+
+
+def test_manifest_refuses_an_id_that_is_not_valid_unicode(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "caf\\udce9", "text": "x"}\n')
+    with pytest.raises(SourceError, match="not valid Unicode"):
+        discover(manifest, EXTS)
+
+
+def test_fingerprint_names_a_pipe_as_not_a_regular_file(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(VideoReadError, match="not a regular file"):
+        file_fingerprint(fifo)
