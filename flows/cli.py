@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", help="egocvr, egocvr-local, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
     evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
+    evaluate.add_argument("--rerank-k", type=int, default=None, help="K of the rerank arm (default: the reference 50)")
     _add_common(evaluate)
 
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
@@ -170,7 +171,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from r3tasks.evaluation import markdown_table
 
     report = evaluate_benchmark(
-        dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit
+        dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
+        rerank_k=args.rerank_k,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return EXIT_OK

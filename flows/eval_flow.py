@@ -14,6 +14,7 @@ from flows.common import flow_settings
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.datasets import Benchmark, load_benchmark
+from r3tasks.settings import QuerySettings
 from r3tasks.synthetic import generate_benchmark
 from r3tasks.evaluation import arm_report, arms, markdown_table, plot_recall, write_benchmark_files
 
@@ -50,6 +51,7 @@ def evaluate_benchmark(
     limit: int | None = None,
     overrides: dict[str, Any] | None = None,
     dataset_options: dict[str, Any] | None = None,
+    rerank_k: int | None = None,
 ) -> dict:
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
     settings = flow_settings(preset, home, overrides)
@@ -62,7 +64,7 @@ def evaluate_benchmark(
         "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
         "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
     }
-    for arm in arms(settings.query.rerank_k):
+    for arm in arms(rerank_k or QuerySettings.model_fields["rerank_k"].default):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))

@@ -19,7 +19,11 @@ class Arm:
 
 
 def arms(rerank_k: int) -> list[Arm]:
-    """The paper's ablation order; each arm differs from the previous one by one stage."""
+    """The paper's ablation order; each arm differs from the previous one by one stage.
+
+    `rerank_k` is the reference K unless the caller measures another: a preset that ships with
+    reranking off still gets its reranker measured here.
+    """
     return [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
         Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),

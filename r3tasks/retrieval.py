@@ -151,12 +151,22 @@ def run_reasoning(
             )
         )
         owners.append((state, key))
-    for (state, key), request in zip(owners, requests):
-        # One request at a time: reasoning is long generation, and one failure must not sink the others.
-        try:
-            result = reasoner.reason([request])[0]
-        except ItemError as error:
-            state.error = f"reasoning failed: {error.reason}"
+    if not requests:
+        return
+    try:
+        # The whole chunk at once: batched generation is several times faster than one by one.
+        results: list[Reasoning | ItemError] = list(reasoner.reason(requests))
+    except ItemError:
+        # One query poisoned the batch: one by one, so only that query carries the error.
+        results = []
+        for request in requests:
+            try:
+                results.append(reasoner.reason([request])[0])
+            except ItemError as error:
+                results.append(error)
+    for (state, key), result in zip(owners, results):
+        if isinstance(result, ItemError):
+            state.error = f"reasoning failed: {result.reason}"
             continue
         cache.put(key, result)
         state.reasoning = result
