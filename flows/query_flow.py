@@ -114,7 +114,12 @@ def rerank_task(states: list[QueryState], settings: R3Settings, version: int) ->
 
 @task(name="write-results", cache_policy=NONE, retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_transient)
 def results_task(
-    states: list[QueryState], settings: R3Settings, version: int, out: str | None, covrr_out: str | None
+    states: list[QueryState],
+    settings: R3Settings,
+    version: int,
+    out: str | None,
+    covrr_out: str | None,
+    stage_seconds: dict[str, float],
 ) -> dict:
     gallery = _pinned(settings, version)
     lineage = {
@@ -133,7 +138,7 @@ def results_task(
     report = markdown_report(results, sheets)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.md").write_text(report)
-    payload = {"lineage": lineage, "results": results, "artifacts": str(run_dir)}
+    payload = {"lineage": lineage, "results": results, "artifacts": str(run_dir), "stage_seconds": stage_seconds}
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +214,7 @@ def query_batch(
         states.extend(chunk_states)
         update_progress_artifact(progress, 100.0 * number / len(chunks))
         logger.info("answered %d/%d queries", len(states), len(loaded))
-    payload = results_task(states, settings, version, out, covrr_out)
-    payload["stage_seconds"] = stage_seconds
+    payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),
