@@ -159,3 +159,11 @@ def test_fingerprint_names_a_pipe_as_not_a_regular_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(VideoReadError, match="not a regular file"):
         file_fingerprint(fifo)
+
+
+def test_offline_preset_turns_its_weak_reranker_off_unless_asked(monkeypatch) -> None:
+    assert load_settings(preset="offline").query.rerank_k == 0
+    assert load_settings(preset="qwen3vl").query.rerank_k == 50
+    assert load_settings(preset="offline", query={"rerank_k": 20}).query.rerank_k == 20
+    monkeypatch.setenv("R3_QUERY__RERANK_K", "10")
+    assert load_settings(preset="offline").query.rerank_k == 10
