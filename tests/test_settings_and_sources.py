@@ -163,6 +163,8 @@ def test_fingerprint_names_a_pipe_as_not_a_regular_file(tmp_path: Path) -> None:
 
 def test_offline_preset_turns_its_weak_reranker_off_unless_asked(monkeypatch) -> None:
     assert load_settings(preset="offline").query.rerank_k == 0
+    assert load_settings(preset="offline").query.use_reasoning is False
+    assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
     assert load_settings(preset="qwen3vl").query.rerank_k == 50
     assert load_settings(preset="offline", query={"rerank_k": 20}).query.rerank_k == 20
     monkeypatch.setenv("R3_QUERY__RERANK_K", "10")
