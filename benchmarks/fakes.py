@@ -1,0 +1,137 @@
+"""Embedders the benchmarks plug in through the registry: a counting wrapper and a hashing fake.
+
+The hashing fake costs almost nothing per item, so a run with it measures the
+orchestration, decoding and storage around the model, not the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+
+from r3tasks.models.base import EmbedInput, Embedder, l2_normalise
+from r3tasks.models.registry import register_backend
+from r3tasks.settings import R3Settings
+
+HASH_DIM = 64
+
+
+class HashEmbedder:
+    """Deterministic vectors from a hash of the text plus the frames' mean colour (frames are really decoded)."""
+
+    def __init__(self, dim: int = HASH_DIM, uses_frames: bool = False) -> None:
+        self._dim = dim
+        self._uses_frames = uses_frames
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        return f"bench-hash-{self._dim}-{int(self._uses_frames)}"
+
+    @property
+    def uses_frames(self) -> bool:
+        return self._uses_frames
+
+    def _vector(self, item: EmbedInput) -> np.ndarray:
+        seed = int(hashlib.sha256((item.text or item.item_id).encode()).hexdigest()[:8], 16)
+        vector = np.random.default_rng(seed).standard_normal(self._dim).astype(np.float32)
+        if item.frames is not None:
+            vector[:3] += item.frames.reshape(-1, 3).mean(axis=0).astype(np.float32) / 64.0
+        return vector
+
+    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        return l2_normalise(np.stack([self._vector(i) for i in items]))
+
+    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        return self.embed_documents(items, instruction)
+
+
+class CountingEmbedder:
+    """Wraps any embedder and counts calls and items; same fingerprint, so it writes the same table."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.documents = 0
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    @property
+    def uses_frames(self) -> bool:
+        return self.inner.uses_frames
+
+    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        with self._lock:
+            self.calls += 1
+            self.documents += len(items)
+        return self.inner.embed_documents(items, instruction)
+
+    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        return self.inner.embed_queries(items, instruction)
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.calls, self.documents
+
+
+class SerialSlowEmbedder(CountingEmbedder):
+    """A stand-in for a real model's cost: `per_item_s` per item, one forward at a time (as the Qwen3-VL
+    embedder holds a lock around its forward pass), and nothing else. Frames are still decoded by the caller."""
+
+    def __init__(self, inner: Embedder, per_item_s: float) -> None:
+        super().__init__(inner)
+        self.per_item_s = per_item_s
+        self._forward = threading.Lock()
+
+    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        with self._forward:
+            time.sleep(self.per_item_s * len(items))
+            return super().embed_documents(items, instruction)
+
+
+def load_hash_text(settings: R3Settings) -> CountingEmbedder:
+    return CountingEmbedder(HashEmbedder(uses_frames=False))
+
+
+def load_hash_video(settings: R3Settings) -> CountingEmbedder:
+    return CountingEmbedder(HashEmbedder(uses_frames=True))
+
+
+def load_hash_video_serial(settings: R3Settings) -> CountingEmbedder:
+    return SerialSlowEmbedder(HashEmbedder(uses_frames=True), per_item_s=SERIAL_S_PER_ITEM)
+
+
+def load_counted_qwen3vl(settings: R3Settings) -> CountingEmbedder:
+    from r3tasks.models.qwen3vl import load_embedder
+
+    return CountingEmbedder(load_embedder(settings))
+
+
+# Backend names a benchmark puts in `models.embedder`.
+HASH_TEXT = "bench-hash-text"
+HASH_VIDEO = "bench-hash-video"
+HASH_VIDEO_SERIAL = "bench-hash-video-serial"
+SERIAL_S_PER_ITEM = 0.010
+COUNTED_QWEN3VL = "bench-counted-qwen3vl"
+
+
+def register() -> None:
+    """Make the benchmark embedders selectable by name (idempotent; needed in every process that indexes)."""
+    register_backend("embedder", HASH_TEXT, "benchmarks.fakes:load_hash_text")
+    register_backend("embedder", HASH_VIDEO, "benchmarks.fakes:load_hash_video")
+    register_backend("embedder", HASH_VIDEO_SERIAL, "benchmarks.fakes:load_hash_video_serial")
+    register_backend("embedder", COUNTED_QWEN3VL, "benchmarks.fakes:load_counted_qwen3vl")
