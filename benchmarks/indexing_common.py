@@ -30,7 +30,7 @@ def index_with_flow(source: Path, home: Path, overrides: dict[str, Any]) -> dict
 
 
 def index_plain(source: Path, home: Path, overrides: dict[str, Any]) -> dict:
-    """The flow's work without Prefect: discover, key, plan against the table, embed+upsert per batch, remove."""
+    """The flow's work without Prefect: discover, key, plan against the table, embed per batch, commit, remove."""
     settings = settings_for(home, overrides)
     embedder = shared_embedder(settings)
     items = discover(source, settings.index.video_extensions)
@@ -45,11 +45,24 @@ def index_plain(source: Path, home: Path, overrides: dict[str, Any]) -> dict:
     stored = store.content_keys() if store.exists() else {}
     plan = plan_index(keying.keyed, [f.id for f in keying.failed], stored)
     written = failed = 0
-    for batch in batches(plan.to_embed, settings.index.batch_size):
+    # The same commit policy as the flow (index.commit_seconds / commit_max_rows), so both arms write alike.
+    pending: list = []
+    last_commit = time.monotonic()
+    to_embed = batches(plan.to_embed, settings.index.batch_size)
+    for number, batch in enumerate(to_embed, start=1):
         embedded = embed_batch(batch, embedder, settings)
-        store.upsert(embedded.rows)
-        written += len(embedded.rows)
+        pending.extend(embedded.rows)
         failed += len(embedded.failed)
+        if (
+            number == len(to_embed)
+            or len(pending) >= settings.index.commit_max_rows
+            or time.monotonic() - last_commit >= settings.index.commit_seconds
+        ):
+            if pending:
+                store.upsert(pending)
+            written += len(pending)
+            pending = []
+            last_commit = time.monotonic()
     version = store.delete_ids(plan.to_remove)
     return {
         "added": len(plan.to_add),

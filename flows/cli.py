@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", help="egocvr, egocvr-local, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
     evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
+    evaluate.add_argument("--skip", type=int, default=0,
+                          help="leave out the first N queries (a held-out split for tuning settings)")
     evaluate.add_argument("--rerank-k", type=int, default=None, help="K of the rerank arm (default: the reference 50)")
     _add_common(evaluate)
 
@@ -172,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_benchmark(
         dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
-        rerank_k=args.rerank_k,
+        rerank_k=args.rerank_k, skip=args.skip,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,31 @@ from flows.query_flow import query_batch
 from r3tasks.datasets import Benchmark, load_benchmark
 from r3tasks.settings import QuerySettings
 from r3tasks.synthetic import generate_benchmark
-from r3tasks.evaluation import arm_report, arms, markdown_table, plot_recall, write_benchmark_files
+from r3tasks.evaluation import (
+    arm_report,
+    arms,
+    markdown_table,
+    plot_recall,
+    reranker_weight_sweep,
+    write_benchmark_files,
+)
 
 
 GENERATED_QUERIES = 60
 
 
 @task(name="load-benchmark", cache_policy=NONE)
-def load_benchmark_task(dataset: str, limit: int | None, options: dict[str, Any], home: str) -> Benchmark:
+def load_benchmark_task(
+    dataset: str, limit: int | None, options: dict[str, Any], home: str, skip: int = 0
+) -> Benchmark:
     if dataset == "generated":
         # Procedural clips with known attributes: checks pixels-in, ranks-out end to end.
         generated = generate_benchmark(Path(home) / "eval" / "generated-clips", n_queries=limit or GENERATED_QUERIES)
         benchmark = load_benchmark(generated.folder)
         benchmark.name = "generated"
         return benchmark
-    return load_benchmark(dataset, limit=limit, **options)
+    loaded = load_benchmark(dataset, limit=None if limit is None else skip + limit, **options)
+    return loaded.queries_from(skip) if skip else loaded
 
 
 @task(name="record-eval-artifacts", cache_policy=NONE)
@@ -52,12 +63,13 @@ def evaluate_benchmark(
     overrides: dict[str, Any] | None = None,
     dataset_options: dict[str, Any] | None = None,
     rerank_k: int | None = None,
+    skip: int = 0,
 ) -> dict:
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
-    benchmark = load_benchmark_task(dataset, limit, dataset_options or {}, str(settings.home))
-    work = settings.home / "eval" / f"{benchmark.name}-{benchmark.setting}"
+    benchmark = load_benchmark_task(dataset, limit, dataset_options or {}, str(settings.home), skip)
+    work = settings.home / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{benchmark.name}-{benchmark.setting}")
     manifest, queries = write_benchmark_files(benchmark, work)
     index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides)
     report: dict[str, Any] = {
@@ -69,6 +81,8 @@ def evaluate_benchmark(
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
+        if arm.overrides["query"]["rerank_k"]:
+            report["reranker_weight_sweep"] = reranker_weight_sweep(payload["results"], benchmark.qrels)
     table = markdown_table(report)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import asdict, replace
+from itertools import islice
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
@@ -52,6 +55,7 @@ def open_store(settings: R3Settings) -> GalleryStore:
         embedder.fingerprint,
         embedder.dim,
         storage_options=settings.gallery.storage_options,
+        settings=settings.gallery,
     )
 
 
@@ -235,21 +239,47 @@ def index_gallery(
             stack.enter_context(runner)
             logger.info("embedding on %s", type(runner).__name__)
             submit = lambda batch: runner.submit(embed, {"batch": batch, "settings": settings})  # noqa: E731
-        futures = [submit(batch) for batch in to_embed]
-        # Upserts stay here, in order, one commit per batch: a crash loses at most the batches in flight.
-        for batch, future in zip(to_embed, futures):
+        # A bounded window of submitted batches: decoded frames and threads stay bounded when the
+        # embedder is slower than decoding. Rows are stored in order, in a few commits (see index.commit_*).
+        window = max(settings.index.max_batches_in_flight, settings.index.dask_workers if runner else 1)
+        in_flight: deque[tuple[list[KeyedItem], PrefectFuture[EmbeddedBatch]]] = deque()
+        queued = iter(to_embed)
+        pending: list[GalleryRow] = []
+        last_commit = time.monotonic()
+
+        def commit() -> None:
+            nonlocal last_commit
+            if pending:
+                upsert(EmbeddedBatch(rows=list(pending), failed=[]), settings)
+                written_ids.update(row.id for row in pending)
+                pending.clear()
+            last_commit = time.monotonic()
+
+        for batch in islice(queued, window):
+            in_flight.append((batch, submit(batch)))
+        while in_flight:
+            batch, future = in_flight.popleft()
             try:
                 embedded = future.result()
             except TRANSIENT_ERRORS as error:
                 logger.warning("a batch of %d still fails after retries (%s): embedding its items singly",
                                len(batch), error)
                 embedded = _embed_one_at_a_time(embed, batch, settings)
-            upsert(embedded, settings)
-            written_ids.update(row.id for row in embedded.rows)
+            del future  # the result is held below only until its rows are committed
+            for next_batch in islice(queued, 1):
+                in_flight.append((next_batch, submit(next_batch)))
+            pending.extend(embedded.rows)
             failed.extend(embedded.failed)
             done += len(embedded.rows) + len(embedded.failed)
+            if (
+                not in_flight
+                or len(pending) >= settings.index.commit_max_rows
+                or time.monotonic() - last_commit >= settings.index.commit_seconds
+            ):
+                commit()
             update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
-            logger.info("embedded %d/%d items (%.0f%%)", done, total, 100.0 * done / max(total, 1))
+            logger.info("embedded %d/%d items (%.0f%%), %d stored", done, total, 100.0 * done / max(total, 1),
+                        len(written_ids))
     if total == 0:
         update_progress_artifact(progress_id, 100.0)
 

@@ -22,7 +22,7 @@ import csv
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,15 @@ class Benchmark:
     qrels: dict[str, dict[str, int]]
     setting: str
     stats: dict[str, int] = field(default_factory=dict)
+
+    def queries_from(self, skip: int) -> "Benchmark":
+        """The same gallery with the first `skip` queries left out: a held-out split to tune settings on,
+        disjoint from the first N queries that the reported figures use."""
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        kept = self.queries[skip:]
+        return replace(self, queries=kept, qrels={q.id: self.qrels[q.id] for q in kept if q.id in self.qrels},
+                       setting=f"{self.setting}, queries from #{skip}" if skip else self.setting)
 
     def gallery_for(self, query: ComposedQuery | TextQuery) -> list[GalleryItem]:
         """The items `query` is searched over: all of them, or its `gallery_group`'s."""

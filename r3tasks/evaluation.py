@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from r3tasks.datasets import Benchmark
+from r3tasks.fusion import rerank_topk
 from r3tasks.metrics import METRIC_KEYS, evaluate
 from r3tasks.queries import ComposedQuery
 
@@ -73,6 +74,35 @@ def arm_report(name: str, payload: dict, qrels: dict[str, dict[str, int]]) -> di
     }
 
 
+RERANKER_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def reranker_weight_sweep(
+    results: Sequence[dict], qrels: dict[str, dict[str, int]], weights: Sequence[float] = RERANKER_WEIGHTS
+) -> list[dict]:
+    """Metrics of the rerank arm's stored scores refused with other final weights (`wr`, `we = 1 - wr`).
+
+    No model runs: every ranked item carries its embedding and reranker scores, so this shows what the
+    reranker adds at each weight (0 is the recall order, 1 the reranker alone). Pick a weight on a
+    held-out split (`r3 eval --skip`), never on the queries you report.
+    """
+    sweep = []
+    for weight in weights:
+        run: dict[str, dict[str, float]] = {}
+        for result in results:
+            ranked = result["ranked"]
+            # Recall order is embedding-score order (the reranker only reorders its top-K block).
+            recalled = sorted(((r["id"], r["embedding_score"]) for r in ranked), key=lambda x: -x[1])
+            scores = {r["id"]: r["reranker_score"] for r in ranked if r["reranker_score"] is not None}
+            k = sum(1 for r in ranked if r["reranker_score"] is not None)
+            reordered = rerank_topk(recalled, scores, k, 1.0 - weight, weight) if k else []
+            run[result["id"]] = {item.id: item.score for item in reordered} or {
+                r["id"]: r["score"] for r in ranked
+            }
+        sweep.append({"reranker_weight": weight, "metrics": evaluate(run, qrels)})
+    return sweep
+
+
 def markdown_table(report: dict) -> str:
     lines = [
         f"{report['benchmark']} ({report['setting']}, {report['queries']} queries, preset {report['preset']})",
@@ -86,6 +116,14 @@ def markdown_table(report: dict) -> str:
         gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
         seconds = sum(arm["seconds_per_query"].values())
         lines.append(f"| {arm['arm']} | {metrics} | {gate} | {seconds:.2f} |")
+    sweep = report.get("reranker_weight_sweep")
+    if sweep:
+        lines += ["", "Rerank arm refused with other reranker weights (stored scores, no model run):", "",
+                  "| reranker weight | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
+        for row in sweep:
+            metrics = " | ".join(f"{row['metrics'][k]:.2f}" if k.startswith("R") else f"{row['metrics'][k]:.3f}"
+                                 for k in METRIC_KEYS)
+            lines.append(f"| {row['reranker_weight']:.1f} | {metrics} |")
     return "\n".join(lines)
 
 

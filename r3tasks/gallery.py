@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from r3tasks.errors import R3Error
+from r3tasks.settings import GallerySettings
 
 # Columns besides the vector; the vector column is a fixed-size list of float32.
 METADATA_FIELDS = [
@@ -69,11 +71,14 @@ class GalleryStore:
         embedder_fingerprint: str,
         dim: int,
         storage_options: dict[str, str] | None = None,
+        settings: GallerySettings | None = None,
     ) -> None:
         import lancedb  # heavy import kept out of module import
 
         self.uri = uri
         self.dim = dim
+        # How pinned views search (memory budget, ANN); None takes the defaults.
+        self.settings = settings if settings is not None else GallerySettings()
         self.embedder_fingerprint = embedder_fingerprint
         self.name = table_name(prefix, embedder_fingerprint)
         self._db = lancedb.connect(uri, storage_options=storage_options or None)
@@ -113,17 +118,21 @@ class GalleryStore:
     # -- reading -----------------------------------------------------------------------------
     def content_keys(self) -> dict[str, str]:
         """id -> content_key of every stored row (what the indexing plan diffs against)."""
-        table = self.table().to_arrow().select(["id", "content_key"])
+        # Two columns only: a refresh should not read every stored vector to find what changed.
+        table = self.table().search().select(["id", "content_key"]).limit(None).to_arrow()
         return dict(zip(table.column("id").to_pylist(), table.column("content_key").to_pylist()))
 
-    def pin(self, version: int | None = None) -> "PinnedGallery":
-        """A read-only view of one table version (the latest when None); later writes do not change it."""
+    def pin(self, version: int | None = None, settings: GallerySettings | None = None) -> "PinnedGallery":
+        """A read-only view of one table version (the latest when None); later writes do not change it.
+
+        `settings` overrides the store's search settings for this view.
+        """
         table = self._db.open_table(self.name) if self.exists() else self.table()
         if version is not None:
             table.checkout(version)
         else:
             table.checkout(int(table.version))
-        return PinnedGallery(self, table)
+        return PinnedGallery(self, table, settings)
 
     def snapshot(self, version: int | None = None) -> "GallerySnapshot":
         """All rows at one table version (the latest when None), for a query batch to pin."""
@@ -132,9 +141,7 @@ class GalleryStore:
             table.checkout(version)
         data = table.to_arrow()
         read_version = int(table.version)
-        vectors = np.asarray(
-            data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32
-        ).reshape(len(data), self.dim)
+        vectors = read_vectors(data.column("vector"), self.dim)
         return GallerySnapshot(
             ref=GalleryRef(uri=self.uri, table=self.name, version=read_version),
             ids=data.column("id").to_pylist(),
@@ -198,34 +205,221 @@ class ItemRecord:
     content_key: str
 
 
-class PinnedGallery:
-    """One table version, searched by a whole query batch so a refresh meanwhile changes nothing in it."""
+SearchRoute = Literal["memory", "flat", "ann"]
+_SCORE_CHUNK_FLOATS = 2**24
 
-    def __init__(self, store: GalleryStore, table: Any) -> None:
+
+class PinnedGallery:
+    """One table version, searched by a whole query batch so a refresh meanwhile changes nothing in it.
+
+    Exact search runs in RAM: on the first search the version's vectors are read once into an
+    L2-normalised float32 matrix (each group's rows contiguous), and a search is a matrix product
+    plus a partial sort. LanceDB searches instead when that matrix would exceed
+    `exact_search_max_bytes` (flat, exact), or for a top-k when the table has a cosine vector index,
+    `use_ann_index` is on and it holds more than `ann_min_rows` rows: that search is approximate
+    (ANN), it may miss some of the true top-k. A search of every row (limit <= 0) is always exact.
+    As in LanceDB, a zero vector has no cosine: such rows are never returned and a zero query
+    returns {}.
+    """
+
+    def __init__(self, store: GalleryStore, table: Any, settings: GallerySettings | None = None) -> None:
         self.store = store
+        self.settings = settings if settings is not None else store.settings
         self._table = table
         self.ref = GalleryRef(uri=store.uri, table=store.name, version=int(table.version))
-        meta = table.to_arrow().select(["id", "path", "text", "group", "content_key"]).to_pylist()
+        # Only the metadata columns: the vectors are read once, on the first in-memory search.
+        meta = (
+            table.search().select(["id", "path", "text", "group", "content_key"]).limit(None).to_arrow().to_pylist()
+        )
         self.records: dict[str, ItemRecord] = {row["id"]: ItemRecord(**row) for row in meta}
         self._group_sizes: dict[str | None, int] = {}
         for record in self.records.values():
             self._group_sizes[record.group] = self._group_sizes.get(record.group, 0) + 1
+        self._exact: _ExactMatrix | None = None
+        self._ann: bool | None = None
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def matrix_bytes(self) -> int:
+        """Size of the in-memory vector matrix of this version."""
+        return len(self.records) * self.store.dim * 4
+
+    def route(self, limit: int = 0) -> SearchRoute:
+        """Which search a call with this limit uses: `memory` (exact), `flat` (LanceDB, exact) or `ann`."""
+        if limit > 0 and self._ann_usable():
+            return "ann"
+        return "memory" if self.matrix_bytes <= self.settings.exact_search_max_bytes else "flat"
+
     def search(self, vector: np.ndarray, limit: int = 0, group: str | None = None) -> dict[str, float]:
-        """Cosine similarity of the best `limit` items (all when 0), optionally within one group."""
+        """Cosine similarity of the best `limit` items (all when <= 0), best first, optionally within one group."""
+        query = np.asarray(vector, dtype=np.float32)
+        if query.shape != (self.store.dim,):
+            raise R3Error(
+                f"query vector for {self.store.name}: shape {query.shape}, expected ({self.store.dim},)"
+            )
+        return self.search_many(query[None, :], limit, group)[0]
+
+    def search_many(self, vectors: np.ndarray, limit: int = 0, group: str | None = None) -> list[dict[str, float]]:
+        """`search` for each row of a (queries, dim) array; in memory it is one matrix product for all."""
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.store.dim:
+            raise R3Error(
+                f"query vectors for {self.store.name}: shape {queries.shape}, expected (n, {self.store.dim})"
+            )
+        if not np.all(np.isfinite(queries)):
+            raise R3Error(f"query vectors for {self.store.name}: non-finite values")
+        route = self.route(limit)
+        if route != "memory":
+            return [self._lance_search(q, limit, group, approximate=route == "ann") for q in queries]
+        exact = self._matrix()
+        span = (0, len(exact.ids)) if group is None else exact.spans.get(group)
+        out: list[dict[str, float]] = [{} for _ in range(len(queries))]
+        if span is None or span[0] == span[1] or len(queries) == 0:
+            return out
+        block, ids = exact.vectors[span[0] : span[1]], exact.ids[span[0] : span[1]]
+        norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+        usable = np.flatnonzero(norms > 0)  # a zero query has no cosine (LanceDB returns nothing for it)
+        if len(usable) == 0:
+            return out
+        unit = queries[usable] / norms[usable, None]
+        if len(usable) == 1:  # a matrix-vector product (gemv) rather than a 1-row gemm
+            out[usable[0]] = _best(block @ unit[0], ids, limit)
+            return out
+        # Queries in chunks, so the score matrix stays near 64 MiB however many there are.
+        step = max(1, _SCORE_CHUNK_FLOATS // len(block))
+        for start in range(0, len(usable), step):
+            scores = unit[start : start + step] @ block.T
+            for row, position in zip(scores, usable[start : start + step]):
+                out[position] = _best(row, ids, limit)
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+    def _matrix(self) -> "_ExactMatrix":
+        if self._exact is None:
+            with self._lock:  # threads of one batch load it once
+                if self._exact is None:
+                    self._exact = _load_exact(self._table, self.store.dim, len(self.records))
+        return self._exact
+
+    def _ann_usable(self) -> bool:
+        s = self.settings
+        if not s.use_ann_index or len(self.records) <= s.ann_min_rows:
+            return False
+        if self._ann is None:
+            self._ann = _has_cosine_vector_index(self._table)
+        return self._ann
+
+    def _lance_search(self, query: np.ndarray, limit: int, group: str | None, approximate: bool) -> dict[str, float]:
         size = self._group_sizes.get(group, 0) if group is not None else len(self.records)
         if size == 0:
             return {}
         limit = size if limit <= 0 else min(limit, size)
-        query = self._table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine").limit(limit)
+        search = self._table.search(query).distance_type("cosine").limit(limit)
+        if not approximate:
+            search = search.bypass_vector_index()
         if group is not None:
-            query = query.where(f"`group` = {_sql_string(group)}", prefilter=True)
-        hits = query.select(["id", "_distance"]).to_arrow()
+            search = search.where(f"`group` = {_sql_string(group)}", prefilter=True)
+        hits = search.select(["id", "_distance"]).to_arrow()
         distances = hits.column("_distance").to_numpy(zero_copy_only=False)
-        return {item_id: 1.0 - float(d) for item_id, d in zip(hits.column("id").to_pylist(), distances)}
+        return {
+            item_id: 1.0 - float(d)
+            for item_id, d in zip(hits.column("id").to_pylist(), distances)
+            if np.isfinite(d)
+        }
+
+
+@dataclass(frozen=True)
+class _ExactMatrix:
+    """A pinned version's usable vectors in RAM: unit rows, each group's rows contiguous."""
+
+    ids: np.ndarray  # object array of item ids, in the row order of `vectors`
+    vectors: np.ndarray  # (rows, dim) float32
+    spans: dict[str | None, tuple[int, int]]  # group -> [start, stop) rows
+
+
+def _load_exact(table: Any, dim: int, rows: int) -> _ExactMatrix:
+    """Stream the version's vectors into one matrix (no whole Arrow copy beside it), then normalise and group."""
+    vectors = np.empty((rows, dim), dtype=np.float32)
+    ids: list[str] = []
+    names: list[str | None] = []
+    at = 0
+    for batch in table.search().select(["id", "group", "vector"]).limit(None).to_batches():
+        if at + batch.num_rows > len(vectors):  # more rows than the pin counted; cannot happen for one version
+            vectors = np.concatenate([vectors[:at], np.empty((batch.num_rows, dim), np.float32)])
+        read_vectors(batch.column("vector"), dim, out=vectors[at : at + batch.num_rows])
+        ids += batch.column("id").to_pylist()
+        names += batch.column("group").to_pylist()
+        at += batch.num_rows
+    vectors = vectors[:at]
+    code_of: dict[str | None, int] = {}
+    codes = np.fromiter((code_of.setdefault(g, len(code_of)) for g in names), dtype=np.int64, count=len(names))
+    id_array = np.array(ids, dtype=object)
+    if len(codes) > 1 and np.any(np.diff(codes) < 0):
+        # Groups interleaved: one reordering copy, so that a group's search is a slice.
+        order = np.argsort(codes, kind="stable")
+        vectors, id_array, codes = vectors[order], id_array[order], codes[order]
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary
+    usable = np.isfinite(norms) & (norms > 0)
+    np.divide(vectors, norms[:, None], out=vectors, where=usable[:, None])
+    if not usable.all():
+        vectors, id_array, codes = vectors[usable], id_array[usable], codes[usable]
+    spans: dict[str | None, tuple[int, int]] = {}
+    for name, code in code_of.items():
+        first, stop = int(np.searchsorted(codes, code, "left")), int(np.searchsorted(codes, code, "right"))
+        if stop > first:
+            spans[name] = (first, stop)
+    return _ExactMatrix(ids=id_array, vectors=vectors, spans=spans)
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
+    """{id: score} of the `limit` best scores (all when <= 0), best first."""
+    n = len(scores)
+    k = n if limit <= 0 else min(limit, n)
+    if k < n:
+        top = np.argpartition(scores, n - k)[n - k :]
+        order = top[np.argsort(scores[top])[::-1]]
+    else:
+        order = np.argsort(scores)[::-1]
+    return dict(zip(ids[order].tolist(), scores[order].tolist()))
+
+
+def _has_cosine_vector_index(table: Any) -> bool:
+    # LanceDB falls back to a flat search when the index was built for another distance.
+    for index in table.list_indices():
+        if "vector" in index.columns:
+            metric = str((getattr(index, "index_details", None) or {}).get("metric_type", "cosine"))
+            if metric.lower() == "cosine":
+                return True
+    return False
+
+
+def read_vectors(column: pa.ChunkedArray | pa.Array, dim: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A fixed-size-list vector column as an (n, dim) float32 array (written into `out` when given).
+
+    A null vector reads as zeros. Filled chunk by chunk, so the result is the only whole copy.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if out is None:
+        out = np.empty((sum(len(c) for c in chunks), dim), dtype=np.float32)
+    at = 0
+    for chunk in chunks:
+        m = len(chunk)
+        if m == 0:
+            continue
+        # `.values` ignores the chunk's slice offset; null lists still own `dim` child slots.
+        values = chunk.values.slice(chunk.offset * dim, m * dim)
+        if values.null_count:
+            import pyarrow.compute as pc  # only for this rare case
+
+            values = pc.fill_null(values, 0.0)
+        out[at : at + m] = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(m, dim)
+        if chunk.null_count:
+            out[at : at + m][chunk.is_null().to_numpy(zero_copy_only=False)] = 0.0
+        at += m
+    return out
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ change of a few files, or a removal does exactly the missing work.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -144,9 +144,23 @@ def embed_batch(
     batch: Sequence[KeyedItem],
     embedder: Embedder,
     settings: R3Settings,
-    on_item_done: Callable[[int], None] | None = None,
 ) -> EmbeddedBatch:
-    """Embed one batch of gallery items; failures are per item, the rest still get rows."""
+    """Embed one batch of gallery items; failures are per item, the rest still get rows.
+
+    Frames are decoded one forward pass (`models.embed_batch_size` items) at a time and dropped once
+    embedded, so a task's memory does not grow with `index.batch_size`: only vectors are kept.
+    """
+    step = settings.models.embed_batch_size if embedder.uses_frames else max(len(batch), 1)
+    rows: list[GalleryRow] = []
+    failed: list[ItemFailure] = []
+    for start in range(0, len(batch), step):
+        part = _embed_part(batch[start : start + step], embedder, settings)
+        rows.extend(part.rows)
+        failed.extend(part.failed)
+    return EmbeddedBatch(rows=rows, failed=failed)
+
+
+def _embed_part(batch: Sequence[KeyedItem], embedder: Embedder, settings: R3Settings) -> EmbeddedBatch:
     kept, inputs, failed = embed_inputs(batch, embedder, settings)
     rows: list[GalleryRow] = []
     if inputs:
@@ -164,8 +178,6 @@ def embed_batch(
                     rows.append(_row(keyed_item, embed_input, vector))
                 except ItemError as error:
                     failed.append(failure_of(keyed_item.item, error))
-    if on_item_done is not None:
-        on_item_done(len(batch))
     return EmbeddedBatch(rows=rows, failed=failed)
 
 

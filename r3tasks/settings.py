@@ -134,10 +134,46 @@ class GallerySettings(_Section):
         default_factory=list,
         description="Folders a query's source video path may lie in; empty allows only gallery item ids.",
     )
+    exact_search_max_bytes: int = Field(
+        4 * 2**30,
+        ge=0,
+        description="Largest vector matrix (rows x dim x 4 bytes) a query batch loads into RAM for exact search. "
+        "In RAM, exact search is a matrix product (LanceDB's flat search re-reads and decodes the whole vector "
+        "column on every query, 10-18x slower at 100k rows); loading briefly needs about twice this. A bigger "
+        "gallery is searched by LanceDB instead.",
+    )
+    use_ann_index: bool = Field(
+        True,
+        description="Search with the table's cosine vector index (approximate) when it has one and holds more "
+        "than `ann_min_rows` rows; only for top-k searches, a score for every row is always exact.",
+    )
+    ann_min_rows: int = Field(
+        100_000,
+        ge=0,
+        description="Rows above which a vector index, when present and `use_ann_index` is on, replaces exact search.",
+    )
 
 
 class IndexSettings(_Section):
-    batch_size: int = Field(16, ge=1, description="Items per embedding task (one Prefect task per batch).")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Items per embedding task (one Prefect task per batch). Frames are decoded one forward pass "
+        "at a time inside a task, so this sets orchestration cost (task runs), not memory.",
+    )
+    max_batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description="Embedding tasks submitted ahead of the one being stored: bounds memory and threads when the "
+        "embedder is slower than decoding (peak memory does not grow with the gallery).",
+    )
+    commit_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Embedded rows are written to the table at least this often (and at the end): a crash loses at "
+        "most this much work, while fewer commits mean fewer table versions and fragments.",
+    )
+    commit_max_rows: int = Field(4096, ge=1, description="Rows waiting to be written that force a commit.")
     video_extensions: list[str] = Field(
         default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
         description="File suffixes a gallery folder scan treats as videos.",

@@ -243,6 +243,20 @@ def test_covrr_flat_file_and_limit(tmp_path: Path) -> None:
     assert b.qrels == {"5": {"b": 1}}
 
 
+def test_held_out_split_leaves_out_the_reported_queries(tmp_path: Path) -> None:
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps([
+        {"id": i, "video_source": f"s{i}", "video_target": f"t{i}", "modification_text": "x"} for i in range(5)
+    ]))
+    whole = load_covrr_json(path)
+    held_out = whole.queries_from(3)
+    assert [q.id for q in held_out.queries] == ["3", "4"]
+    assert held_out.qrels == {"3": {"t3": 1}, "4": {"t4": 1}}
+    assert held_out.items == whole.items and "from #3" in held_out.setting
+    with pytest.raises(ValueError):
+        whole.queries_from(-1)
+
+
 def test_covrr_malformed(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('[\n{"id": 0,\n "video_source": }\n]')

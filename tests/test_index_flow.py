@@ -215,6 +215,7 @@ def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path
         "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
         "R3_MODELS__EMBEDDER": "slow",
         "R3_INDEX__BATCH_SIZE": "4",
+        "R3_INDEX__COMMIT_SECONDS": "0",  # a commit per batch, so there is something to kill between
     }
     process = subprocess.Popen([sys.executable, str(script), str(manifest), str(r3_home)], env=env)
     try:
@@ -264,3 +265,46 @@ def test_non_finite_vector_fails_only_its_item(tmp_path: Path, r3_home: Path) ->
     result = embed_batch(key_items(items, settings).keyed, NanForOne(uses_frames=False), settings)
     assert [row.id for row in result.rows] == ["good", "fine"]
     assert [(f.id, "non-finite" in f.reason) for f in result.failed] == [("bad", True)]
+
+
+class _ConcurrencyProbe:
+    """Counts embedding tasks alive at once: each holds its decoded frames until it returns."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.alive = 0
+        self.most = 0
+        self.calls = 0
+
+
+def test_slow_embedder_keeps_batches_in_flight_bounded_and_commits_rarely(
+    tmp_path: Path, r3_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import r3tasks.indexing as indexing
+
+    probe = _ConcurrencyProbe()
+    real_part = indexing._embed_part
+
+    def probed_part(batch, embedder, settings):
+        with probe.lock:
+            probe.alive += 1
+            probe.calls += 1
+            probe.most = max(probe.most, probe.alive)
+        try:
+            time.sleep(0.05)  # an embedder slower than listing items: batches would pile up unbounded
+            return real_part(batch, embedder, settings)
+        finally:
+            with probe.lock:
+                probe.alive -= 1
+
+    monkeypatch.setattr(indexing, "_embed_part", probed_part)
+    manifest = tmp_path / "gallery.jsonl"
+    manifest.write_text("\n".join(json.dumps({"id": f"item-{i:02d}", "text": f"caption {i}"}) for i in range(40)))
+    summary = run_index(manifest, r3_home, index={"batch_size": 2, "max_batches_in_flight": 2})
+
+    assert summary["added"] == 40 and stored_ids(r3_home) == sorted(f"item-{i:02d}" for i in range(40))
+    assert probe.calls == 20 and probe.most <= 2
+    # 20 batches stored in one commit (commit_seconds 30 s not reached): one new table version, not 20.
+    assert len(store_for(r3_home).table().list_versions()) <= 2  # the table's creation and the one upsert

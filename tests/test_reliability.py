@@ -451,6 +451,9 @@ def test_repeated_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothin
         "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
         "R3_MODELS__EMBEDDER": "slow",
         "R3_INDEX__BATCH_SIZE": "3",
+        # Commits of a few batches each, so kills land between commits, inside them, and between a batch's
+        # embedding and the commit that would have stored it.
+        "R3_INDEX__COMMIT_SECONDS": "0.3",
     }
     rng = random.Random(20240607)
     kills: list[dict] = []

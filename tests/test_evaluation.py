@@ -1,0 +1,38 @@
+"""The reranker-weight sweep: stored rerank-arm scores refused without running a model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from r3tasks.evaluation import reranker_weight_sweep
+from r3tasks.fusion import rerank_topk
+from r3tasks.metrics import evaluate
+
+
+def _result(query_id: str, embedding: dict[str, float], reranker: dict[str, float], k: int) -> dict:
+    recalled = sorted(embedding.items(), key=lambda x: -x[1])
+    ranked = rerank_topk(recalled, reranker, k, 0.4, 0.6)
+    return {"id": query_id, "ranked": [asdict(item) for item in ranked]}
+
+
+def test_sweep_reproduces_the_arm_and_shows_what_the_reranker_adds() -> None:
+    # The embedding puts the relevant item ("hit") 3rd; the reranker knows it; a 5th item was never reranked.
+    results = [
+        _result(f"q{n}", {"a": 0.9, "b": 0.8, "hit": 0.7 - n * 0.01, "c": 0.6, "tail": 0.5},
+                {"a": 0.1, "b": 0.2, "hit": 5.0, "c": 0.0}, k=4)
+        for n in range(3)
+    ]
+    qrels = {f"q{n}": {"hit": 1} for n in range(3)}
+    sweep = {row["reranker_weight"]: row["metrics"] for row in reranker_weight_sweep(results, qrels)}
+
+    stored = evaluate({r["id"]: {i["id"]: i["score"] for i in r["ranked"]} for r in results}, qrels)
+    assert sweep[0.6] == stored  # the weights the arm ran with give the arm's own figures
+    assert sweep[0.0]["R@1"] == 0.0 and sweep[0.0]["MRR"] == 1 / 3  # recall order: the hit stays 3rd
+    assert sweep[1.0]["R@1"] == 100.0
+    assert set(sweep) == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
+
+
+def test_sweep_of_an_arm_without_reranker_scores_is_the_recall_order() -> None:
+    results = [_result("q", {"a": 0.9, "hit": 0.8}, {}, k=0)]
+    sweep = reranker_weight_sweep(results, {"q": {"hit": 1}}, weights=[0.0, 1.0])
+    assert [row["metrics"]["R@1"] for row in sweep] == [0.0, 0.0]
