@@ -13,6 +13,15 @@ import threading
 import time
 from pathlib import Path
 
+_INDEX_KEYS = ("batch_size", "max_batches_in_flight", "commit_seconds", "commit_max_rows")
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
 
 def _status() -> tuple[int, int]:
     """(VmRSS bytes, threads) of this process."""
@@ -56,17 +65,31 @@ def main() -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--mode", choices=["flow", "plain"], required=True)
     parser.add_argument("--embedder", required=True)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--index-json", type=_json_object, default={},
+                        help="overrides of the `index` settings section, as a JSON object")
+    parser.add_argument("--models-json", type=_json_object, default={},
+                        help="overrides of the `models` section besides the embedder, as a JSON object")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from benchmarks.fakes import register
-    from benchmarks.indexing_common import index_plain, index_with_flow, preload
+    from benchmarks.indexing_common import (
+        index_plain,
+        index_with_flow,
+        preload,
+        settings_for,
+    )
 
     register()
-    overrides = {"models": {"embedder": args.embedder}, "index": {"batch_size": args.batch_size}}
+    overrides = {"models": {**args.models_json, "embedder": args.embedder}, "index": dict(args.index_json)}
     home = Path(args.home)
     preload(home, overrides)
+    settings = settings_for(home, overrides)
+    # What was in force, defaults included, so the report says what each run measured.
+    effective = {
+        "index": {k: getattr(settings.index, k) for k in _INDEX_KEYS},
+        "embed_batch_size": settings.models.embed_batch_size,
+    }
     # Everything indexing imports lazily is imported before the baseline, so "added" is data, not code.
     import av  # noqa: F401
     import decord  # noqa: F401
@@ -94,6 +117,9 @@ def main() -> None:
     rusage_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(args.out).write_text(json.dumps({
         "mode": args.mode,
+        "embedder": args.embedder,
+        "overrides": overrides,
+        "settings": effective,
         "written": written,
         "failed": failed,
         "wall_s": wall,

@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
     evaluate.add_argument("--skip", type=int, default=0,
                           help="leave out the first N queries (a held-out split for tuning settings)")
-    evaluate.add_argument("--rerank-k", type=int, default=None, help="K of the rerank arm (default: the reference 50)")
+    evaluate.add_argument("--rerank-k", type=int, default=None,
+                          help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)")
+    evaluate.add_argument("--fusion-grid", action="store_true",
+                          help="also run +reasoning under a grid of fusion settings (tau, w, rrf/max/mean)")
     _add_common(evaluate)
 
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
@@ -174,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_benchmark(
         dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
-        rerank_k=args.rerank_k, skip=args.skip,
+        rerank_k=args.rerank_k, skip=args.skip, fusion_grid=args.fusion_grid,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return EXIT_OK

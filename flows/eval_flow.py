@@ -20,6 +20,7 @@ from r3tasks.synthetic import generate_benchmark
 from r3tasks.evaluation import (
     arm_report,
     arms,
+    fusion_grid_arms,
     markdown_table,
     plot_recall,
     reranker_weight_sweep,
@@ -64,6 +65,7 @@ def evaluate_benchmark(
     dataset_options: dict[str, Any] | None = None,
     rerank_k: int | None = None,
     skip: int = 0,
+    fusion_grid: bool = False,
 ) -> dict:
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
     settings = flow_settings(preset, home, overrides)
@@ -76,13 +78,20 @@ def evaluate_benchmark(
         "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
         "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
     }
-    for arm in arms(rerank_k or QuerySettings.model_fields["rerank_k"].default):
+    for arm in arms(QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
         if arm.overrides["query"]["rerank_k"]:
             report["reranker_weight_sweep"] = reranker_weight_sweep(payload["results"], benchmark.qrels)
+    if fusion_grid:
+        report["fusion_sweep"] = []
+        for arm in fusion_grid_arms():
+            payload = query_batch(queries=str(queries), preset=preset, home=home,
+                                  overrides=_merge(overrides or {}, arm.overrides))
+            report["fusion_sweep"].append(arm_report(arm.name, payload, benchmark.qrels))
+            logger.info("%s: %s", arm.name, report["fusion_sweep"][-1]["metrics"])
     table = markdown_table(report)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,18 @@ def arms(rerank_k: int) -> list[Arm]:
     return [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
         Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),
-        Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
-    ]
+    ] + ([Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}})] if rerank_k else [])
+
+
+def fusion_grid_arms() -> list[Arm]:
+    """+reasoning (no rerank) under other fusion settings: the agreement gate's tau, the residual weight w,
+    and the rank/score fusions. Each costs one cached query batch; run it on a held-out split."""
+    grid = [
+        (f"w={weight} tau={tau}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": tau})
+        for weight in (0.1, 0.25, 0.5)
+        for tau in (0.5, 0.9, 0.95)
+    ] + [(mode, {"fusion": mode}) for mode in ("rrf", "max", "mean")]
+    return [Arm(f"+reasoning {name}", {"query": {"use_reasoning": True, "rerank_k": 0, **cfg}}) for name, cfg in grid]
 
 
 def write_benchmark_files(benchmark: Benchmark, folder: Path) -> tuple[Path, Path]:
@@ -116,6 +126,14 @@ def markdown_table(report: dict) -> str:
         gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
         seconds = sum(arm["seconds_per_query"].values())
         lines.append(f"| {arm['arm']} | {metrics} | {gate} | {seconds:.2f} |")
+    if report.get("fusion_sweep"):
+        lines += ["", "+reasoning under other fusion settings (no rerank):", "",
+                  "| setting | " + " | ".join(METRIC_KEYS) + " | gate pass |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
+        for arm in report["fusion_sweep"]:
+            metrics = " | ".join(f"{arm['metrics'][k]:.2f}" if k.startswith("R") else f"{arm['metrics'][k]:.3f}"
+                                 for k in METRIC_KEYS)
+            gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
+            lines.append(f"| {arm['arm'].removeprefix('+reasoning ')} | {metrics} | {gate} |")
     sweep = report.get("reranker_weight_sweep")
     if sweep:
         lines += ["", "Rerank arm refused with other reranker weights (stored scores, no model run):", "",

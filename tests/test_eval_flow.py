@@ -13,7 +13,7 @@ from tests.test_query_flow import CAPTIONS, FAKES
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path, r3_home: Path) -> None:
+def _bench(tmp_path: Path) -> Path:
     folder = tmp_path / "bench"
     folder.mkdir()
     (folder / "manifest.jsonl").write_text("\n".join(json.dumps({"id": k, "text": v}) for k, v in CAPTIONS.items()))
@@ -27,6 +27,11 @@ def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path,
         )
     )
     (folder / "qrels.json").write_text(json.dumps({"q1": {"dog-park-night": 1}, "q2": {"person-stands": 1}}))
+    return folder
+
+
+def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path, r3_home: Path) -> None:
+    folder = _bench(tmp_path)
     out = tmp_path / "report.json"
 
     report = evaluate_benchmark(dataset=str(folder), out=str(out), home=str(r3_home), overrides=FAKES)
@@ -42,3 +47,16 @@ def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path,
     assert report["arms"][0]["metrics"]["R@5"] == 100.0
     assert json.loads(out.read_text())["arms"][2]["arm"] == "+reasoning+rerank"
     assert Path(report["plot"]).stat().st_size > 0
+    assert [row["reranker_weight"] for row in report["reranker_weight_sweep"]] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_eval_on_a_held_out_split_with_the_fusion_grid_and_no_rerank_arm(tmp_path: Path, r3_home: Path) -> None:
+    out = tmp_path / "dev.json"
+    report = evaluate_benchmark(dataset=str(_bench(tmp_path)), out=str(out), home=str(r3_home), overrides=FAKES,
+                                skip=1, rerank_k=0, fusion_grid=True)
+
+    assert report["queries"] == 1 and [a["arm"] for a in report["arms"]] == ["base", "+reasoning"]
+    names = [a["arm"] for a in report["fusion_sweep"]]
+    assert "+reasoning w=0.25 tau=0.9" in names and "+reasoning rrf" in names
+    assert all(a["queries"] == 1 and a["failed"] == 0 for a in report["fusion_sweep"])
+    assert "reranker_weight_sweep" not in report
