@@ -33,11 +33,16 @@ def arms(rerank_k: int) -> list[Arm]:
 
 def fusion_grid_arms() -> list[Arm]:
     """+reasoning (no rerank) under other fusion settings: the agreement gate's tau, the residual weight w,
-    and the rank/score fusions. Each costs one cached query batch; run it on a held-out split."""
+    the copy gate (reasoning that restates the source left out), and the rank/score fusions. Each costs one cached query batch; run it on a held-out split."""
     grid = [
         (f"w={weight} tau={tau}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": tau})
         for weight in (0.1, 0.25, 0.5)
         for tau in (0.5, 0.9, 0.95)
+    ] + [
+        (f"w={weight} copy gate {copy}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": 0.5,
+                                         "copy_gate_threshold": copy})
+        for weight in (0.25, 0.5)
+        for copy in (0.8, 0.9)
     ] + [(mode, {"fusion": mode}) for mode in ("rrf", "max", "mean")]
     return [Arm(f"+reasoning {name}", {"query": {"use_reasoning": True, "rerank_k": 0, **cfg}}) for name, cfg in grid]
 

@@ -82,6 +82,26 @@ def reasoning_agreement(base_query_embeddings: np.ndarray, reasoning_embedding: 
     return float(np.max(base @ reason))
 
 
+def source_restatement(reasoning: str, source_text: str) -> float:
+    """How much a reasoning paragraph just restates the source's own description: the similarity of their
+    word sequences (difflib ratio, lower case, punctuation dropped), 1.0 for a copy.
+
+    A weak reasoner that copies the source caption passes R^3's agreement gate (it agrees with the base
+    query, which holds the same caption) yet carries no target-side information, and it pulls recall
+    towards clips like the source: the copy gate uses this to leave such reasoning out.
+    """
+    import difflib
+    import re
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9']+", text.lower())
+
+    a, b = words(reasoning), words(source_text)
+    if not a or not b:
+        return 0.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
 def gated_residual_fusion(base_scores: np.ndarray, reasoning_scores: np.ndarray, weight: float) -> np.ndarray:
     """Reference `_gated_residual_scores`: ``base + weight * (reasoning - base)`` per item.
 

@@ -15,7 +15,15 @@ import numpy as np
 
 from r3tasks.errors import ItemError, R3Error
 from r3tasks.frames import SampledFrames, policy_from_settings, read_frames
-from r3tasks.fusion import RankedItem, fuse, fuse_base_queries, reasoning_agreement, rerank_topk, top_k
+from r3tasks.fusion import (
+    RankedItem,
+    fuse,
+    fuse_base_queries,
+    reasoning_agreement,
+    rerank_topk,
+    source_restatement,
+    top_k,
+)
 from r3tasks.gallery import PinnedGallery
 from r3tasks.models.base import (
     EmbedInput,
@@ -54,6 +62,7 @@ class QueryState:
     base_vectors: np.ndarray | None = None  # (B, D)
     reasoning_vector: np.ndarray | None = None  # (D,)
     agreement: float | None = None
+    source_similarity: float | None = None  # reasoning text vs the source's text (1.0: a copy)
     gate_used: bool = False
     recalled: list[tuple[str, float]] = field(default_factory=list)
     ranked: list[RankedItem] = field(default_factory=list)
@@ -267,6 +276,10 @@ def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Set
         if state.reasoning_vector is not None:
             reasoning_scores = np.array([reason_hits.get(i, -np.inf) for i in ids], dtype=np.float64)
             agreement = reasoning_agreement(state.base_vectors, state.reasoning_vector)
+            if state.reasoning is not None and state.source is not None and state.source.text:
+                state.source_similarity = source_restatement(state.reasoning.text, state.source.text)
+            if q.copy_gate_threshold is not None and (state.source_similarity or 0.0) >= q.copy_gate_threshold:
+                reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
         result = fuse(
             base_scores,
             reasoning_scores,
@@ -382,7 +395,7 @@ def result_of(state: QueryState, lineage: dict) -> dict:
         "ranked": [asdict(item) for item in state.ranked] if state.ok else [],
         "reasoning": state.reasoning.text if state.reasoning is not None else None,
         "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
-        "gate": {"agreement": state.agreement, "used": state.gate_used},
+        "gate": {"agreement": state.agreement, "source_similarity": state.source_similarity, "used": state.gate_used},
         "error": state.error,
         "lineage": lineage,
     }

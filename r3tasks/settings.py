@@ -223,6 +223,14 @@ class QuerySettings(_Section):
     )
     use_reasoning: bool = Field(True, description="Generate target-side reasoning for composed queries.")
     gate_threshold: float = Field(0.5, description="Agreement gate tau: reasoning is used only if agreement >= tau.")
+    copy_gate_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Leave reasoning out (as when the agreement gate fails) when its word-sequence similarity to "
+        "the source's text is at least this: a reasoner that restates the source adds no target-side information. "
+        "None (the reference) turns the check off; it needs the source's caption.",
+    )
     fusion: FusionMode = Field("gated_residual", description="How base and reasoning scores combine.")
     fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")

@@ -218,3 +218,14 @@ def test_rerank_random_lists_are_monotone_and_block_order_is_the_fused_order() -
 def test_rerank_rejects_non_finite_recall_scores() -> None:
     with pytest.raises(ValueError, match="'a'"):
         rerank_topk([("a", -INF)], {"a": 1.0}, k=1)
+
+
+def test_source_restatement_scores_copies_high_and_rewrites_low() -> None:
+    from r3tasks.fusion import source_restatement
+
+    source = "The camera wearer takes the sieve"
+    assert source_restatement("The camera wearer takes the sieve.", source) == 1.0
+    assert source_restatement("the CAMERA wearer, takes the sieve", source) == 1.0
+    assert source_restatement("The camera wearer shakes the sieve over the sink", source) < 0.8
+    assert source_restatement("A dog runs across a snowy field", source) < 0.2
+    assert source_restatement("", source) == 0.0

@@ -69,7 +69,7 @@ def test_batch_returns_ranked_results_with_reasoning_gate_and_lineage(tmp_path, 
     composed = by_id["q-night"]
     assert composed["kind"] == "composed" and composed["error"] is None
     assert composed["reasoning"].endswith("after: make it night")
-    assert set(composed["gate"]) == {"agreement", "used"}
+    assert set(composed["gate"]) == {"agreement", "source_similarity", "used"}
     ranked_ids = [r["id"] for r in composed["ranked"]]
     assert "dog-park-day" not in ranked_ids  # the source never comes back
     assert len(ranked_ids) == len(CAPTIONS) - 1
@@ -138,6 +138,20 @@ def test_rerank_k_zero_keeps_recall_order_and_reranks_nothing(tmp_path, r3_home,
         embedding = [item["embedding_score"] for item in result["ranked"]]
         assert embedding == sorted(embedding, reverse=True)
     assert payload["results"][0]["lineage"]["reranker"] is None
+
+
+def test_copy_gate_leaves_out_reasoning_that_restates_the_source(tmp_path, r3_home, indexed) -> None:
+    # The fake reasoner writes "<source caption>, after: <edit>": word similarity 0.7-0.8 to the source caption.
+    queries = write_queries(tmp_path, QUERIES[:2])
+    base = run(queries, r3_home, query={"rerank_k": 0, "use_reasoning": False})["results"]
+    # tau = -1: the agreement gate passes everything, so only the copy gate decides.
+    strict = run(queries, r3_home, query={"rerank_k": 0, "gate_threshold": -1.0, "copy_gate_threshold": 0.6})
+    loose = run(queries, r3_home, query={"rerank_k": 0, "gate_threshold": -1.0, "copy_gate_threshold": 0.95})
+    for b, s, l in zip(base, strict["results"], loose["results"]):
+        assert 0.6 <= s["gate"]["source_similarity"] < 0.95
+        assert s["gate"]["used"] is False and l["gate"]["used"] is True
+        assert [i["id"] for i in s["ranked"]] == [i["id"] for i in b["ranked"]]  # recall as with no reasoning
+        assert [i["score"] for i in s["ranked"]] == pytest.approx([i["score"] for i in b["ranked"]])
 
 
 def test_batch_pinned_to_a_version_ignores_a_refresh(tmp_path, r3_home, indexed) -> None:
