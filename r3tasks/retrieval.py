@@ -367,6 +367,8 @@ def _rerank_query(state: QueryState, reranker: Reranker, settings: R3Settings, f
         instruction=q.reranker_instruction,
         frames=frames.frames if frames is not None else None,
         fps=frames.sample_fps if frames is not None else None,
+        source_text=state.source.text,
+        edit=query.edit,
     )
 
 

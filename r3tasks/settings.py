@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 Preset = Literal["tiny", "offline", "qwen3vl"]
 FusionMode = Literal["gated_residual", "max", "mean", "rrf"]
-RerankRule = Literal["yes_no_sigmoid", "rankvideo_logsumexp"]
+RerankRule = Literal["yes_no_sigmoid", "rankvideo_logsumexp", "edit_likelihood"]
 FingerprintMode = Literal["content", "stat"]
 TaskRunnerName = Literal["thread", "dask"]
 
@@ -98,7 +98,9 @@ class ModelSettings(_Section):
     rerank_rule: RerankRule = Field(
         "yes_no_sigmoid",
         description="Reranker score: sigmoid(logit_yes - logit_no) at the last position (Qwen3-VL-Reranker), "
-        "or RankVideo's logsumexp over yes-variants minus logsumexp over no-variants.",
+        "or RankVideo's logsumexp over yes-variants minus logsumexp over no-variants. `edit_likelihood` (the "
+        "offline Gemma reranker only) scores how well the candidate explains the query: mean log P(edit | source "
+        "caption, candidate caption) for composed queries, log P(query | candidate caption) for text queries.",
     )
     reasoning_max_new_tokens: int = Field(4096, ge=1, description="Token limit for the reasoner (greedy decoding).")
     offline_reasoning_max_new_tokens: int = Field(

@@ -247,6 +247,33 @@ def test_gemma_reranker_prefers_a_relevant_caption_to_an_unrelated_one(reranker)
     assert relevant > unrelated
 
 
+@pytest.fixture(scope="module")
+def reranker_likelihood(gemma_home: Path, reasoner):
+    return load_reranker(offline_settings(gemma_home, rerank_rule="edit_likelihood"))
+
+
+@pytest.mark.slow
+def test_gemma_likelihood_reranker_finds_the_caption_that_explains_the_edit(reranker_likelihood) -> None:
+    source = "The camera wearer puts a phone on the table"
+    query = RerankQuery("unused", "", source_text=source, edit="Pick it up.")
+    captions = ["The camera wearer types on the keyboard", source, "The camera wearer picks a phone from the table"]
+    scores = reranker_likelihood.score(query, [RerankCandidate(str(i), c) for i, c in enumerate(captions)])
+    assert int(np.argmax(scores)) == 2 and np.all(scores < 0)  # mean log-probabilities
+    # One candidate alone scores as it does in a padded batch.
+    alone = reranker_likelihood.score(query, [RerankCandidate("2", captions[2])])
+    assert alone[0] == pytest.approx(scores[2], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_gemma_likelihood_reranker_scores_text_queries_by_query_likelihood(reranker_likelihood, reranker) -> None:
+    query = RerankQuery("a cat sleeping", "")
+    scores = reranker_likelihood.score(
+        query, [RerankCandidate("d", "a dog runs in a park"), RerankCandidate("c", "a cat sleeps on a sofa")]
+    )
+    assert scores[1] > scores[0]
+    assert reranker_likelihood.fingerprint != reranker.fingerprint  # its scores never mix with yes/no ones in caches
+
+
 @pytest.mark.slow
 def test_gemma_reranker_refuses_a_candidate_without_text(reranker) -> None:
     with pytest.raises(MissingTextError) as info:

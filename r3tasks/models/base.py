@@ -89,6 +89,9 @@ class RerankQuery:
     instruction: str
     frames: np.ndarray | None = field(default=None, compare=False, repr=False)
     fps: float | None = None
+    # A composed query's parts, for rerankers that score them separately (gemma3 `edit_likelihood`).
+    source_text: str | None = None
+    edit: str | None = None
 
 
 @dataclass(frozen=True)

@@ -441,6 +441,47 @@ def rerank_prompt(instruction: str, query: str, candidate: str) -> str:
 RERANK_PROMPT_VERSION = _short_hash(rerank_prompt("{instruction}", "{query}", "{candidate}"))
 
 
+# Query likelihood (UPR, Sachan et al. 2022): a base LM follows a yes/no instruction poorly but models
+# text well, so the candidate is scored by how likely it makes the query. The query side is the same for
+# every candidate of one query, so the candidates' own prior (short, generic captions) does not enter.
+_EDIT_ITEM = "Before: {source}\nAfter: {target}\nInstruction:"
+_TEXT_ITEM = "Video: {candidate}\nSearch query:"
+TEXT_LIKELIHOOD_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("a person slices a tomato on a cutting board", "cutting vegetables"),
+    ("#C C closes the fridge door", "someone shutting a refrigerator"),
+    ("A dog runs across a grassy park chasing a red ball.", "dog playing fetch outside"),
+    ("A woman rides a bicycle down a city street.", "cycling in the city"),
+)
+
+
+def likelihood_prompt_parts(
+    query: str, candidates: Sequence[str], source_text: str | None, edit: str | None
+) -> tuple[str, list[str], str]:
+    """(shared prefix, per-candidate suffix, scored target) for `edit_likelihood`.
+
+    Composed query: few-shot "Before / After / Instruction" lines (the reasoner's examples, reordered),
+    then the source as Before, each candidate as After, and the edit as the scored target.
+    Text query: "Video / Search query" lines, each candidate as Video, the query as the target.
+    """
+    if source_text and edit:
+        shots = "".join(_EDIT_ITEM.format(source=s, target=t) + f" {e}\n\n" for s, e, t in REASON_EXAMPLES)
+        prefix = "Describe the change from the first video to the second.\n\n" + shots + "Before: " + (
+            _one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:"
+        )
+        suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nInstruction:" for c in candidates]
+        return prefix, suffixes, " " + _one_line(edit)[:MAX_QUERY_CHARS] + "\n"
+    shots = "".join(_TEXT_ITEM.format(candidate=c) + f" {q}\n\n" for c, q in TEXT_LIKELIHOOD_EXAMPLES)
+    prefix = "Write a search query that finds the video.\n\n" + shots + "Video:"
+    suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nSearch query:" for c in candidates]
+    return prefix, suffixes, " " + _one_line(query)[:MAX_QUERY_CHARS] + "\n"
+
+
+LIKELIHOOD_PROMPT_VERSION = _short_hash(
+    likelihood_prompt_parts("{query}", ["{candidate}"], "{source}", "{edit}")[0]
+    + likelihood_prompt_parts("{query}", ["{candidate}"], None, None)[0]
+)
+
+
 def _answer_ids(tokenizer: Any, word: str) -> list[int]:
     """Every vocabulary entry that reads as `word` once stripped and lower-cased (RankVideo's
     yes/no variants: "yes", " yes", "Yes", " YES", ...)."""
@@ -480,7 +521,8 @@ def yes_no_score(
 
 @dataclass
 class Gemma3Reranker:
-    """Scores (query text, candidate caption) pairs by Gemma's next-token yes/no preference."""
+    """Scores (query text, candidate caption) pairs by Gemma's next-token yes/no preference, or (rule
+    `edit_likelihood`) by the likelihood of the query given the candidate."""
 
     model: Any
     tokenizer: Any
@@ -547,6 +589,52 @@ class Gemma3Reranker:
                 rows.append(logits.float().cpu().numpy())
         return np.concatenate(rows, axis=0)
 
+    def target_log_likelihood(self, prefix: str, suffixes: Sequence[str], target: str) -> np.ndarray:
+        """Mean log-probability of `target`'s tokens after each ``prefix + suffix``, ``(len(suffixes),)``.
+
+        Same prefix-cache scheme as :meth:`next_token_logits`; each row is suffix + target, right-padded.
+        """
+        import copy
+
+        import torch
+
+        target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not suffixes or not target_ids:
+            return np.zeros(len(suffixes), dtype=np.float64)
+        with torch.inference_mode():
+            enc = self.tokenizer(prefix, return_tensors="pt").to(self.device)
+            prefix_len = int(enc["input_ids"].shape[1])
+            prefix_cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
+            out: list[np.ndarray] = []
+            for start in range(0, len(suffixes), self.batch_size):
+                rows = [self.tokenizer(s, add_special_tokens=False)["input_ids"] + target_ids
+                        for s in suffixes[start : start + self.batch_size]]
+                batch, length = len(rows), max(len(r) for r in rows)
+                pad = self.tokenizer.pad_token_id or 0
+                ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=self.device)
+                real = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], device=self.device)
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(batch)
+                mask = torch.cat([torch.ones((batch, prefix_len), dtype=real.dtype, device=self.device), real], 1)
+                positions = prefix_len + torch.arange(length, device=self.device).expand(batch, length)
+                hidden = self.model.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                ).last_hidden_state
+                n = len(target_ids)
+                # The state before each target token predicts it: positions len(row)-n-1 .. len(row)-2.
+                ends = torch.tensor([len(r) for r in rows], device=self.device)
+                offsets = torch.arange(n, device=self.device)
+                where = (ends[:, None] - n - 1 + offsets[None, :]).clamp(min=0)
+                picked = hidden[torch.arange(batch, device=self.device)[:, None], where]  # (batch, n, hidden)
+                logits = self.model.lm_head(picked).float()
+                cap = getattr(self.model.config, "final_logit_softcapping", None)
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                logprobs = torch.log_softmax(logits, dim=-1)
+                wanted = torch.tensor(target_ids, device=self.device).expand(batch, n)
+                out.append(logprobs.gather(-1, wanted[..., None])[..., 0].mean(dim=1).double().cpu().numpy())
+        return np.concatenate(out)
+
     def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
         if not query.text.strip():
             raise MissingTextError("query", "the offline reranker compares texts and the query text is empty")
@@ -559,7 +647,11 @@ class Gemma3Reranker:
                 )
         if not candidates:
             return np.zeros(0, dtype=np.float64)
-        prefix, suffixes = rerank_prompt_parts(query.instruction, query.text, [c.text or "" for c in candidates])
+        texts = [c.text or "" for c in candidates]
+        if self.rule == "edit_likelihood":
+            prefix, suffixes, target = likelihood_prompt_parts(query.text, texts, query.source_text, query.edit)
+            return self.target_log_likelihood(prefix, suffixes, target)
+        prefix, suffixes = rerank_prompt_parts(query.instruction, query.text, texts)
         logits = self.next_token_logits(prefix, suffixes)
         return yes_no_score(logits, self.rule, self.yes_id, self.no_id, self.yes_ids, self.no_ids)
 
@@ -578,5 +670,8 @@ def load_reranker(settings: R3Settings) -> Gemma3Reranker:
         no_id=_single_token(tokenizer, " no"),
         yes_ids=_answer_ids(tokenizer, "yes"),
         no_ids=_answer_ids(tokenizer, "no"),
-        _fingerprint=_fingerprint("reranker", dtype, rule=rule, prompt=RERANK_PROMPT_VERSION),
+        _fingerprint=_fingerprint(
+            "reranker", dtype, rule=rule,
+            prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
+        ),
     )
