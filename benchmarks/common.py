@@ -107,7 +107,9 @@ class Context:
         # Models (tiny checkpoints, converted Gemma) are built once and shared by every data home.
         self.models_dir = self.work / "models"
         self.models_dir.mkdir(exist_ok=True)
-        self._homes = self.work / "homes"
+        # Per run: two suite runs at once (e.g. --only recall and --only orchestration) must not delete
+        # each other's data homes when one of them closes.
+        self._homes = self.work / f"homes-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stack = contextlib.ExitStack()
         self._server_start_s: float | None = None
         self.api_url: str | None = None

@@ -320,6 +320,14 @@ class PinnedGallery:
         search = self._table.search(query).distance_type("cosine").limit(limit)
         if not approximate:
             search = search.bypass_vector_index()
+        else:
+            tuning = self.settings
+            if tuning.ann_nprobes is not None:
+                search = search.nprobes(tuning.ann_nprobes)
+            if tuning.ann_ef is not None:
+                search = search.ef(tuning.ann_ef)
+            if tuning.ann_refine_factor is not None:
+                search = search.refine_factor(tuning.ann_refine_factor)
         if group is not None:
             search = search.where(f"`group` = {_sql_string(group)}", prefilter=True)
         hits = search.select(["id", "_distance"]).to_arrow()

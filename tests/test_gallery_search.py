@@ -151,22 +151,24 @@ def test_ann_index_is_used_only_for_top_k_above_the_row_threshold(store: Gallery
     from lancedb.index import IvfFlat
 
     store.table().create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=2))
-    settings = GallerySettings(ann_min_rows=100)
+    assert store.pin(settings=GallerySettings(ann_min_rows=100)).route(10) == "memory"  # off unless asked for
+    settings = GallerySettings(ann_min_rows=100, use_ann_index=True, ann_nprobes=2, ann_refine_factor=2)
     pinned = store.pin(settings=settings)
     assert pinned.route(10) == "ann"
     assert pinned.route(0) == "memory"  # every row's score is always exact
     hits = pinned.search(_queries(1)[0], 10)
     assert len(hits) == 10 and set(hits) <= set(pinned.records)
     assert list(hits.values()) == sorted(hits.values(), reverse=True)
-    assert store.pin(settings=GallerySettings(ann_min_rows=ROWS)).route(10) == "memory"
-    assert store.pin(settings=GallerySettings(ann_min_rows=100, use_ann_index=False)).route(10) == "memory"
+    # Every partition probed and refined: the index gives the exact top 10.
+    assert list(hits) == list(store.pin(settings=GallerySettings()).search(_queries(1)[0], 10))
+    assert store.pin(settings=GallerySettings(ann_min_rows=ROWS, use_ann_index=True)).route(10) == "memory"
 
 
 def test_an_index_for_another_distance_is_not_used(store: GalleryStore) -> None:
     from lancedb.index import IvfFlat
 
     store.table().create_index("vector", config=IvfFlat(distance_type="l2", num_partitions=2))
-    assert store.pin(settings=GallerySettings(ann_min_rows=0)).route(10) == "memory"
+    assert store.pin(settings=GallerySettings(ann_min_rows=0, use_ann_index=True)).route(10) == "memory"
 
 
 def test_read_vectors_handles_chunks_slices_and_nulls() -> None:

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -543,96 +543,78 @@ class Gemma3Reranker:
     def uses_frames(self) -> bool:
         return False
 
-    def next_token_logits(self, prefix: str, suffixes: Sequence[str]) -> np.ndarray:
-        """Logits of the token after each ``prefix + suffix``, ``(len(suffixes), vocab)`` float32.
+    def _continuations(self, prefix: str, rows: Sequence[list[int]]) -> Iterator[tuple[Any, Any]]:
+        """Hidden states of each token row continued after `prefix`: per batch, ``(hidden, lengths)``.
 
-        The prefix runs once; each batch of suffixes continues from a copy of its cache. Suffixes
-        are right-padded (pads come after every real token, so causal attention never sees them,
-        whatever the sliding window), and each row's hidden state is read at its last real token.
+        The prefix runs once; each batch of rows continues from a copy of its cache. Rows are
+        right-padded (pads come after every real token, so causal attention never sees them,
+        whatever the sliding window). Call inside ``torch.inference_mode()``.
         """
         import copy
 
         import torch
 
+        enc = self.tokenizer(prefix, return_tensors="pt").to(self.device)
+        prefix_len = int(enc["input_ids"].shape[1])
+        prefix_cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            batch, length = len(chunk), max(len(r) for r in chunk)
+            ids = torch.tensor([r + [pad] * (length - len(r)) for r in chunk], device=self.device)
+            real = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in chunk], device=self.device)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+            mask = torch.cat([torch.ones((batch, prefix_len), dtype=real.dtype, device=self.device), real], dim=1)
+            positions = prefix_len + torch.arange(length, device=self.device).expand(batch, length)
+            hidden = self.model.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            ).last_hidden_state
+            yield hidden, torch.tensor([len(r) for r in chunk], device=self.device)
+
+    def _head(self, hidden: Any) -> Any:
+        # Only the rows asked for go through the 262k-word head (what Gemma3ForCausalLM does).
+        import torch
+
+        logits = self.model.lm_head(hidden).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _token_rows(self, texts: Sequence[str], tail: list[int] | None = None) -> list[list[int]]:
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] + (tail or []) for t in texts]
+
+    def next_token_logits(self, prefix: str, suffixes: Sequence[str]) -> np.ndarray:
+        """Logits of the token after each ``prefix + suffix``, ``(len(suffixes), vocab)`` float32,
+        read at each row's last real token."""
+        import torch
+
         if not suffixes:
             return np.zeros((0, self.model.config.vocab_size), dtype=np.float32)
+        out: list[np.ndarray] = []
         with torch.inference_mode():
-            enc = self.tokenizer(prefix, return_tensors="pt").to(self.device)
-            prefix_len = int(enc["input_ids"].shape[1])
-            prefix_cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
-            rows: list[np.ndarray] = []
-            for start in range(0, len(suffixes), self.batch_size):
-                chunk = list(suffixes[start : start + self.batch_size])
-                tail = self.tokenizer(
-                    chunk, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt"
-                ).to(self.device)
-                batch, length = tail["input_ids"].shape
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(batch)
-                mask = torch.cat([torch.ones_like(tail["attention_mask"][:, :1]).expand(batch, prefix_len),
-                                  tail["attention_mask"]], dim=1)
-                positions = prefix_len + torch.arange(length, device=self.device).expand(batch, length)
-                hidden = self.model.model(
-                    input_ids=tail["input_ids"],
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                ).last_hidden_state
-                last = tail["attention_mask"].sum(dim=1) - 1
-                picked = hidden[torch.arange(batch, device=self.device), last]
-                # Only the picked rows go through the 262k-word head (what Gemma3ForCausalLM does).
-                logits = self.model.lm_head(picked)
-                cap = getattr(self.model.config, "final_logit_softcapping", None)
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
-                rows.append(logits.float().cpu().numpy())
-        return np.concatenate(rows, axis=0)
+            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes)):
+                picked = hidden[torch.arange(len(lengths), device=self.device), lengths - 1]
+                out.append(self._head(picked).cpu().numpy())
+        return np.concatenate(out, axis=0)
 
     def target_log_likelihood(self, prefix: str, suffixes: Sequence[str], target: str) -> np.ndarray:
-        """Mean log-probability of `target`'s tokens after each ``prefix + suffix``, ``(len(suffixes),)``.
-
-        Same prefix-cache scheme as :meth:`next_token_logits`; each row is suffix + target, right-padded.
-        """
-        import copy
-
+        """Mean log-probability of `target`'s tokens after each ``prefix + suffix``, ``(len(suffixes),)``."""
         import torch
 
         target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         if not suffixes or not target_ids:
             return np.zeros(len(suffixes), dtype=np.float64)
+        n = len(target_ids)
+        out: list[np.ndarray] = []
         with torch.inference_mode():
-            enc = self.tokenizer(prefix, return_tensors="pt").to(self.device)
-            prefix_len = int(enc["input_ids"].shape[1])
-            prefix_cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
-            out: list[np.ndarray] = []
-            for start in range(0, len(suffixes), self.batch_size):
-                rows = [self.tokenizer(s, add_special_tokens=False)["input_ids"] + target_ids
-                        for s in suffixes[start : start + self.batch_size]]
-                batch, length = len(rows), max(len(r) for r in rows)
-                pad = self.tokenizer.pad_token_id or 0
-                ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=self.device)
-                real = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], device=self.device)
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(batch)
-                mask = torch.cat([torch.ones((batch, prefix_len), dtype=real.dtype, device=self.device), real], 1)
-                positions = prefix_len + torch.arange(length, device=self.device).expand(batch, length)
-                hidden = self.model.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-                ).last_hidden_state
-                n = len(target_ids)
-                # The state before each target token predicts it: positions len(row)-n-1 .. len(row)-2.
-                ends = torch.tensor([len(r) for r in rows], device=self.device)
-                offsets = torch.arange(n, device=self.device)
-                where = (ends[:, None] - n - 1 + offsets[None, :]).clamp(min=0)
-                picked = hidden[torch.arange(batch, device=self.device)[:, None], where]  # (batch, n, hidden)
-                logits = self.model.lm_head(picked).float()
-                cap = getattr(self.model.config, "final_logit_softcapping", None)
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
-                logprobs = torch.log_softmax(logits, dim=-1)
-                wanted = torch.tensor(target_ids, device=self.device).expand(batch, n)
-                out.append(logprobs.gather(-1, wanted[..., None])[..., 0].mean(dim=1).double().cpu().numpy())
+            wanted = torch.tensor(target_ids, device=self.device)
+            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes, target_ids)):
+                # The state before each target token predicts it: positions length-n-1 .. length-2.
+                where = (lengths[:, None] - n - 1 + torch.arange(n, device=self.device)[None, :]).clamp(min=0)
+                picked = hidden[torch.arange(len(lengths), device=self.device)[:, None], where]  # (batch, n, hidden)
+                logprobs = torch.log_softmax(self._head(picked), dim=-1)
+                scores = logprobs.gather(-1, wanted.expand(len(lengths), n)[..., None])[..., 0].mean(dim=1)
+                out.append(scores.double().cpu().numpy())
         return np.concatenate(out)
 
     def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
