@@ -20,6 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
+from prefect.utilities.annotations import quote
 
 from flows.common import (
     TRANSIENT_ERRORS,
@@ -45,6 +46,9 @@ from r3tasks.indexing import (
 from r3tasks.models.registry import shared_embedder
 from r3tasks.settings import R3Settings
 from r3tasks.sources import GalleryItem, KeyedItem, discover
+
+
+PROGRESS_SECONDS = 2.0
 
 
 def open_store(settings: R3Settings) -> GalleryStore:
@@ -212,9 +216,11 @@ def index_gallery(
     logger = get_run_logger()
     storage = result_storage(settings)
 
+    # quote(): these are whole-gallery lists; Prefect would otherwise walk every element of them looking
+    # for futures (about a second per 1,000 items, measured), for nothing.
     items = discover_task(source, settings)
-    keying = fingerprint_task(items, settings)
-    plan = plan_task(keying, settings)
+    keying = fingerprint_task(quote(items), settings)
+    plan = plan_task(quote(keying), settings)
     failed: list[ItemFailure] = list(keying.failed)
     logger.info(
         "gallery %s: %d items, %d to embed (%d new, %d changed), %d unchanged, %d to remove, %d unreadable",
@@ -245,12 +251,12 @@ def index_gallery(
         in_flight: deque[tuple[list[KeyedItem], PrefectFuture[EmbeddedBatch]]] = deque()
         queued = iter(to_embed)
         pending: list[GalleryRow] = []
-        last_commit = time.monotonic()
+        last_commit = last_progress = time.monotonic()
 
         def commit() -> None:
             nonlocal last_commit
             if pending:
-                upsert(EmbeddedBatch(rows=list(pending), failed=[]), settings)
+                upsert(quote(EmbeddedBatch(rows=list(pending), failed=[])), settings)
                 written_ids.update(row.id for row in pending)
                 pending.clear()
             last_commit = time.monotonic()
@@ -277,13 +283,16 @@ def index_gallery(
                 or time.monotonic() - last_commit >= settings.index.commit_seconds
             ):
                 commit()
-            update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+            if not in_flight or time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                # Each update is a round trip to the API: a few per minute show progress as well as one per batch.
+                update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+                last_progress = time.monotonic()
             logger.info("embedded %d/%d items (%.0f%%), %d stored", done, total, 100.0 * done / max(total, 1),
                         len(written_ids))
     if total == 0:
         update_progress_artifact(progress_id, 100.0)
 
-    version = remove_task.with_options(**io_retries)(plan.to_remove, settings)
+    version = remove_task.with_options(**io_retries)(quote(plan.to_remove), settings)
     store = open_store(settings)
     summary = IndexSummary(
         added=sum(1 for k in plan.to_add if k.item.id in written_ids),
