@@ -15,6 +15,9 @@ EXIT_OK, EXIT_ITEM_FAILURES, EXIT_BAD_INPUT = 0, 1, 2
 def _quiet_prefect_defaults() -> None:
     # Offline machines: Prefect's telemetry would only log an error on every run.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a server configured, each command starts Prefect's own; on a busy machine its start took
+    # longer than Prefect's 20 s default and the command died before doing anything.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -161,11 +161,15 @@ def test_fingerprint_names_a_pipe_as_not_a_regular_file(tmp_path: Path) -> None:
         file_fingerprint(fifo)
 
 
-def test_offline_preset_turns_its_weak_reranker_off_unless_asked(monkeypatch) -> None:
-    assert load_settings(preset="offline").query.rerank_k == 0
-    assert load_settings(preset="offline").query.use_reasoning is False
+def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> None:
+    offline = load_settings(preset="offline")
+    assert offline.models.rerank_rule == "edit_likelihood" and offline.query.rerank_k == 50
+    assert offline.query.use_reasoning is False and offline.query.copy_gate_threshold == 0.8
     assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
-    assert load_settings(preset="qwen3vl").query.rerank_k == 50
-    assert load_settings(preset="offline", query={"rerank_k": 20}).query.rerank_k == 20
-    monkeypatch.setenv("R3_QUERY__RERANK_K", "10")
-    assert load_settings(preset="offline").query.rerank_k == 10
+    assert load_settings(preset="offline", models={"rerank_rule": "yes_no_sigmoid"}).models.rerank_rule == (
+        "yes_no_sigmoid"
+    )
+    reference = load_settings(preset="qwen3vl")
+    assert reference.models.rerank_rule == "yes_no_sigmoid" and reference.query.copy_gate_threshold is None
+    monkeypatch.setenv("R3_QUERY__COPY_GATE_THRESHOLD", "0.9")
+    assert load_settings(preset="offline").query.copy_gate_threshold == 0.9
