@@ -137,7 +137,11 @@ def run(ctx: Context) -> Result:
     before = {"index": {"batch_size": 16, "commit_seconds": 0, "max_batches_in_flight": 100_000}}
     compared: dict[str, dict[str, Any]] = {}
     with single_torch_thread():
-        compared["tiny_video"] = _compare(ctx, "video items, tiny", videos, n, tiny, rounds)
+        # One batch in flight: the flow does exactly the plain arm's sequential work, so the difference is
+        # Prefect's own cost. With the default two in flight it also overlaps decoding with embedding.
+        compared["tiny_video_serial"] = _compare(ctx, "video items, tiny, one batch in flight", videos, n,
+                                                 {**tiny, "index": {"max_batches_in_flight": 1}}, rounds)
+        compared["tiny_video"] = _compare(ctx, "video items, tiny, default settings", videos, n, tiny, rounds)
         compared["tiny_caption"] = _compare(ctx, "caption items, tiny", captions, n, tiny, rounds)
         compared["hash"] = _compare(ctx, "caption items, hashing fake", captions, n, hashing, rounds)
         compared["tiny_caption_before"] = _compare(ctx, "caption items, tiny, previous defaults", captions, n,
@@ -161,10 +165,17 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
         return (f"flow {c['flow']:.2f} s vs plain {c['plain']:.2f} s (median of {rounds}); "
                 f"batch_size {c['batch_size']}, {c['task_runs']} task runs")
 
+    serial = runs["tiny_video_serial"]
+    result.row(
+        f"Prefect overhead, index {n:,} video items (decode + `tiny` embed), one batch in flight "
+        "(flow / plain − 1)",
+        100 * serial["overhead"], "%", target="≤ 10 %", passed=serial["overhead"] <= TARGET, note=about(serial),
+    )
     video = runs["tiny_video"]
     result.row(
-        f"Prefect overhead, index {n:,} video items (decode + `tiny` embed), default settings (flow / plain − 1)",
-        100 * video["overhead"], "%", target="≤ 10 %", passed=video["overhead"] <= TARGET, note=about(video),
+        f"flow with its defaults (two batches in flight: decoding overlaps embedding) vs the sequential plain "
+        f"calls, {n:,} video items",
+        100 * video["overhead"], "%", note=about(video),
     )
     for key, text in [
         ("tiny_caption", f"Prefect overhead, {n:,} caption items, `tiny` (text only, the least work per item)"),

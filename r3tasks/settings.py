@@ -275,6 +275,8 @@ class R3Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # `R3_QUERY__COPY_GATE_THRESHOLD=null` (or any optional field): back to None from the environment.
+        env_parse_none_str="null",
     )
 
     home: Path = Field(

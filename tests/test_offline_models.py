@@ -149,7 +149,7 @@ def reasoner(gemma_home: Path):
 @pytest.fixture(scope="module")
 def reranker(gemma_home: Path, reasoner):
     # Depends on `reasoner` so the conversion has happened before the second load.
-    return load_reranker(offline_settings(gemma_home))
+    return load_reranker(offline_settings(gemma_home, rerank_rule="yes_no_sigmoid"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from r3tasks.errors import ItemError, ModelNotAvailableError
+from r3tasks.errors import ItemError, ModelNotAvailableError, R3Error
 from r3tasks.models import qwen3vl
 from r3tasks.models.base import (
     Embedder,
@@ -331,3 +331,8 @@ def test_tiny_checkpoint_build_is_idempotent_and_race_safe(tmp_path: Path) -> No
     assert sorted(p.name for p in (models_dir / "tiny").iterdir()) == ["reranker"]
     again = build_tiny_checkpoint(tmp_path / "again", "reranker")
     assert (again / "model.safetensors").read_bytes() == before[1]
+
+
+def test_qwen3vl_reranker_refuses_the_gemma_only_likelihood_rule(tmp_path: Path) -> None:
+    with pytest.raises(R3Error, match="edit_likelihood"):
+        qwen3vl.load_reranker(_settings(tmp_path, rerank_rule="edit_likelihood"))

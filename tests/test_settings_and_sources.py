@@ -173,3 +173,5 @@ def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> 
     assert reference.models.rerank_rule == "yes_no_sigmoid" and reference.query.copy_gate_threshold is None
     monkeypatch.setenv("R3_QUERY__COPY_GATE_THRESHOLD", "0.9")
     assert load_settings(preset="offline").query.copy_gate_threshold == 0.9
+    monkeypatch.setenv("R3_QUERY__COPY_GATE_THRESHOLD", "null")  # the reference: no copy gate
+    assert load_settings(preset="offline").query.copy_gate_threshold is None

@@ -614,6 +614,11 @@ class Qwen3VLReranker(_LazyWeights):
     """Qwen3-VL-Reranker: one forward pass per (query, candidate) pair, scored at the last real token."""
 
     def __init__(self, settings: R3Settings) -> None:
+        if settings.models.rerank_rule not in ("yes_no_sigmoid", "rankvideo_logsumexp"):
+            raise R3Error(
+                f"models.rerank_rule {settings.models.rerank_rule!r} is for the offline Gemma reranker; the Qwen3-VL "
+                "reranker scores yes/no: use yes_no_sigmoid or rankvideo_logsumexp"
+            )
         self._init_lazy(settings, "reranker", with_lm_head=True)
         self._rule = settings.models.rerank_rule
         self._answer_ids: tuple[list[int], list[int]] | None = None
