@@ -22,8 +22,7 @@ class Arm:
 def arms(rerank_k: int) -> list[Arm]:
     """The paper's ablation order; each arm differs from the previous one by one stage.
 
-    `rerank_k` is the reference K unless the caller measures another: a preset that ships with
-    reranking off still gets its reranker measured here.
+    `rerank_k` is the reference K unless the caller measures another; 0 leaves the rerank arm out.
     """
     return [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),

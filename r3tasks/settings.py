@@ -42,11 +42,11 @@ PRESET_BACKENDS: dict[str, dict[str, str]] = {
 
 # Defaults a preset changes from the reference, because measurement says so (README, "Evaluation").
 # The offline preset's Gemma 3 270M is a base LM. Asked yes/no it is worse than no reranker (EgoCVR
-# R@1 17.8 -> 15.0, demo 3/5 -> 0/5), but scored by query likelihood it finds the target (demo 5/5).
-# Its reasoning mostly restates the source caption, which passes the agreement gate (median 0.96)
-# and lowers R@1; the copy gate, chosen on held-out EgoCVR queries, keeps only real rewrites.
-# Reasoning stays off by default on this CPU preset (about 5 s per query); set query.use_reasoning.
-# Whatever the user sets wins.
+# global R@1 17.8 -> 15.0, demo 3/5 -> 0/5); scored by query likelihood it finds the target (EgoCVR
+# 17.8 -> 41.6, demo 5/5). Its reasoning mostly restates the source caption, which passes the
+# agreement gate (median 0.96) and lowers R@1; the copy gate, chosen on held-out EgoCVR queries,
+# keeps only real rewrites. Reasoning stays off by default on this CPU preset (about 5 s per
+# query); set query.use_reasoning. Whatever the user sets wins.
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {
         "models": {"rerank_rule": "edit_likelihood"},
