@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from r3tasks.gallery import GalleryStore
-from r3tasks.indexing import batches, embed_batch, key_items, plan_index
+from r3tasks.indexing import batches, commit_due, embed_batch, key_items, plan_index
 from r3tasks.models.registry import shared_embedder
 from r3tasks.settings import R3Settings, load_settings
 from r3tasks.sources import discover
@@ -45,7 +45,7 @@ def index_plain(source: Path, home: Path, overrides: dict[str, Any]) -> dict:
     stored = store.content_keys() if store.exists() else {}
     plan = plan_index(keying.keyed, [f.id for f in keying.failed], stored)
     written = failed = 0
-    # The same commit policy as the flow (index.commit_seconds / commit_max_rows), so both arms write alike.
+    # The flow's commit policy, so both arms write alike.
     pending: list = []
     last_commit = time.monotonic()
     to_embed = batches(plan.to_embed, settings.index.batch_size)
@@ -53,11 +53,7 @@ def index_plain(source: Path, home: Path, overrides: dict[str, Any]) -> dict:
         embedded = embed_batch(batch, embedder, settings)
         pending.extend(embedded.rows)
         failed += len(embedded.failed)
-        if (
-            number == len(to_embed)
-            or len(pending) >= settings.index.commit_max_rows
-            or time.monotonic() - last_commit >= settings.index.commit_seconds
-        ):
+        if number == len(to_embed) or commit_due(len(pending), time.monotonic() - last_commit, settings):
             if pending:
                 store.upsert(pending)
             written += len(pending)

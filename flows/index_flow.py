@@ -39,6 +39,7 @@ from r3tasks.indexing import (
     ItemFailure,
     KeyingResult,
     batches,
+    commit_due,
     embed_batch,
     key_items,
     plan_index,
@@ -277,11 +278,7 @@ def index_gallery(
             pending.extend(embedded.rows)
             failed.extend(embedded.failed)
             done += len(embedded.rows) + len(embedded.failed)
-            if (
-                not in_flight
-                or len(pending) >= settings.index.commit_max_rows
-                or time.monotonic() - last_commit >= settings.index.commit_seconds
-            ):
+            if not in_flight or commit_due(len(pending), time.monotonic() - last_commit, settings):
                 commit()
             if not in_flight or time.monotonic() - last_progress >= PROGRESS_SECONDS:
                 # Each update is a round trip to the API: a few per minute show progress as well as one per batch.

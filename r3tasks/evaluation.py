@@ -32,7 +32,10 @@ def arms(rerank_k: int) -> list[Arm]:
 
 def fusion_grid_arms() -> list[Arm]:
     """+reasoning (no rerank) under other fusion settings: the agreement gate's tau, the residual weight w,
-    the copy gate (reasoning that restates the source left out), and the rank/score fusions. Each costs one cached query batch; run it on a held-out split."""
+    the copy gate (reasoning that restates the source left out), and the rank/score fusions.
+
+    Each costs one cached query batch; run it on a held-out split.
+    """
     grid = [
         (f"w={weight} tau={tau}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": tau})
         for weight in (0.1, 0.25, 0.5)
@@ -94,7 +97,7 @@ RERANKER_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def reranker_weight_sweep(
     results: Sequence[dict], qrels: dict[str, dict[str, int]], weights: Sequence[float] = RERANKER_WEIGHTS
 ) -> list[dict]:
-    """Metrics of the rerank arm's stored scores refused with other final weights (`wr`, `we = 1 - wr`).
+    """Metrics of the rerank arm's stored scores re-fused with other final weights (`wr`, `we = 1 - wr`).
 
     No model runs: every ranked item carries its embedding and reranker scores, so this shows what the
     reranker adds at each weight (0 is the recall order, 1 the reranker alone). Pick a weight on a
@@ -108,8 +111,7 @@ def reranker_weight_sweep(
             # Recall order is embedding-score order (the reranker only reorders its top-K block).
             recalled = sorted(((r["id"], r["embedding_score"]) for r in ranked), key=lambda x: -x[1])
             scores = {r["id"]: r["reranker_score"] for r in ranked if r["reranker_score"] is not None}
-            k = sum(1 for r in ranked if r["reranker_score"] is not None)
-            reordered = rerank_topk(recalled, scores, k, 1.0 - weight, weight) if k else []
+            reordered = rerank_topk(recalled, scores, len(scores), 1.0 - weight, weight) if scores else []
             run[result["id"]] = {item.id: item.score for item in reordered} or {
                 r["id"]: r["score"] for r in ranked
             }
@@ -125,28 +127,30 @@ def markdown_table(report: dict) -> str:
         "|---|" + "---:|" * (len(METRIC_KEYS) + 2),
     ]
     for arm in report["arms"]:
-        metrics = " | ".join(f"{arm['metrics'][k]:.2f}" if k.startswith("R") else f"{arm['metrics'][k]:.3f}"
-                             for k in METRIC_KEYS)
-        gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
         seconds = sum(arm["seconds_per_query"].values())
-        lines.append(f"| {arm['arm']} | {metrics} | {gate} | {seconds:.2f} |")
+        lines.append(f"| {arm['arm']} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} | {seconds:.2f} |")
     if report.get("fusion_sweep"):
         lines += ["", "+reasoning under other fusion settings (no rerank):", "",
                   "| setting | " + " | ".join(METRIC_KEYS) + " | gate pass |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
         for arm in report["fusion_sweep"]:
-            metrics = " | ".join(f"{arm['metrics'][k]:.2f}" if k.startswith("R") else f"{arm['metrics'][k]:.3f}"
-                                 for k in METRIC_KEYS)
-            gate = f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
-            lines.append(f"| {arm['arm'].removeprefix('+reasoning ')} | {metrics} | {gate} |")
+            name = arm["arm"].removeprefix("+reasoning ")
+            lines.append(f"| {name} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} |")
     sweep = report.get("reranker_weight_sweep")
     if sweep:
-        lines += ["", "Rerank arm refused with other reranker weights (stored scores, no model run):", "",
+        lines += ["", "Rerank arm re-fused with other reranker weights (stored scores, no model run):", "",
                   "| reranker weight | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
         for row in sweep:
-            metrics = " | ".join(f"{row['metrics'][k]:.2f}" if k.startswith("R") else f"{row['metrics'][k]:.3f}"
-                                 for k in METRIC_KEYS)
-            lines.append(f"| {row['reranker_weight']:.1f} | {metrics} |")
+            lines.append(f"| {row['reranker_weight']:.1f} | {_metric_cells(row['metrics'])} |")
     return "\n".join(lines)
+
+
+def _metric_cells(metrics: dict[str, float]) -> str:
+    # Recall in percent to two decimals, MRR and nDCG as fractions to three.
+    return " | ".join(f"{metrics[k]:.2f}" if k.startswith("R") else f"{metrics[k]:.3f}" for k in METRIC_KEYS)
+
+
+def _gate_cell(arm: dict) -> str:
+    return f"{arm['gate_pass_rate']:.2f}" if arm["gate_pass_rate"] is not None else "-"
 
 
 def plot_recall(report: dict, out: Path) -> Path:

@@ -108,6 +108,14 @@ def plan_index(
     return plan
 
 
+def commit_due(pending_rows: int, seconds_since_commit: float, settings: R3Settings) -> bool:
+    """Whether embedded rows waiting to be stored should be committed now (besides at the end): enough
+    rows, or enough time that a crash would lose more work than `index.commit_seconds`."""
+    return (
+        pending_rows >= settings.index.commit_max_rows or seconds_since_commit >= settings.index.commit_seconds
+    )
+
+
 def batches(items: Sequence[KeyedItem], size: int) -> list[list[KeyedItem]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
