@@ -1,4 +1,4 @@
-"""The reranker-weight sweep: stored rerank-arm scores refused without running a model."""
+"""The reranker-weight sweep: stored rerank-arm scores re-fused without running a model."""
 
 from __future__ import annotations
 
