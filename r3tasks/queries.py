@@ -7,14 +7,13 @@ is kept with its error so the rest of the batch completes.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from r3tasks.errors import SourceError
+from r3tasks.records import QueryRow, Where, parse_row, read_json, read_records, where
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,14 @@ def load_queries(path: str | Path) -> list[Query]:
     if not path.is_file():
         raise SourceError(f"{path}: queries file not found")
     suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson"}:
-        rows = _jsonl_rows(path)
-    elif suffix == ".json":
+    rows: list[Row]
+    if suffix == ".json":
         rows = _json_rows(path)
-    elif suffix == ".csv":
-        rows = _csv_rows(path)
+    elif suffix in {".jsonl", ".ndjson", ".csv"}:
+        rows = [(at, row, None) for at, row in read_records(path)]
     else:
         raise SourceError(f"{path}: queries are .jsonl, .json or .csv")
-    queries = [_to_query(row, f"{path}:{where}", section) for where, row, section in rows]
+    queries = [_to_query(path, at, row, section) for at, row, section in rows]
     seen: set[str] = set()
     for query in queries:
         if query.id in seen:
@@ -76,35 +74,16 @@ def load_queries(path: str | Path) -> list[Query]:
     return queries
 
 
-Row = tuple[object, dict, str | None]
-
-
-def _jsonl_rows(path: Path) -> list[Row]:
-    rows: list[Row] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((line_no, json.loads(line), None))
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-    return rows
+Row = tuple[Where, object, str | None]
 
 
 def _json_rows(path: Path) -> list[Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path)
     if isinstance(data, list):
-        return [(i, row, None) for i, row in enumerate(data)]
+        return [(f"entry {i}", row, None) for i, row in enumerate(data)]
     if isinstance(data, dict):
         if isinstance(data.get("queries"), list):
-            return [(i, row, None) for i, row in enumerate(data["queries"])]
+            return [(f"entry {i}", row, None) for i, row in enumerate(data["queries"])]
         # CoVR-R: {section (dataset name): [queries...]}.
         rows: list[Row] = []
         for section, entries in data.items():
@@ -115,36 +94,25 @@ def _json_rows(path: Path) -> list[Row]:
     raise SourceError(f"{path}: expected a list of queries or an object of sections")
 
 
-def _csv_rows(path: Path) -> list[Row]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [(line, row, None) for line, row in enumerate(csv.DictReader(handle), start=2)]
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not UTF-8 text ({exc.reason})") from None
-
-
-def _to_query(row: object, where: str, section: str | None) -> Query:
-    if not isinstance(row, dict):
-        raise SourceError(f"{where}: a query must be an object")
-    query_id = str(row.get("id", row.get("query_id", "")) or "").strip()
+def _to_query(path: Path, at: Where, raw: object, section: str | None) -> Query:
+    row = parse_row(QueryRow, path, at, raw)
+    query_id = row.query_key
     if not query_id:
-        raise SourceError(f"{where}: query has no `id`")
-    group = row.get("gallery_group") or None
-    # CoVR-R names the fields differently; accept them as they are.
-    source = row.get("source", row.get("video_source"))
-    edit = row.get("edit", row.get("modification_text"))
+        raise SourceError(f"{where(path, at)}: query has no `id`")
+    # A row is composed when it has a source or an edit; a CSV mixing both kinds leaves the other blank.
+    source, edit = row.source_ref, row.edit_text
     if source is not None or edit is not None:
         return ComposedQuery(
             id=query_id,
-            source=str(source or "").strip(),
-            edit=str(edit or ""),
-            source_text=(str(row["source_text"]).strip() or None) if row.get("source_text") else None,
-            gallery_group=str(group) if group else None,
-            section=section or (str(row["section"]) if row.get("section") else None),
+            source=source or "",
+            edit=edit or "",
+            source_text=row.source_text,
+            gallery_group=row.gallery_group,
+            section=section or row.section,
         )
-    if "text" in row:
-        return TextQuery(id=query_id, text=str(row.get("text") or ""), gallery_group=str(group) if group else None)
-    raise SourceError(f"{where}: query {query_id!r} has neither `source`+`edit` nor `text`")
+    if row.text is not None or "text" in raw:  # type: ignore[operator]
+        return TextQuery(id=query_id, text=row.text or "", gallery_group=row.gallery_group)
+    raise SourceError(f"{where(path, at)}: query {query_id!r} has neither `source`+`edit` nor `text`")
 
 
 def check_query(query: Query, max_edit_chars: int) -> str | None:

@@ -7,17 +7,16 @@ fingerprinted or decoded, and recorded as that item's failure.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from r3tasks.errors import SourceError, VideoReadError
+from r3tasks.records import ID_MAX_CHARS, ManifestRow, parse_row, read_records, where
 from r3tasks.settings import FingerprintMode
 
-ID_MAX_CHARS = 512
+__all__ = ["ID_MAX_CHARS", "GalleryItem", "KeyedItem", "content_key", "discover", "file_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,8 @@ def discover(source: str | Path, video_extensions: Sequence[str]) -> list[Galler
         raise SourceError(f"{source}: gallery source not found")
     if source.is_dir():
         items = _discover_folder(source, {ext.lower() for ext in video_extensions})
-    elif source.suffix.lower() == ".csv":
-        items = _manifest_items(_read_csv_rows(source), source)
-    elif source.suffix.lower() in {".jsonl", ".ndjson"}:
-        items = _manifest_items(_read_jsonl_rows(source), source)
-    elif source.suffix.lower() == ".json":
-        items = _manifest_items(_read_json_rows(source), source)
+    elif source.suffix.lower() in {".csv", ".jsonl", ".ndjson", ".json"}:
+        items = _manifest_items(source)
     else:
         raise SourceError(f"{source}: a gallery source is a folder or a .csv/.jsonl/.json manifest")
     _check_unique_ids(items, source)
@@ -86,77 +81,22 @@ def _read_caption(sidecar: Path) -> str | None:
     return text or None
 
 
-def _read_csv_rows(path: Path) -> list[tuple[int, dict]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "id" not in reader.fieldnames:
-                raise SourceError(f"{path}: a manifest needs an `id` column (found {reader.fieldnames})")
-            return [(line, row) for line, row in enumerate(reader, start=2)]
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not UTF-8 text ({exc.reason})") from None
-
-
-def _read_jsonl_rows(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            rows.append((line_no, row))
-    return rows
-
-
-def _read_json_rows(path: Path) -> list[tuple[int, dict]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if isinstance(data, dict) and isinstance(data.get("items"), list):
-        data = data["items"]
-    if not isinstance(data, list):
-        raise SourceError(f"{path}: a JSON manifest is a list of items (or {{'items': [...]}})")
-    return [(index, row) for index, row in enumerate(data)]
-
-
-def _manifest_items(rows: Iterable[tuple[int, dict]], manifest: Path) -> list[GalleryItem]:
+def _manifest_items(manifest: Path) -> list[GalleryItem]:
     items = []
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise SourceError(f"{manifest}:{where}: an item must be an object with `id`")
-        item_id = str(row.get("id") or "").strip()
-        if not item_id:
-            raise SourceError(f"{manifest}:{where}: item has no `id`")
-        if not _is_valid_text(item_id):
-            raise SourceError(f"{manifest}:{where}: id {item_id!r} is not valid Unicode text")
-        if len(item_id) > ID_MAX_CHARS:
-            raise SourceError(f"{manifest}:{where}: id longer than {ID_MAX_CHARS} characters")
-        raw_path = (row.get("path") or "").strip() if isinstance(row.get("path"), str) else row.get("path")
-        text = row.get("text")
-        text = str(text).strip() if text not in (None, "") else None
-        if not raw_path and not text:
-            raise SourceError(f"{manifest}:{where}: item {item_id!r} has neither `path` nor `text`")
+    for at, raw in read_records(manifest, required=("id",)):
+        row = parse_row(ManifestRow, manifest, at, raw)
+        if not row.id:
+            raise SourceError(f"{where(manifest, at)}: item has no `id`")
+        if not row.path and not row.text:
+            raise SourceError(f"{where(manifest, at)}: item {row.id!r} has neither `path` nor `text`")
         path = None
-        if raw_path:
-            path = Path(raw_path)
+        if row.path:
+            path = Path(row.path).expanduser()
             if not path.is_absolute():
                 # Relative paths are relative to the manifest, so a gallery folder can move as a whole.
                 path = manifest.parent / path
-        group = row.get("group")
-        items.append(GalleryItem(id=item_id, path=path, text=text, group=str(group) if group else None))
+        items.append(GalleryItem(id=row.id, path=path, text=row.text, group=row.group))
     return items
-
-
-def _is_valid_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, e.g. a JSON "\udce9" escape
-        return False
-    return True
 
 
 def _check_unique_ids(items: Sequence[GalleryItem], source: Path) -> None:
