@@ -31,6 +31,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
+def _gallery_name(value: str) -> str:
+    from r3tasks.settings import check_gallery_name
+
+    try:
+        return check_gallery_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_gallery(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    parser.add_argument("--gallery", type=_gallery_name, default=default, metavar="NAME", help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r3", description="Reasoning-guided video retrieval (R^3) on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="index a folder of videos or a manifest into the LanceDB gallery")
     index.add_argument("source", help="folder of videos (NAME.txt beside a video is its caption) or CSV/JSONL manifest")
     index.add_argument("--strict", action="store_true", help="exit non-zero when any item failed")
+    _add_gallery(index, "default", "which gallery of the data home this source becomes (default: default); "
+                 "other galleries keep their rows")
     _add_common(index)
 
     query = sub.add_parser("query", help="answer a batch of composed and text queries")
@@ -46,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["r3", "covrr"], default="r3", help="covrr also writes OUT.covrr.json")
     query.add_argument("--gallery-version", type=int, default=None, help="pin this table version (default: latest)")
     query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
+    _add_gallery(query, "default", "the gallery to search (default: default)")
     _add_common(query)
 
     demo = sub.add_parser("demo", help="build the demo gallery, index it, answer a demo batch, print the results")
     demo.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
+    _add_gallery(demo, "demo", "the gallery the demo clips are indexed into (default: demo)")
     _add_common(demo)
     demo.set_defaults(preset="offline")
 
@@ -63,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)")
     evaluate.add_argument("--fusion-grid", action="store_true",
                           help="also run +reasoning under a grid of fusion settings (tau, w, rrf/max/mean)")
+    _add_gallery(evaluate, None, "the gallery the benchmark is indexed into (default: eval-<benchmark>-<setting>, "
+                 "so an evaluation never touches your own galleries)")
     _add_common(evaluate)
+
+    galleries = sub.add_parser("galleries", help="list the galleries of the data home with row counts and versions")
+    _add_common(galleries)
 
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
@@ -80,10 +102,23 @@ def _print_index_summary(summary: dict[str, Any]) -> None:
         print(f"  FAILED {failure['id']} ({failure['path']}): {failure['reason']}")
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    """The settings of this command, validated before any flow starts (an error is one line, exit 2)."""
+    from r3tasks.settings import load_settings
+
+    extra = {"gallery": {"name": args.gallery}} if getattr(args, "gallery", None) else {}
+    return load_settings(preset=args.preset, home=Path(args.home) if args.home else None, **extra)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    from r3tasks import validate
+
+    source = str(Path(args.source).resolve())
+    validate.gallery_source(source, _settings(args))  # a malformed source: one line, before Prefect starts
+
     from flows.index_flow import index_gallery
 
-    summary = index_gallery(source=str(Path(args.source).resolve()), preset=args.preset, home=args.home)
+    summary = index_gallery(source=source, preset=args.preset, home=args.home, gallery=args.gallery)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -92,9 +127,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from r3tasks.settings import load_settings
-
-    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+    settings = _settings(args)
     if args.json:
         print(settings.model_dump_json(indent=2))
         return EXIT_OK
@@ -118,19 +151,22 @@ def _run_queries(queries: Path, out: Path, args: argparse.Namespace, covrr_out: 
         home=args.home,
         gallery_version=getattr(args, "gallery_version", None),
         covrr_out=str(covrr_out.resolve()) if covrr_out else None,
+        gallery=args.gallery,
     )
 
 
 def _item_texts(payload: dict, args: argparse.Namespace) -> dict[str, str | None]:
     from flows.index_flow import open_store
-    from r3tasks.settings import load_settings
 
-    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
-    gallery = open_store(settings).pin(payload["lineage"]["gallery"]["version"])
+    gallery = open_store(_settings(args)).pin(payload["lineage"]["gallery"]["version"])
     return {item_id: record.text for item_id, record in gallery.records.items()}
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from r3tasks import validate
+
+    validate.query_file(args.queries, _settings(args))  # a bad file or an unindexed gallery: one line, no server
+
     from r3tasks.report import terminal_table
 
     out = Path(args.out)
@@ -150,12 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.index_flow import index_gallery
     from r3tasks.demo import build_demo
     from r3tasks.report import terminal_table
-    from r3tasks.settings import load_settings
 
-    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+    settings = _settings(args)
     demo = build_demo(settings.home / "demo")
-    print(f"demo gallery: {demo.gallery} (sample videos found: {', '.join(demo.samples_found) or 'none'})")
-    summary = index_gallery(source=str(demo.gallery), preset=args.preset, home=args.home)
+    print(f"demo gallery {args.gallery!r}: {demo.gallery} "
+          f"(sample videos found: {', '.join(demo.samples_found) or 'none'})")
+    summary = index_gallery(source=str(demo.gallery), preset=args.preset, home=args.home, gallery=args.gallery)
     _print_index_summary(summary)
     out = settings.home / "demo" / "results.json"
     payload = _run_queries(demo.queries, out, args)
@@ -175,18 +211,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _settings(args)  # bad settings: one line, before Prefect starts
+
     from flows.eval_flow import evaluate_benchmark
     from r3tasks.evaluation import markdown_table
 
     report = evaluate_benchmark(
         dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
-        rerank_k=args.rerank_k, skip=args.skip, fusion_grid=args.fusion_grid,
+        rerank_k=args.rerank_k, skip=args.skip, fusion_grid=args.fusion_grid, gallery=args.gallery,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return EXIT_OK
 
 
-COMMANDS = {"eval": cmd_eval, "index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings}
+def cmd_galleries(args: argparse.Namespace) -> int:
+    from r3tasks.catalog import LEGACY, REINDEX_HINT, list_galleries
+
+    settings = _settings(args)
+    found = list_galleries(settings)
+    if args.json:
+        print(json.dumps({"uri": settings.gallery_uri, "galleries": [g.to_dict() for g in found]}, indent=2))
+        return EXIT_OK
+    if not found:
+        print(f"no galleries in {settings.gallery_uri}: `r3 index SOURCE --gallery NAME` makes one")
+        return EXIT_OK
+    print(f"galleries in {settings.gallery_uri}")
+    width = max(len(g.gallery) for g in found)
+    for g in found:
+        print(f"  {g.gallery:<{width}}  {g.rows:>8} rows  version {g.version:<5} {g.table}")
+    if any(g.gallery == LEGACY for g in found):
+        print(f"  {LEGACY}: {REINDEX_HINT}")
+    return EXIT_OK
+
+
+COMMANDS = {"eval": cmd_eval, "index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings,
+            "galleries": cmd_galleries}
+
+
+def _one_line(error: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        return f"setting {where}: {first['msg']}{more}"
+    return " ".join(str(error).split("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (R3Error, ValidationError) as error:
-        print(f"r3 {args.command}: {error}", file=sys.stderr)
+        print(f"r3 {args.command}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -16,9 +16,14 @@ from r3tasks.errors import TransientError
 from r3tasks.settings import R3Settings, load_settings
 
 
-def flow_settings(preset: str | None, home: str | None, overrides: dict[str, Any] | None) -> R3Settings:
+def flow_settings(
+    preset: str | None, home: str | None, overrides: dict[str, Any] | None, gallery: str | None = None
+) -> R3Settings:
     """Settings for one flow run: environment and r3.toml, then the run's parameters on top."""
-    return load_settings(preset=preset, home=Path(home) if home else None, **(overrides or {}))
+    merged = dict(overrides or {})
+    if gallery is not None:
+        merged["gallery"] = {**merged.get("gallery", {}), "name": gallery}
+    return load_settings(preset=preset, home=Path(home) if home else None, **merged)
 
 
 def result_storage(settings: R3Settings) -> Path:

@@ -66,21 +66,25 @@ def evaluate_benchmark(
     rerank_k: int | None = None,
     skip: int = 0,
     fusion_grid: bool = False,
+    gallery: str | None = None,
 ) -> dict:
-    """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms)."""
+    """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms).
+
+    The benchmark is indexed into GALLERY (None: `eval-<benchmark>-<setting>`), never into a user's own."""
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
     benchmark = load_benchmark_task(dataset, limit, dataset_options or {}, str(settings.home), skip)
     work = settings.home / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{benchmark.name}-{benchmark.setting}")
     manifest, queries = write_benchmark_files(benchmark, work)
-    index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides)
+    gallery = gallery or eval_gallery_name(benchmark)
+    index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides, gallery=gallery)
     report: dict[str, Any] = {
         "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
         "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
     }
     for arm in arms(QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k):
         merged = _merge(overrides or {}, arm.overrides)
-        payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
+        payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged, gallery=gallery)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
         if arm.overrides["query"]["rerank_k"]:
@@ -89,7 +93,7 @@ def evaluate_benchmark(
         report["fusion_sweep"] = []
         for arm in fusion_grid_arms():
             payload = query_batch(queries=str(queries), preset=preset, home=home,
-                                  overrides=_merge(overrides or {}, arm.overrides))
+                                  overrides=_merge(overrides or {}, arm.overrides), gallery=gallery)
             report["fusion_sweep"].append(arm_report(arm.name, payload, benchmark.qrels))
             logger.info("%s: %s", arm.name, report["fusion_sweep"][-1]["metrics"])
     table = markdown_table(report)
@@ -101,6 +105,11 @@ def evaluate_benchmark(
     record_eval(report, table)
     print(table)
     return report
+
+
+def eval_gallery_name(benchmark: Benchmark) -> str:
+    """The gallery an evaluation indexes into by default: its own, named after the benchmark and setting."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", f"eval-{benchmark.name}-{benchmark.setting}").strip("-")[:64]
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -46,7 +46,8 @@ from r3tasks.indexing import (
 )
 from r3tasks.models.registry import shared_embedder
 from r3tasks.settings import R3Settings
-from r3tasks.sources import GalleryItem, KeyedItem, discover
+from r3tasks import validate
+from r3tasks.sources import KeyedItem
 
 
 PROGRESS_SECONDS = 2.0
@@ -61,12 +62,8 @@ def open_store(settings: R3Settings) -> GalleryStore:
         embedder.dim,
         storage_options=settings.gallery.storage_options,
         settings=settings.gallery,
+        gallery=settings.gallery.name,
     )
-
-
-@task(name="discover-gallery", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
-def discover_task(source: str, settings: R3Settings) -> list[GalleryItem]:
-    return discover(source, settings.index.video_extensions)
 
 
 @task(name="fingerprint-content", cache_policy=NONE)
@@ -211,21 +208,25 @@ def index_gallery(
     preset: str | None = None,
     home: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gallery: str = "default",
 ) -> dict:
-    """Bring the LanceDB gallery in line with SOURCE (folder or manifest); returns the run summary."""
-    settings = flow_settings(preset, home, overrides)
+    """Bring gallery GALLERY in line with SOURCE (folder or manifest); returns the run summary.
+
+    Other galleries of the data home are never touched."""
+    settings = flow_settings(preset, home, overrides, gallery)
+    # The CLI's own check, first: a malformed source fails the run with its one line, before any task.
+    items = validate.gallery_source(source, settings)
     logger = get_run_logger()
     storage = result_storage(settings)
 
     # quote(): these are whole-gallery lists; Prefect would otherwise walk every element of them looking
     # for futures (about a second per 1,000 items, measured), for nothing.
-    items = discover_task(source, settings)
     keying = fingerprint_task(quote(items), settings)
     plan = plan_task(quote(keying), settings)
     failed: list[ItemFailure] = list(keying.failed)
     logger.info(
-        "gallery %s: %d items, %d to embed (%d new, %d changed), %d unchanged, %d to remove, %d unreadable",
-        source, len(items), len(plan.to_embed), len(plan.to_add), len(plan.to_update),
+        "gallery %r from %s: %d items, %d to embed (%d new, %d changed), %d unchanged, %d to remove, %d unreadable",
+        settings.gallery.name, source, len(items), len(plan.to_embed), len(plan.to_add), len(plan.to_update),
         len(plan.unchanged), len(plan.to_remove), len(keying.failed),
     )
 
@@ -297,7 +298,7 @@ def index_gallery(
         unchanged=len(plan.unchanged),
         removed=len(plan.to_remove),
         failed=[_printable(f) for f in sorted(failed, key=lambda f: f.id)],
-        table={"uri": store.uri, "name": store.name},
+        table={"uri": store.uri, "name": store.name, "gallery": store.gallery},
         version=version,
         embedder=store.embedder_fingerprint,
         settings_hash=settings.settings_hash(),

@@ -20,10 +20,10 @@ from prefect.cache_policies import NONE
 
 from flows.common import code_version, flow_settings, retry_on_transient
 from flows.index_flow import open_store
-from r3tasks import retrieval
+from r3tasks import retrieval, validate
 from r3tasks.gallery import PinnedGallery
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
-from r3tasks.queries import ComposedQuery, Query, load_queries
+from r3tasks.queries import ComposedQuery, Query
 from r3tasks.report import contact_sheet, markdown_report
 from r3tasks.retrieval import QueryState
 from r3tasks.settings import R3Settings
@@ -56,11 +56,6 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
         key=f"lineage-{stage}",
         description=f"Lineage of the {stage} stage for one chunk of queries.",
     )
-
-
-@task(name="load-queries", cache_policy=NONE, retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_transient)
-def load_queries_task(path: str) -> list[Query]:
-    return load_queries(path)
 
 
 @task(name="pin-gallery-version", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
@@ -192,11 +187,12 @@ def query_batch(
     overrides: dict[str, Any] | None = None,
     gallery_version: int | None = None,
     covrr_out: str | None = None,
+    gallery: str = "default",
 ) -> dict:
-    """Answer a batch of composed and text queries against one pinned gallery version."""
-    settings = flow_settings(preset, home, overrides)
+    """Answer a batch of composed and text queries against one pinned version of gallery GALLERY."""
+    settings = flow_settings(preset, home, overrides, gallery)
+    loaded = validate.query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
     logger = get_run_logger()
-    loaded = load_queries_task(queries)
     version = pin_task(settings, gallery_version)
     logger.info("%d queries against gallery version %d", len(loaded), version)
     chunks = [loaded[i : i + CHUNK] for i in range(0, len(loaded), CHUNK)]

@@ -1,7 +1,10 @@
-"""The gallery in LanceDB: one table per embedding-model fingerprint, upserts by item id.
+"""The gallery in LanceDB: one table per gallery name and embedding-model fingerprint, upserts by item id.
 
 A model change never mixes vectors because the table name carries the model
-fingerprint. Every write is one LanceDB commit (a new table version), so a
+fingerprint; galleries in one data home never touch each other's rows because it
+carries the gallery name too (`<prefix>_<gallery>_<fingerprint>`). A path is stored
+twice: as text for people (`path`) and as its file-system bytes (`path_bytes`), so a
+non-UTF-8 file name reopens byte for byte. Every write is one LanceDB commit (a new table version), so a
 process killed between writes leaves the table at the last whole version; a
 rerun of the index computes its plan from what is stored and converges.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
@@ -18,12 +22,13 @@ import numpy as np
 import pyarrow as pa
 
 from r3tasks.errors import R3Error
-from r3tasks.settings import GallerySettings
+from r3tasks.settings import DEFAULT_GALLERY, GallerySettings, check_gallery_name
 
 # Columns besides the vector; the vector column is a fixed-size list of float32.
 METADATA_FIELDS = [
     pa.field("id", pa.string(), nullable=False),
     pa.field("path", pa.string()),
+    pa.field("path_bytes", pa.binary()),
     pa.field("text", pa.string()),
     pa.field("group", pa.string()),
     pa.field("content_key", pa.string(), nullable=False),
@@ -32,13 +37,27 @@ METADATA_FIELDS = [
 ]
 
 
-def table_name(prefix: str, embedder_fingerprint: str) -> str:
+def table_name(prefix: str, embedder_fingerprint: str, gallery: str = DEFAULT_GALLERY) -> str:
+    return f"{prefix}_{gallery}_{embedder_fingerprint[:16]}"
+
+
+def legacy_table_name(prefix: str, embedder_fingerprint: str) -> str:
+    """The one table per fingerprint of releases before named galleries (no `path_bytes`, not reused)."""
     return f"{prefix}_{embedder_fingerprint[:16]}"
 
 
-def gallery_schema(dim: int, embedder_fingerprint: str) -> pa.Schema:
+def gallery_schema(dim: int, embedder_fingerprint: str, gallery: str = DEFAULT_GALLERY) -> pa.Schema:
     fields = [*METADATA_FIELDS, pa.field("vector", pa.list_(pa.float32(), dim))]
-    return pa.schema(fields, metadata={b"r3.embedder": embedder_fingerprint.encode()})
+    return pa.schema(
+        fields, metadata={b"r3.embedder": embedder_fingerprint.encode(), b"r3.gallery": gallery.encode()}
+    )
+
+
+def stored_path(text: str | None, raw: bytes | None) -> str | None:
+    """The path as the OS gave it (surrogate escapes for non-UTF-8 bytes), so `Path()` of it reopens the file."""
+    if raw is not None:
+        return os.fsdecode(raw)
+    return text
 
 
 @dataclass(frozen=True)
@@ -72,15 +91,18 @@ class GalleryStore:
         dim: int,
         storage_options: dict[str, str] | None = None,
         settings: GallerySettings | None = None,
+        gallery: str = DEFAULT_GALLERY,
     ) -> None:
         import lancedb  # heavy import kept out of module import
 
         self.uri = uri
+        self.gallery = check_gallery_name(gallery)
         self.dim = dim
         # How pinned views search (memory budget, ANN); None takes the defaults.
         self.settings = settings if settings is not None else GallerySettings()
         self.embedder_fingerprint = embedder_fingerprint
-        self.name = table_name(prefix, embedder_fingerprint)
+        self.name = table_name(prefix, embedder_fingerprint, self.gallery)
+        self.legacy_name = legacy_table_name(prefix, embedder_fingerprint)
         self._db = lancedb.connect(uri, storage_options=storage_options or None)
         self._table: Any = None
 
@@ -95,7 +117,7 @@ class GalleryStore:
                 self._check_dim()
             else:
                 self._table = self._db.create_table(
-                    self.name, schema=gallery_schema(self.dim, self.embedder_fingerprint), exist_ok=True
+                    self.name, schema=gallery_schema(self.dim, self.embedder_fingerprint, self.gallery), exist_ok=True
                 )
         return self._table
 
@@ -127,7 +149,7 @@ class GalleryStore:
 
         `settings` overrides the store's search settings for this view.
         """
-        table = self._db.open_table(self.name) if self.exists() else self.table()
+        table = self._open_existing()
         if version is not None:
             table.checkout(version)
         else:
@@ -136,7 +158,7 @@ class GalleryStore:
 
     def snapshot(self, version: int | None = None) -> "GallerySnapshot":
         """All rows at one table version (the latest when None), for a query batch to pin."""
-        table = self._db.open_table(self.name) if self.exists() else self.table()
+        table = self._open_existing()
         if version is not None:
             table.checkout(version)
         data = table.to_arrow()
@@ -145,11 +167,21 @@ class GalleryStore:
         return GallerySnapshot(
             ref=GalleryRef(uri=self.uri, table=self.name, version=read_version),
             ids=data.column("id").to_pylist(),
-            paths=data.column("path").to_pylist(),
+            paths=[stored_path(t, b) for t, b in zip(data.column("path").to_pylist(),
+                                                      data.column("path_bytes").to_pylist())],
             texts=data.column("text").to_pylist(),
             groups=data.column("group").to_pylist(),
             vectors=vectors,
         )
+
+    def _open_existing(self) -> Any:
+        # Reading a gallery that was never indexed is the user's mistake; creating an empty table would hide it.
+        if not self.exists():
+            hint = (f" (table {self.legacy_name} is from before named galleries: rebuild it with "
+                    f"`r3 index SOURCE --gallery {self.gallery}`)") if self.legacy_name in self._db.list_tables().tables else ""
+            raise R3Error(f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
+                          f"(no table {self.name}): run `r3 index SOURCE --gallery {self.gallery}` first{hint}")
+        return self._db.open_table(self.name)
 
     # -- writing -----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[GalleryRow]) -> int:
@@ -186,6 +218,7 @@ class GalleryStore:
         columns = {
             "id": pa.array([r.id for r in rows], pa.string()),
             "path": pa.array([_utf8(r.path) for r in rows], pa.string()),
+            "path_bytes": pa.array([os.fsencode(r.path) if r.path is not None else None for r in rows], pa.binary()),
             "text": pa.array([_utf8(r.text) for r in rows], pa.string()),
             "group": pa.array([_utf8(r.group) for r in rows], pa.string()),
             "content_key": pa.array([r.content_key for r in rows], pa.string()),
@@ -193,13 +226,13 @@ class GalleryStore:
             "indexed_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
         }
-        return pa.table(columns, schema=gallery_schema(self.dim, self.embedder_fingerprint))
+        return pa.table(columns, schema=gallery_schema(self.dim, self.embedder_fingerprint, self.gallery))
 
 
 @dataclass(frozen=True)
 class ItemRecord:
     id: str
-    path: str | None
+    path: str | None  # as the OS gave it: `Path(path)` reopens the file, also for a non-UTF-8 name
     text: str | None
     group: str | None
     content_key: str
@@ -229,9 +262,13 @@ class PinnedGallery:
         self.ref = GalleryRef(uri=store.uri, table=store.name, version=int(table.version))
         # Only the metadata columns: the vectors are read once, on the first in-memory search.
         meta = (
-            table.search().select(["id", "path", "text", "group", "content_key"]).limit(None).to_arrow().to_pylist()
+            table.search().select(["id", "path", "path_bytes", "text", "group", "content_key"])
+            .limit(None).to_arrow().to_pylist()
         )
-        self.records: dict[str, ItemRecord] = {row["id"]: ItemRecord(**row) for row in meta}
+        self.records: dict[str, ItemRecord] = {}
+        for row in meta:
+            row["path"] = stored_path(row["path"], row.pop("path_bytes"))
+            self.records[row["id"]] = ItemRecord(**row)
         self._group_sizes: dict[str | None, int] = {}
         for record in self.records.values():
             self._group_sizes[record.group] = self._group_sizes.get(record.group, 0) + 1
@@ -449,7 +486,9 @@ class GallerySnapshot:
 
 
 def _utf8(value: str | None) -> str | None:
-    """Text Arrow can store: a non-UTF-8 file name (surrogate escapes) gets backslash escapes, as its id does."""
+    """Text Arrow can store: a non-UTF-8 file name (surrogate escapes) gets backslash escapes, as its id does.
+
+    For display only; `path_bytes` keeps the exact name."""
     if value is None:
         return None
     return value.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,6 +54,21 @@ PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "query": {"use_reasoning": False, "copy_gate_threshold": 0.8},
     },
 }
+
+
+DEFAULT_GALLERY = "default"
+DEMO_GALLERY = "demo"
+# Safe in a LanceDB table name, a folder name and an object-store key; no separators, no dots.
+_GALLERY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_gallery_name(name: str) -> str:
+    """`name` if it can name a gallery, else `ValueError` saying what a name may hold."""
+    if not isinstance(name, str) or not _GALLERY_NAME.fullmatch(name):
+        raise ValueError(
+            f"gallery name {name!r} is not allowed: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return name
 
 
 def default_home() -> Path:
@@ -135,7 +151,14 @@ class GallerySettings(_Section):
     uri: str | None = Field(
         None, description="LanceDB URI (a folder, or s3://bucket/prefix); None is `<home>/lancedb`."
     )
-    table_prefix: str = Field("gallery", description="Table names are `<prefix>_<embedder fingerprint>`.")
+    name: str = Field(
+        DEFAULT_GALLERY,
+        description="Which gallery of the data home to index or query (`--gallery`); each is its own table "
+        "`<prefix>_<name>_<embedder fingerprint>`, so indexing one never removes another's rows.",
+    )
+    table_prefix: str = Field(
+        "gallery", description="Table names are `<prefix>_<gallery name>_<embedder fingerprint>`."
+    )
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="LanceDB/object-store options (endpoint, region, credentials)."
     )
@@ -171,6 +194,11 @@ class GallerySettings(_Section):
         ge=0,
         description="Rows above which a vector index, when present and `use_ann_index` is on, replaces exact search.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_gallery_name(value)
 
 
 class IndexSettings(_Section):

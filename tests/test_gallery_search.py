@@ -186,6 +186,7 @@ def test_read_vectors_handles_chunks_slices_and_nulls() -> None:
 
 def test_empty_gallery_searches_to_nothing(tmp_path: Path) -> None:
     store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM)
+    store.table()  # an indexed gallery whose rows were all removed (a never-indexed one refuses to pin)
     pinned: PinnedGallery = store.pin()
     assert len(pinned) == 0
     assert pinned.search(_queries(1)[0], 0) == {}

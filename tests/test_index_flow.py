@@ -60,7 +60,7 @@ def test_first_run_indexes_every_video_with_its_caption(tmp_path: Path, r3_home:
     assert summary["added"] == len(SPECS)
     assert summary["updated"] == summary["removed"] == summary["unchanged"] == 0
     assert summary["failed"] == []
-    assert summary["table"]["name"].startswith("gallery_fake-16")
+    assert summary["table"]["name"].startswith("gallery_default_fake-16")
     assert isinstance(summary["version"], int)
     snapshot = store_for(r3_home).snapshot()
     assert sorted(snapshot.ids) == sorted(s.clip_id() for s in SPECS)
