@@ -180,7 +180,7 @@ class GalleryStore:
             hint = (f" (table {self.legacy_name} is from before named galleries: rebuild it with "
                     f"`r3 index SOURCE --gallery {self.gallery}`)") if self.legacy_name in self._db.list_tables().tables else ""
             raise R3Error(f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
-                          f"(no table {self.name}): run `r3 index SOURCE --gallery {self.gallery}` first{hint}")
+                          f"(no table {self.name}): run `r3 index` on its source with `--gallery {self.gallery}` first{hint}")
         return self._db.open_table(self.name)
 
     # -- writing -----------------------------------------------------------------------------

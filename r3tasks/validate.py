@@ -34,5 +34,5 @@ def gallery_indexed(settings: R3Settings) -> None:
     if tables is not None and not tables:
         raise SourceError(
             f"gallery {settings.gallery.name!r} has not been indexed in {settings.gallery_uri}: "
-            f"run `r3 index SOURCE --gallery {settings.gallery.name}` first (`r3 galleries` lists what exists)"
+            f"run `r3 index` on its source with `--gallery {settings.gallery.name}` first (`r3 galleries` lists what exists)"
         )

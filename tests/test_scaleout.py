@@ -286,7 +286,7 @@ def test_gallery_store_on_s3_lists_creates_and_reopens_tables(s3_server: dict[st
     assert again.exists() and again.version() == created_at and again.count() == 0
     other = GalleryStore(uri, "gallery", "another-model", 16, storage_options=s3_options(s3_server))
     assert not other.exists()
-    assert any(key.startswith("store-check/gallery_fake-16-0.lance/") for key in bucket_keys(s3_server, "store-check"))
+    assert any(key.startswith("store-check/gallery_default_fake-16-0.lance/") for key in bucket_keys(s3_server, "store-check"))
 
 
 def test_index_and_query_end_to_end_on_s3(tmp_path: Path, r3_home: Path, s3_server: dict[str, str]) -> None:
