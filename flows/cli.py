@@ -188,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from r3tasks.report import terminal_table
 
     settings = _settings(args)
-    demo = build_demo(settings.home / "demo")
+    demo = build_demo(settings.home / "demo", settings.data.opencv_samples_dir)
     print(f"demo gallery {args.gallery!r}: {demo.gallery} "
           f"(sample videos found: {', '.join(demo.samples_found) or 'none'})")
     summary = index_gallery(source=str(demo.gallery), preset=args.preset, home=args.home, gallery=args.gallery)

@@ -73,7 +73,10 @@ def evaluate_benchmark(
     The benchmark is indexed into GALLERY (None: `eval-<benchmark>-<setting>`), never into a user's own."""
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
-    benchmark = load_benchmark_task(dataset, limit, dataset_options or {}, str(settings.home), skip)
+    options = dict(dataset_options or {})
+    if dataset.lower() in ("egocvr", "egocvr-global", "egocvr-local") and settings.data.egocvr_dir is not None:
+        options.setdefault("folder", str(settings.data.egocvr_dir))
+    benchmark = load_benchmark_task(dataset, limit, options, str(settings.home), skip)
     work = settings.home / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{benchmark.name}-{benchmark.setting}")
     manifest, queries = write_benchmark_files(benchmark, work)
     gallery = gallery or eval_gallery_name(benchmark)

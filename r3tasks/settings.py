@@ -295,6 +295,20 @@ class QuerySettings(_Section):
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
 
 
+class DataSettings(_Section):
+    """Where r3 looks for data it does not ship (the current locations are the defaults)."""
+
+    egocvr_dir: Path | None = Field(
+        None,
+        description="Folder with EgoCVR's egocvr_annotations.csv and egocvr_data.csv for `r3 eval egocvr`; "
+        "None looks in <repo>/data/egocvr, then <repo>/../shared/data/egocvr.",
+    )
+    opencv_samples_dir: Path = Field(
+        Path("/usr/share/doc/opencv-doc/examples/data"),
+        description="OpenCV's sample videos (Debian's opencv-doc); the demo gallery copies three when present.",
+    )
+
+
 class R3Settings(BaseSettings):
     """Everything r3 can be told. Every field is documented; `r3 settings` prints them."""
 
@@ -316,6 +330,7 @@ class R3Settings(BaseSettings):
     gallery: GallerySettings = Field(default_factory=GallerySettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    data: DataSettings = Field(default_factory=DataSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ fingerprinted or decoded, and recorded as that item's failure.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -69,8 +70,9 @@ def _discover_folder(folder: Path, extensions: set[str]) -> list[GalleryItem]:
 
 def _folder_item_id(relative: Path) -> str:
     stem = relative.with_suffix("").as_posix()
-    # Non-UTF-8 file names arrive as surrogate escapes; an id must be valid text for LanceDB.
-    return stem.encode("utf-8", "backslashreplace").decode("utf-8")
+    # An id must be valid text for LanceDB: a non-UTF-8 byte of the name is written `\xe9` (the file's
+    # path itself is stored byte for byte beside it).
+    return os.fsencode(stem).decode("utf-8", "backslashreplace")
 
 
 def _read_caption(sidecar: Path) -> str | None:

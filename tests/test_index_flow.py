@@ -179,7 +179,7 @@ def test_cli_rejects_a_malformed_manifest_with_exit_2(tmp_path: Path, r3_home: P
     monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
     assert cli_main(["index", str(manifest), "--home", str(r3_home)]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl:2" in err and "not valid JSON" in err
+    assert "bad.jsonl:2" in err and "bad JSON line" in err and err.count("\n") == 1
 
 
 SLOW_INDEX_SCRIPT = textwrap.dedent(

@@ -157,8 +157,8 @@ def _bytes_name(folder: Path, name: bytes) -> Path:
 
 
 def _id_of(name: bytes) -> str:
-    # A folder item's id is its name as text, undecodable bytes written as backslash escapes.
-    return os.fsdecode(name).encode("utf-8", "backslashreplace").decode("utf-8")
+    # A folder item's id is its name as text, undecodable bytes written as backslash escapes (b"\xe9" -> "\\xe9").
+    return name.decode("utf-8", "backslashreplace")
 
 
 def build_fault_gallery(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, str], set[str]]:
@@ -291,15 +291,19 @@ def write_queries(path: Path, rows: list[dict]) -> Path:
 @pytest.mark.parametrize(
     "name,content,message",
     [
-        ("broken.jsonl", '{"id": "a", "text": "x"}\n{"id": "b", "text": \n', "broken.jsonl:2: not valid JSON"),
-        ("latin1.jsonl", b'{"id": "a", "text": "caf\xe9"}\n', "not UTF-8"),
+        ("broken.jsonl", '{"id": "a", "text": "x"}\n{"id": "b", "text": \n', "broken.jsonl:2: bad JSON line"),
+        ("latin1.jsonl", b'{"id": "a", "text": "caf\xe9"}\n', "latin1.jsonl:1: not UTF-8"),
+        ("latin1-late.jsonl", b'{"id": "a", "text": "x"}\n\n{"id": "b", "text": "caf\xe9"}\n', "latin1-late.jsonl:3: not UTF-8"),
+        ("latin1.csv", b"id,text\na,x\nb,caf\xe9\n", "latin1.csv:3: not UTF-8"),
+        ("wide.csv", "id,text\na,x,y\n", "wide.csv:2: more fields than the header's 2"),
+        ("typed.jsonl", '{"id": "a", "source": "s", "edit": {"do": "x"}}\n', "typed.jsonl:1: 'edit' must be a string"),
         ("noid.jsonl", '{"text": "a cat"}\n', "query has no `id`"),
         ("neither.jsonl", '{"id": "q", "colour": "red"}\n', "neither `source`+`edit` nor `text`"),
         ("dupes.jsonl", '{"id": "q", "text": "a"}\n{"id": "q", "text": "b"}\n', "duplicate query id 'q'"),
         ("empty.jsonl", "\n\n", "no queries in the file"),
         ("list.json", '{"queries": 5}', "is not a list of queries"),
         ("scalar.json", '"just a string"', "expected a list of queries"),
-        ("row.jsonl", '["id", "text"]\n', "a query must be an object"),
+        ("row.jsonl", '["id", "text"]\n', "row.jsonl:1: expected a JSON object, got list"),
         ("queries.yaml", "- id: q\n", "queries are .jsonl, .json or .csv"),
         ("absent.jsonl", None, "queries file not found"),
     ],
@@ -317,7 +321,32 @@ def test_malformed_query_files_exit_2_with_a_clear_message(
     assert code == 2
     assert message in captured.err, captured.err
     assert captured.err.startswith("r3 query: ") and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""  # one line, and no flow run printed anything
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_deployment_run_with_a_malformed_file_fails_with_that_line(tmp_path: Path, r3_home: Path) -> None:
+    """The flows run the CLI's checks first: the run fails with the line as its message, before any task."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    fakes_only = {"models": FAKE_QUERY_MODELS}
+    bad = write_queries(tmp_path / "q.jsonl", [{"id": "a", "text": "x"}])
+    bad.write_text(bad.read_text() + "{oops\n")
+    state = query_batch(queries=str(bad), home=str(r3_home), overrides=fakes_only, return_state=True)
+    assert state.is_failed() and f"{bad}:2: bad JSON line" in state.message
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path\n,x.mp4\n")
+    state = index_gallery(source=str(manifest), home=str(r3_home), overrides=fakes_only, return_state=True)
+    assert state.is_failed() and f"{manifest}:2: item has no `id`" in state.message
+
+    async def task_runs() -> list:
+        async with get_client() as client:
+            return await client.read_task_runs()
+
+    flow_run_id = state.state_details.flow_run_id
+    assert not [run for run in asyncio.run(task_runs()) if run.flow_run_id == flow_run_id]
 
 
 @pytest.fixture
