@@ -12,9 +12,9 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from r3tasks.errors import SourceError
 
@@ -146,15 +146,18 @@ def read_records(path: Path, required: Sequence[str] = (), list_key: str = "item
 class _RowModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    # Fields kept exactly as written (a user's words go to the models as given); others are stripped.
+    _verbatim: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*", mode="before")
     @classmethod
-    def _blank_is_absent(cls, value: Any) -> Any:
+    def _blank_is_absent(cls, value: Any, info: ValidationInfo) -> Any:
         # A CSV has no null: its empty cell is the JSON file's missing key.
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if isinstance(value, (dict, list)):
             raise ValueError(f"must be a string, got {type(value).__name__}")
-        return str(value).strip()
+        return str(value) if info.field_name in cls._verbatim else str(value).strip()
 
 
 def _valid_id(value: str | None) -> str | None:
@@ -196,6 +199,8 @@ class QueryRow(_RowModel):
     text: str | None = None
     gallery_group: str | None = None
     section: str | None = None
+
+    _verbatim: ClassVar[frozenset[str]] = frozenset({"edit", "modification_text", "text"})
 
     @property
     def query_key(self) -> str | None:

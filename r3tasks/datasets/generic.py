@@ -54,11 +54,11 @@ def _load_queries(path: Path, item_ids: set[str]) -> list[ComposedQuery | TextQu
             if source not in item_ids:
                 candidate = _resolve(path.parent, source)
                 source = str(candidate) if candidate.exists() else source
-            queries.append(ComposedQuery(qid, source, row.edit, row.source_text, row.gallery_group))
+            queries.append(ComposedQuery(qid, source, row.edit.strip(), row.source_text, row.gallery_group))
             continue
         if row.text is None:
             raise SourceError(f"{_where(path, where)}: query {qid!r} needs 'edit' (composed) or 'text' (text query)")
-        queries.append(TextQuery(qid, row.text))
+        queries.append(TextQuery(qid, row.text.strip()))
     return queries
 
 
