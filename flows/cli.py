@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_index_summary(summary: dict[str, Any]) -> None:
     print(
-        f"gallery {summary['table']['name']} (version {summary['version']}) at {summary['table']['uri']}\n"
+        f"gallery {summary['table']['gallery']!r}: table {summary['table']['name']} (version {summary['version']}) "
+        f"at {summary['table']['uri']}\n"
         f"  added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
         f"removed {summary['removed']}, failed {len(summary['failed'])}"
     )
