@@ -118,3 +118,19 @@ def test_a_non_utf8_file_name_reopens_as_source_candidate_and_thumbnail(tmp_path
     SEEN.clear()
     query_batch(queries=str(queries), home=str(r3_home), overrides=overrides)
     assert SEEN == [("caf\\xe9", True)]  # as a rerank candidate, its frames were read from the exact path
+
+
+def test_a_table_from_before_named_galleries_is_listed_as_legacy_with_the_fix(tmp_path: Path, r3_home: Path) -> None:
+    import lancedb
+    import pyarrow as pa
+
+    from r3tasks.errors import R3Error
+
+    settings = fake_settings(r3_home)
+    store = open_store(settings)
+    old = pa.schema([pa.field("id", pa.string()), pa.field("vector", pa.list_(pa.float32(), store.dim))],
+                    metadata={b"r3.embedder": store.embedder_fingerprint.encode()})
+    lancedb.connect(settings.gallery_uri).create_table(store.legacy_name, schema=old)
+    assert [(g.gallery, g.table) for g in list_galleries(settings)] == [("(legacy)", store.legacy_name)]
+    with pytest.raises(R3Error, match=r"before named galleries: rebuild it with `r3 index SOURCE --gallery default`"):
+        store.pin()
