@@ -18,16 +18,10 @@ import tests.fakes as fakes
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.models.registry import register_backend
+from tests.test_reliability import write_caption_gallery
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-CAPTIONS = {
-    "dog-park-day": "a dog runs in a park during the day",
-    "dog-park-night": "a dog runs in a park at night",
-    "cat-sofa": "a cat sleeps on a sofa",
-    "car-road": "a car drives on a road",
-    "person-sits": "a person sits down on a bench",
-}
 QUERIES = [
     {"id": "q-night", "source": "dog-park-day", "edit": "make it night"},
     {"id": "q-cat", "source": "car-road", "edit": "a cat sleeps on a sofa instead"},
@@ -85,9 +79,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path, r3_home: Path) -> Path:
-    index_gallery(source=str(write_jsonl(tmp_path / "g" / "gallery.jsonl", [{"id": k, "text": v} for k, v in
-                                                                          CAPTIONS.items()])),
-                  home=str(r3_home), overrides={"models": MODELS})
+    index_gallery(source=str(write_caption_gallery(tmp_path / "g")), home=str(r3_home), overrides={"models": MODELS})
     return r3_home
 
 
