@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from prefect.states import State
 import r3tasks
 from r3tasks.errors import TransientError
 from r3tasks.settings import R3Settings, load_settings
+
+# r3tasks logs through the logging module; at INFO its lines (a model's one-time conversion, progress)
+# reach the console handler Prefect puts on the root logger, in flow runs and the CLI alike.
+if logging.getLogger("r3tasks").level == logging.NOTSET:
+    logging.getLogger("r3tasks").setLevel(logging.INFO)
 
 
 def flow_settings(

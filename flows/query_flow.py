@@ -99,10 +99,13 @@ def recall_task(states: list[QueryState], settings: R3Settings, version: int) ->
 
 
 @task(name="rerank", cache_policy=NONE)
-def rerank_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
+def rerank_task(
+    states: list[QueryState], settings: R3Settings, version: int, done_before: int = 0, total: int | None = None
+) -> list[QueryState]:
     caches = _caches(settings)
     reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
-    retrieval.rerank(states, reranker, _pinned(settings, version), settings, caches["rerank"], caches["frames"])
+    retrieval.rerank(states, reranker, _pinned(settings, version), settings, caches["rerank"], caches["frames"],
+                     logger=get_run_logger(), done_before=done_before, total=total)
     _stage_lineage("rerank", reranker.fingerprint if reranker else None, caches["rerank"], version, len(states))
     return states
 
@@ -127,9 +130,9 @@ def results_task(
         "settings_hash": settings.settings_hash(),
         "code_version": code_version(),
     }
-    results = [retrieval.result_of(state, lineage) for state in states]
     run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     sheets = _contact_sheets(states, gallery, settings, run_dir)
+    results = [retrieval.result_of(state, lineage) for state in states]
     report = markdown_report(results, sheets)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.md").write_text(report)
@@ -151,22 +154,31 @@ def _contact_sheets(states: Sequence[QueryState], gallery: PinnedGallery, settin
     for state in states:
         if not state.ok:
             continue
-        source_frames: list = []
-        source_label, source_caption = state.query.id, getattr(state.query, "text", None)
-        if state.source is not None:
-            source_caption = state.source.text
-            if state.source.path is not None:
-                sampled = retrieval.source_frames(state.source, "rerank", settings, frame_cache)
-                if sampled is not None:
-                    step = max(1, len(sampled.frames) // 4)
-                    source_frames = list(sampled.frames[::step][:4])
-        candidates = []
-        for item in state.ranked[:5]:
-            record = gallery.records[item.id]
-            candidates.append((item.id, record.path, record.text, item.score))
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in state.query.id)[:80]
-        sheets[state.query.id] = contact_sheet(run_dir / f"{safe}.png", source_frames, source_label, source_caption, candidates)
+        try:
+            sheets[state.query.id] = _contact_sheet(state, gallery, settings, run_dir, frame_cache)
+        except Exception as error:  # noqa: BLE001 - a picture must never cost the batch its results
+            state.warnings.append(f"no contact sheet: {retrieval.reason_of(error)}")
+            get_run_logger().warning("%s: no contact sheet: %s", state.query.id, retrieval.reason_of(error))
     return sheets
+
+
+def _contact_sheet(state: QueryState, gallery: PinnedGallery, settings: R3Settings, run_dir: Path,
+                   frame_cache: StageCache) -> Path:
+    source_frames: list = []
+    source_label, source_caption = state.query.id, getattr(state.query, "text", None)
+    if state.source is not None:
+        source_caption = state.source.text
+        if state.source.path is not None:
+            sampled = retrieval.source_frames(state.source, "rerank", settings, frame_cache)
+            if sampled is not None:
+                step = max(1, len(sampled.frames) // 4)
+                source_frames = list(sampled.frames[::step][:4])
+    candidates = []
+    for item in state.ranked[:5]:
+        record = gallery.records[item.id]
+        candidates.append((item.id, record.path, record.text, item.score))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in state.query.id)[:80]
+    return contact_sheet(run_dir / f"{safe}.png", source_frames, source_label, source_caption, candidates)
 
 
 def covrr_submission(states: Sequence[QueryState]) -> dict:
@@ -205,7 +217,10 @@ def query_batch(
         chunk_states: Any = chunk
         for name, stage in stages:
             started = time.perf_counter()
-            chunk_states = stage(chunk_states, settings, version)
+            if name == "rerank":  # its progress line counts the whole batch
+                chunk_states = stage(chunk_states, settings, version, len(states), len(loaded))
+            else:
+                chunk_states = stage(chunk_states, settings, version)
             stage_seconds[name] += time.perf_counter() - started
         states.extend(chunk_states)
         update_progress_artifact(progress, 100.0 * number / len(chunks))

@@ -7,6 +7,8 @@ into Prefect tasks; nothing here imports Prefect.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +27,7 @@ from r3tasks.fusion import (
     top_k,
 )
 from r3tasks.gallery import PinnedGallery
+from r3tasks.isolation import batched_or_alone, reason_of
 from r3tasks.models.base import (
     EmbedInput,
     Embedder,
@@ -39,6 +42,10 @@ from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolv
 from r3tasks.settings import R3Settings
 from r3tasks.sources import file_fingerprint
 from r3tasks.stagecache import StageCache, stage_key
+
+log = logging.getLogger(__name__)
+# Seconds between two rerank progress lines (and one at the end of each call).
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class QueryState:
     gate_used: bool = False
     recalled: list[tuple[str, float]] = field(default_factory=list)
     ranked: list[RankedItem] = field(default_factory=list)
+    # What went wrong without costing the query its answer (reasoning left out, candidates unscored).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +92,8 @@ def prepare(queries: Sequence[Query], gallery: PinnedGallery, settings: R3Settin
                 state.source = resolve_source(query, gallery, settings)
             except (ValueError, ItemError) as error:
                 state.error = error.reason if isinstance(error, ItemError) else str(error)
+            except Exception as error:  # noqa: BLE001 - an unreadable sidecar or source costs only this query
+                state.error = f"source lookup failed: {reason_of(error)}"
         states.append(state)
     return states
 
@@ -145,8 +156,8 @@ def run_reasoning(
     for state, key in todo:
         try:
             frames = source_frames(state.source, "reasoning", settings, frame_cache)  # type: ignore[arg-type]
-        except ItemError as error:
-            state.error = f"source video unreadable: {error.reason}"
+        except Exception as error:  # noqa: BLE001 - one unreadable source ends only its query
+            state.error = f"source video unreadable: {reason_of(error)}"
             continue
         query = state.query
         assert isinstance(query, ComposedQuery)
@@ -162,20 +173,10 @@ def run_reasoning(
         owners.append((state, key))
     if not requests:
         return
-    try:
-        # The whole chunk at once: batched generation is several times faster than one by one.
-        results: list[Reasoning | ItemError] = list(reasoner.reason(requests))
-    except ItemError:
-        # One query poisoned the batch: one by one, so only that query carries the error.
-        results = []
-        for request in requests:
-            try:
-                results.append(reasoner.reason([request])[0])
-            except ItemError as error:
-                results.append(error)
+    results = batched_or_alone(requests, reasoner.reason)
     for (state, key), result in zip(owners, results):
-        if isinstance(result, ItemError):
-            state.error = f"reasoning failed: {result.reason}"
+        if isinstance(result, Exception):
+            state.error = f"reasoning failed: {reason_of(result)}"
             continue
         cache.put(key, result)
         state.reasoning = result
@@ -213,24 +214,35 @@ def _reasoning_text(state: QueryState, settings: R3Settings, text_only: bool) ->
 def embed_queries(
     states: Sequence[QueryState], embedder: Embedder, settings: R3Settings, cache: StageCache, frame_cache: StageCache
 ) -> None:
+    """Base and reasoning query vectors, one query at a time; whatever one query raises ends only it."""
     text_only = not embedder.uses_frames
     for state in states:
-        if not state.ok:
-            continue
-        query = state.query
-        try:
-            frames = None
-            if isinstance(query, ComposedQuery) and not text_only:
-                frames = source_frames(state.source, "gallery", settings, frame_cache)  # type: ignore[arg-type]
-            texts = _base_texts(state, settings, text_only)
-            reasoning_text = _reasoning_text(state, settings, text_only)
-        except ItemError as error:
-            state.error = error.reason
-            continue
-        instruction = (
-            settings.query.query_instruction if isinstance(query, ComposedQuery) else settings.query.text_query_instruction
-        )
-        all_texts = texts + ([reasoning_text] if reasoning_text else [])
+        if state.ok:
+            try:
+                _embed_query(state, embedder, settings, cache, frame_cache, text_only)
+            except Exception as error:  # noqa: BLE001 - one query's failure is its own
+                state.error = f"query embedding failed: {reason_of(error)}"
+
+
+def _embed_query(
+    state: QueryState, embedder: Embedder, settings: R3Settings, cache: StageCache, frame_cache: StageCache,
+    text_only: bool,
+) -> None:
+    query = state.query
+    try:
+        frames = None
+        if isinstance(query, ComposedQuery) and not text_only:
+            frames = source_frames(state.source, "gallery", settings, frame_cache)  # type: ignore[arg-type]
+        texts = _base_texts(state, settings, text_only)
+        reasoning_text = _reasoning_text(state, settings, text_only)
+    except ItemError as error:
+        state.error = error.reason
+        return
+    instruction = (
+        settings.query.query_instruction if isinstance(query, ComposedQuery) else settings.query.text_query_instruction
+    )
+
+    def embed(all_texts: list[str]) -> np.ndarray:
         key = stage_key(
             "query-embedding", all_texts, state.source.content_key if state.source else None,
             embedder.fingerprint, instruction, settings.settings_hash("frames"),
@@ -246,53 +258,69 @@ def embed_queries(
                 )
                 for text in all_texts
             ]
-            try:
-                vectors = np.asarray(embedder.embed_queries(inputs, instruction), dtype=np.float32)
-            except ItemError as error:
-                state.error = f"query embedding failed: {error.reason}"
-                continue
+            vectors = np.asarray(embedder.embed_queries(inputs, instruction), dtype=np.float32)
+            if vectors.shape[0] != len(all_texts):
+                raise ValueError(f"the embedder returned {vectors.shape[0]} vectors for {len(all_texts)} texts")
             cache.put(key, vectors)
-        state.base_vectors = vectors[: len(texts)]
-        state.reasoning_vector = vectors[len(texts)] if reasoning_text else None
+        return vectors
+
+    if reasoning_text is None:
+        vectors = embed(texts)
+    else:
+        try:
+            vectors = embed(texts + [reasoning_text])
+        except Exception as error:  # noqa: BLE001 - the reasoning is model output: it must not cost the query
+            vectors = embed(texts)
+            reasoning_text = None
+            state.warnings.append(f"reasoning left out of the query embedding: {reason_of(error)}")
+    state.base_vectors = vectors[: len(texts)]
+    state.reasoning_vector = vectors[len(texts)] if reasoning_text else None
 
 
 # -- fused recall ----------------------------------------------------------------------------------
 def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
     """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K."""
-    q = settings.query
     for state in states:
         if not state.ok or state.base_vectors is None:
             continue
-        group = state.query.gallery_group
-        base_hits = [gallery.search(v, q.candidate_pool, group) for v in state.base_vectors]
-        reason_hits = (
-            gallery.search(state.reasoning_vector, q.candidate_pool, group) if state.reasoning_vector is not None else {}
-        )
-        ids = sorted(set().union(*base_hits, reason_hits))
-        base_matrix = np.array([[hits.get(i, -np.inf) for i in ids] for hits in base_hits], dtype=np.float64)
-        base_scores = fuse_base_queries(base_matrix) if ids else np.zeros(0)
-        reasoning_scores = None
-        agreement = None
-        if state.reasoning_vector is not None:
-            reasoning_scores = np.array([reason_hits.get(i, -np.inf) for i in ids], dtype=np.float64)
-            agreement = reasoning_agreement(state.base_vectors, state.reasoning_vector)
-            if state.reasoning is not None and state.source is not None and state.source.text:
-                state.source_similarity = source_restatement(state.reasoning.text, state.source.text)
-            if q.copy_gate_threshold is not None and (state.source_similarity or 0.0) >= q.copy_gate_threshold:
-                reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
-        result = fuse(
-            base_scores,
-            reasoning_scores,
-            mode=q.fusion,
-            weight=q.fusion_weight,
-            rrf_k=q.rrf_k,
-            agreement=agreement,
-            gate_threshold=q.gate_threshold,
-        )
-        state.agreement = result.agreement
-        state.gate_used = result.gate_used
-        exclude = [state.source.item_id] if state.source is not None and state.source.item_id else []
-        state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
+        try:
+            _recall_one(state, gallery, settings)
+        except Exception as error:  # noqa: BLE001 - one query's failure is its own
+            state.error = f"recall failed: {reason_of(error)}"
+
+
+def _recall_one(state: QueryState, gallery: PinnedGallery, settings: R3Settings) -> None:
+    q = settings.query
+    group = state.query.gallery_group
+    base_hits = [gallery.search(v, q.candidate_pool, group) for v in state.base_vectors]
+    reason_hits = (
+        gallery.search(state.reasoning_vector, q.candidate_pool, group) if state.reasoning_vector is not None else {}
+    )
+    ids = sorted(set().union(*base_hits, reason_hits))
+    base_matrix = np.array([[hits.get(i, -np.inf) for i in ids] for hits in base_hits], dtype=np.float64)
+    base_scores = fuse_base_queries(base_matrix) if ids else np.zeros(0)
+    reasoning_scores = None
+    agreement = None
+    if state.reasoning_vector is not None:
+        reasoning_scores = np.array([reason_hits.get(i, -np.inf) for i in ids], dtype=np.float64)
+        agreement = reasoning_agreement(state.base_vectors, state.reasoning_vector)
+        if state.reasoning is not None and state.source is not None and state.source.text:
+            state.source_similarity = source_restatement(state.reasoning.text, state.source.text)
+        if q.copy_gate_threshold is not None and (state.source_similarity or 0.0) >= q.copy_gate_threshold:
+            reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
+    result = fuse(
+        base_scores,
+        reasoning_scores,
+        mode=q.fusion,
+        weight=q.fusion_weight,
+        rrf_k=q.rrf_k,
+        agreement=agreement,
+        gate_threshold=q.gate_threshold,
+    )
+    state.agreement = result.agreement
+    state.gate_used = result.gate_used
+    exclude = [state.source.item_id] if state.source is not None and state.source.item_id else []
+    state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
 
 
 # -- rerank ----------------------------------------------------------------------------------------
@@ -303,55 +331,114 @@ def rerank(
     settings: R3Settings,
     cache: StageCache,
     frame_cache: StageCache,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    done_before: int = 0,
+    total: int | None = None,
 ) -> None:
-    """Rescore only the recalled top-K, then the final weighted min-max fusion (K = 0: recall order)."""
+    """Rescore only the recalled top-K, then the final weighted min-max fusion (K = 0: recall order).
+
+    A candidate the reranker cannot score is left unscored (it keeps its recall order after the
+    scored ones, as the reference does for a missing video) and named in the query's warnings; a query
+    none of whose candidates can be scored carries the error. Progress (queries done of `total`, pairs
+    per second) goes to `logger` every `PROGRESS_EVERY_S` and at the end; `done_before` counts the
+    queries of earlier chunks.
+    """
     q = settings.query
-    for state in states:
-        if not state.ok:
-            continue
-        k = min(q.rerank_k, len(state.recalled))
-        if reranker is None or k == 0:
-            state.ranked = rerank_topk(state.recalled, {}, 0, q.final_embedding_weight, q.final_reranker_weight)
+    logger = logger or log
+    total = done_before + len(states) if total is None else total
+    started = last = time.monotonic()
+    pairs = 0
+    for n, state in enumerate(states, start=1):
+        if state.ok:
+            k = min(q.rerank_k, len(state.recalled))
+            if reranker is None or k == 0:
+                state.ranked = rerank_topk(state.recalled, {}, 0, q.final_embedding_weight, q.final_reranker_weight)
+            else:
+                try:
+                    pairs += _rerank_one(state, reranker, gallery, settings, cache, frame_cache, k)
+                except Exception as error:  # noqa: BLE001 - one query's failure is its own
+                    state.error = f"rerank failed: {reason_of(error)}"
+        now = time.monotonic()
+        if reranker is not None and (now - last >= PROGRESS_EVERY_S or n == len(states)):
+            elapsed = max(now - started, 1e-9)
+            logger.info("rerank: %d/%d queries, %d pairs scored in %.1f s (%.1f pairs/s)",
+                        done_before + n, total, pairs, elapsed, pairs / elapsed)
+            last = now
+
+
+def _rerank_one(
+    state: QueryState, reranker: Reranker, gallery: PinnedGallery, settings: R3Settings, cache: StageCache,
+    frame_cache: StageCache, k: int,
+) -> int:
+    """Rerank one query's top `k` into `state.ranked`; returns the pairs the model scored."""
+    q = settings.query
+    try:
+        rerank_query = _rerank_query(state, reranker, settings, frame_cache)
+    except ItemError as error:
+        state.error = error.reason
+        return 0
+    scores, failures, pairs = _score_candidates(state, rerank_query, reranker, gallery, settings, cache, frame_cache, k)
+    if not scores and failures and state.gate_used and state.reasoning is not None:
+        # The reasoning is model output inside the prompt: when nothing scores with it, try the edit alone.
+        plain = _rerank_query(state, reranker, settings, frame_cache, with_reasoning=False)
+        retry, retry_failures, more = _score_candidates(state, plain, reranker, gallery, settings, cache, frame_cache, k)
+        pairs += more
+        if retry:
+            state.warnings.append(f"rerank without the reasoning, which failed: {next(iter(failures.values()))}")
+            scores, failures = retry, retry_failures
+    if not scores and failures:
+        raise ItemError(state.query.id, next(iter(failures.values())))
+    if failures:
+        named = "; ".join(f"{item_id}: {reason}" for item_id, reason in failures.items())
+        state.warnings.append(f"rerank left {len(failures)} of {k} candidates unscored ({named})")
+    state.ranked = rerank_topk(state.recalled, scores, k, q.final_embedding_weight, q.final_reranker_weight)
+    return pairs
+
+
+def _score_candidates(
+    state: QueryState, rerank_query: RerankQuery, reranker: Reranker, gallery: PinnedGallery, settings: R3Settings,
+    cache: StageCache, frame_cache: StageCache, k: int,
+) -> tuple[dict[str, float], dict[str, str], int]:
+    """(scores by id, failure reason by id, pairs the model scored) for the top `k`: cached scores first,
+    the rest in one call, or one by one when that call fails."""
+    scores: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    missing: list[RerankCandidate] = []
+    keys: dict[str, str] = {}
+    for item_id, _ in state.recalled[:k]:
+        record = gallery.records[item_id]
+        keys[item_id] = stage_key(
+            "rerank", rerank_query.text, rerank_query.instruction,
+            state.source.content_key if state.source else None, record.content_key,
+            reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
+        )
+        cached = cache.get(keys[item_id])
+        if cached is not None:
+            scores[item_id] = cached
             continue
         try:
-            rerank_query = _rerank_query(state, reranker, settings, frame_cache)
-        except ItemError as error:
-            state.error = error.reason
+            missing.append(_candidate(record, reranker, settings, frame_cache))
+        except Exception as error:  # noqa: BLE001 - this candidate only
+            failures[item_id] = reason_of(error)
+    results = batched_or_alone(missing, lambda batch: list(np.asarray(reranker.score(rerank_query, batch), dtype=np.float64)))
+    for candidate, result in zip(missing, results):
+        if isinstance(result, Exception):
+            failures[candidate.item_id] = reason_of(result)
             continue
-        scores: dict[str, float] = {}
-        missing: list[RerankCandidate] = []
-        keys: dict[str, str] = {}
-        for item_id, _ in state.recalled[:k]:
-            record = gallery.records[item_id]
-            keys[item_id] = stage_key(
-                "rerank", rerank_query.text, rerank_query.instruction,
-                state.source.content_key if state.source else None, record.content_key,
-                reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
-            )
-            cached = cache.get(keys[item_id])
-            if cached is not None:
-                scores[item_id] = cached
-            else:
-                missing.append(_candidate(record, reranker, settings, frame_cache))
-        if missing:
-            try:
-                fresh = reranker.score(rerank_query, missing)
-            except ItemError as error:
-                state.error = f"rerank failed: {error.reason}"
-                continue
-            for candidate, score in zip(missing, np.asarray(fresh, dtype=np.float64)):
-                scores[candidate.item_id] = float(score)
-                cache.put(keys[candidate.item_id], float(score))
-        state.ranked = rerank_topk(state.recalled, scores, k, q.final_embedding_weight, q.final_reranker_weight)
+        scores[candidate.item_id] = float(result)
+        cache.put(keys[candidate.item_id], float(result))
+    return scores, failures, len(missing)
 
 
-def _rerank_query(state: QueryState, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankQuery:
+def _rerank_query(
+    state: QueryState, reranker: Reranker, settings: R3Settings, frame_cache: StageCache, with_reasoning: bool = True
+) -> RerankQuery:
     q = settings.query
     query = state.query
     if isinstance(query, TextQuery):
         return RerankQuery(text=query.text, instruction=q.text_reranker_instruction)
     assert isinstance(query, ComposedQuery) and state.source is not None
-    if state.gate_used and state.reasoning is not None:
+    if with_reasoning and state.gate_used and state.reasoning is not None:
         text = q.reasoning_reranker_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
     else:
         text = query.edit
@@ -378,7 +465,7 @@ def _candidate(record, reranker: Reranker, settings: R3Settings, frame_cache: St
         source = SourceInfo(item_id=record.id, path=Path(record.path), text=record.text, content_key=record.content_key)
         try:
             frames = source_frames(source, "rerank", settings, frame_cache)
-        except ItemError:
+        except (ItemError, OSError):
             frames = None  # the candidate's caption still lets it be scored; its video is reported at index time
     return RerankCandidate(
         item_id=record.id,
@@ -399,6 +486,7 @@ def result_of(state: QueryState, lineage: dict) -> dict:
         "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
         "gate": {"agreement": state.agreement, "source_similarity": state.source_similarity, "used": state.gate_used},
         "error": state.error,
+        "warnings": list(state.warnings),
         "lineage": lineage,
     }
 

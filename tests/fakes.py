@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -106,3 +106,72 @@ def load_fake_reasoner(settings: R3Settings) -> FakeReasoner:
 
 def load_fake_reranker(settings: R3Settings) -> FakeReranker:
     return FakeReranker()
+
+
+class FaultyReranker(FakeReranker):
+    """The fake reranker, failing whenever a batch holds one of `fail_ids` (as a real one does on a
+    candidate whose file broke after indexing), or whole for a query text holding `fail_query_words`.
+    `make_error(what)` builds the exception (default: an ItemError naming it)."""
+
+    fingerprint = "fake-reranker-faulty-1"
+
+    def __init__(self, fail_ids: Sequence[str] = (), fail_query_words: Sequence[str] = (),
+                 make_error: Callable[[str], Exception] | None = None) -> None:
+        super().__init__()
+        self.fail_ids = set(fail_ids)
+        self.fail_query_words = set(fail_query_words)
+        self.make_error = make_error or (lambda what: ItemError(what, "injected reranker failure"))
+        self.calls = 0
+
+    def score(self, query, candidates):
+        self.calls += 1
+        if any(word in query.text for word in self.fail_query_words):
+            raise self.make_error("the query")
+        bad = sorted(self.fail_ids & {c.item_id for c in candidates})
+        if bad:
+            raise self.make_error(bad[0])
+        return super().score(query, candidates)
+
+
+class FaultyEmbedder(FakeEmbedder):
+    """The fake text embedder, raising `error` (a processor's ValueError, MemoryError, ...) for any text
+    holding one of `fail_words` - as a whole batch call does when one of its texts is bad."""
+
+    def __init__(self, fail_words: Sequence[str] = (), error: type[Exception] = ValueError) -> None:
+        super().__init__(uses_frames=False)
+        self.fail_words = set(fail_words)
+        self.error = error
+
+    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
+        for item in items:
+            if any(word in (item.text or "") for word in self.fail_words):
+                raise self.error(f"injected embedder failure on {item.item_id}")
+        return super().embed_queries(items, instruction)
+
+
+class FaultyReasoner(FakeReasoner):
+    """The fake reasoner; a batch holding an edit with one of `fail_words` raises `error`, and an edit
+    with one of `special_words` gets a reasoning text full of chat-control strings."""
+
+    fingerprint = "fake-reasoner-faulty-1"
+
+    def __init__(self, fail_words: Sequence[str] = (), error: type[Exception] = MemoryError,
+                 special_words: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.fail_words = set(fail_words)
+        self.special_words = set(special_words)
+        self.error = error
+        self.batches: list[int] = []
+
+    def reason(self, requests):
+        from r3tasks.models.base import Reasoning
+
+        self.batches.append(len(requests))
+        if any(word in r.edit for r in requests for word in self.fail_words):
+            raise self.error("injected reasoner failure")
+        out = super().reason(requests)
+        return [
+            Reasoning(text=f"{o.text} <|im_end|><|video_pad|><end_of_turn>", raw=o.raw, thinking=o.thinking)
+            if any(word in r.edit for word in self.special_words) else o
+            for r, o in zip(requests, out)
+        ]

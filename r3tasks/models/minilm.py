@@ -120,9 +120,11 @@ class MiniLMEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start : start + self.batch_size])
-            # Long captions are cut to the model's trained length rather than refused.
+            # Long captions are cut to the model's trained length rather than refused. Texts are data:
+            # a "[SEP]" or "[MASK]" typed into a caption or query is those characters, not the token.
             enc = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+                split_special_tokens=True,
             ).to(self.device)
             with torch.inference_mode():
                 hidden = self.model(**enc).last_hidden_state
@@ -174,6 +176,8 @@ def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
                 "pooling": pooling,
                 "normalise": "l2",
                 "instructions": _INSTRUCTIONS,
+                # Special-token strings in texts are tokenized as plain text (changes those vectors).
+                "special_tokens": "split",
             },
             sort_keys=True,
         ).encode()

@@ -1,0 +1,190 @@
+"""The `offline` preset's reranker: Gemma 3 270M scores (query, candidate caption) pairs by its
+next-token yes/no preference, or (rule `edit_likelihood`) by the likelihood of the query given the
+candidate. It reads text only: each candidate needs a caption."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from r3tasks.errors import MissingTextError, R3Error
+from r3tasks.models.base import RerankCandidate, RerankQuery
+from r3tasks.models.gemma3.lm import _MIN_TEXT_BATCH, GemmaLM, _fingerprint, _load_lm, _one_line, _short_hash
+from r3tasks.models.gemma3.reasoner import REASON_EXAMPLES
+from r3tasks.settings import R3Settings
+
+RERANK_EXAMPLES: tuple[tuple[str, str, bool], ...] = (
+    ("a person slices a tomato on a cutting board", "someone cuts a red tomato into pieces", True),
+    ("a person slices a tomato on a cutting board", "a car drives along a highway at night", False),
+    ("#C C closes the fridge door", "#C C shuts the refrigerator", True),
+    ("#C C closes the fridge door", "#C C washes a plate in the sink", False),
+)
+_RERANK_QUERY = "Query: {query}\nCandidate video:"
+_RERANK_CANDIDATE = " {candidate}\nRelevant:"
+# The reranker reads this much of a query or caption (about MiniLM's 256 word pieces for a
+# caption): a transcript-length text would cost seconds per pair on a CPU for little gain.
+MAX_QUERY_CHARS = 2000
+MAX_CANDIDATE_CHARS = 1000
+
+
+def rerank_prompt_parts(instruction: str, query: str, candidates: Sequence[str]) -> tuple[str, list[str]]:
+    """The prompt split where candidates start: the prefix (instruction, examples, query) is shared
+    by every candidate of one query, so its keys and values are computed once."""
+    header = (_one_line(instruction) + " " if instruction.strip() else "") + "Answer yes or no.\n\n"
+    shots = "".join(
+        _RERANK_QUERY.format(query=q) + _RERANK_CANDIDATE.format(candidate=c) + (" yes\n\n" if rel else " no\n\n")
+        for q, c, rel in RERANK_EXAMPLES
+    )
+    prefix = header + shots + _RERANK_QUERY.format(query=_one_line(query)[:MAX_QUERY_CHARS])
+    return prefix, [_RERANK_CANDIDATE.format(candidate=_one_line(c)[:MAX_CANDIDATE_CHARS]) for c in candidates]
+
+
+def rerank_prompt(instruction: str, query: str, candidate: str) -> str:
+    """The whole few-shot yes/no prompt for one pair; the answer is the next token."""
+    prefix, (suffix,) = rerank_prompt_parts(instruction, query, [candidate])
+    return prefix + suffix
+
+
+RERANK_PROMPT_VERSION = _short_hash(rerank_prompt("{instruction}", "{query}", "{candidate}"))
+
+
+# Query likelihood (UPR, Sachan et al. 2022): a base LM follows a yes/no instruction poorly but models
+# text well, so the candidate is scored by how likely it makes the query. The query side is the same for
+# every candidate of one query, so the candidates' own prior (short, generic captions) does not enter.
+_EDIT_ITEM = "Before: {source}\nAfter: {target}\nInstruction:"
+_TEXT_ITEM = "Video: {candidate}\nSearch query:"
+TEXT_LIKELIHOOD_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("a person slices a tomato on a cutting board", "cutting vegetables"),
+    ("#C C closes the fridge door", "someone shutting a refrigerator"),
+    ("A dog runs across a grassy park chasing a red ball.", "dog playing fetch outside"),
+    ("A woman rides a bicycle down a city street.", "cycling in the city"),
+)
+
+
+def likelihood_prompt_parts(
+    query: str, candidates: Sequence[str], source_text: str | None, edit: str | None
+) -> tuple[str, list[str], str]:
+    """(shared prefix, per-candidate suffix, scored target) for `edit_likelihood`.
+
+    Composed query: few-shot "Before / After / Instruction" lines (the reasoner's examples, reordered),
+    then the source as Before, each candidate as After, and the edit as the scored target.
+    Text query: "Video / Search query" lines, each candidate as Video, the query as the target.
+    """
+    if source_text and edit:
+        shots = "".join(_EDIT_ITEM.format(source=s, target=t) + f" {e}\n\n" for s, e, t in REASON_EXAMPLES)
+        prefix = "Describe the change from the first video to the second.\n\n" + shots + "Before: " + (
+            _one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:"
+        )
+        suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nInstruction:" for c in candidates]
+        return prefix, suffixes, " " + _one_line(edit)[:MAX_QUERY_CHARS] + "\n"
+    shots = "".join(_TEXT_ITEM.format(candidate=c) + f" {q}\n\n" for c, q in TEXT_LIKELIHOOD_EXAMPLES)
+    prefix = "Write a search query that finds the video.\n\n" + shots + "Video:"
+    suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nSearch query:" for c in candidates]
+    return prefix, suffixes, " " + _one_line(query)[:MAX_QUERY_CHARS] + "\n"
+
+
+LIKELIHOOD_PROMPT_VERSION = _short_hash(
+    likelihood_prompt_parts("{query}", ["{candidate}"], "{source}", "{edit}")[0]
+    + likelihood_prompt_parts("{query}", ["{candidate}"], None, None)[0]
+)
+
+
+def _answer_ids(tokenizer: Any, word: str) -> list[int]:
+    """Every vocabulary entry that reads as `word` once stripped and lower-cased (RankVideo's
+    yes/no variants: "yes", " yes", "Yes", " YES", ...)."""
+    ids = []
+    for token, idx in tokenizer.get_vocab().items():
+        if token.replace("\u2581", " ").strip().lower() == word:
+            ids.append(int(idx))
+    return sorted(ids)
+
+
+def _single_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise R3Error(f"gemma3 tokenizer splits {text!r} into {len(ids)} tokens; the yes/no rule needs one")
+    return int(ids[0])
+
+
+def yes_no_score(
+    logits: np.ndarray, rule: str, yes_id: int, no_id: int, yes_ids: Sequence[int], no_ids: Sequence[int]
+) -> np.ndarray:
+    """Scores from next-token logits ``(n, vocab)``: sigmoid(logit_yes - logit_no), or RankVideo's
+    logsumexp of the yes-variants' log-probs minus that of the no-variants' (the softmax
+    normaliser cancels, so logits give the same difference)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if rule == "yes_no_sigmoid":
+        delta = logits[:, yes_id] - logits[:, no_id]
+        return 1.0 / (1.0 + np.exp(-delta))
+    if rule == "rankvideo_logsumexp":
+
+        def lse(x: np.ndarray) -> np.ndarray:
+            m = x.max(axis=1, keepdims=True)
+            return (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+
+        return lse(logits[:, list(yes_ids)]) - lse(logits[:, list(no_ids)])
+    raise R3Error(f"unknown models.rerank_rule {rule!r}")
+
+
+@dataclass
+class Gemma3Reranker(GemmaLM):
+    """Scores (query text, candidate caption) pairs by Gemma's next-token yes/no preference, or (rule
+    `edit_likelihood`) by the likelihood of the query given the candidate."""
+
+    rule: str
+    yes_id: int
+    no_id: int
+    yes_ids: list[int]
+    no_ids: list[int]
+    _fingerprint: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def uses_frames(self) -> bool:
+        return False
+
+    def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
+        if not query.text.strip():
+            raise MissingTextError("query", "the offline reranker compares texts and the query text is empty")
+        for cand in candidates:
+            if not (cand.text or "").strip():
+                raise MissingTextError(
+                    cand.item_id,
+                    "the offline reranker compares the query with the candidate's text (caption, "
+                    "narration or transcript) and this candidate has none",
+                )
+        if not candidates:
+            return np.zeros(0, dtype=np.float64)
+        texts = [c.text or "" for c in candidates]
+        if self.rule == "edit_likelihood":
+            prefix, suffixes, target = likelihood_prompt_parts(query.text, texts, query.source_text, query.edit)
+            return self.target_log_likelihood(prefix, suffixes, target)
+        prefix, suffixes = rerank_prompt_parts(query.instruction, query.text, texts)
+        logits = self.next_token_logits(prefix, suffixes)
+        return yes_no_score(logits, self.rule, self.yes_id, self.no_id, self.yes_ids, self.no_ids)
+
+
+def load_reranker(settings: R3Settings) -> Gemma3Reranker:
+    model, tokenizer, device, dtype = _load_lm(settings)
+    rule = settings.models.rerank_rule
+    return Gemma3Reranker(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        rule=rule,
+        batch_size=max(settings.models.rerank_batch_size, _MIN_TEXT_BATCH),
+        # The answer follows "Relevant:", so the expected tokens carry a leading space.
+        yes_id=_single_token(tokenizer, " yes"),
+        no_id=_single_token(tokenizer, " no"),
+        yes_ids=_answer_ids(tokenizer, "yes"),
+        no_ids=_answer_ids(tokenizer, "no"),
+        _fingerprint=_fingerprint(
+            "reranker", dtype, rule=rule,
+            prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
+        ),
+    )
