@@ -197,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from r3tasks.errors import R3Error
 
     try:
+        if args.command in ("index", "query", "eval"):
+            # A missing model is one clear line before any server starts, not a flow run's tracebacks.
+            from r3tasks.models.qwen3vl import check_models
+            from r3tasks.settings import load_settings
+
+            settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+            check_models(settings, ["embedder"] if args.command == "index" else ["embedder", "reranker", "reasoner"])
         return COMMANDS[args.command](args)
     except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {error}", file=sys.stderr)
