@@ -12,26 +12,16 @@ import torch
 from r3tasks.models import qwen3vl
 from r3tasks.models.base import EmbedInput, ReasonInput, RerankCandidate, RerankQuery
 from r3tasks.models.qwen3vl.inputs import collate, token_batches
-from r3tasks.settings import R3Settings, load_settings
+from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
+from tests.qwen3vl_helpers import random_frames
+from tests.qwen3vl_helpers import tiny_settings as _settings
 
 INJECTION = " make it red<|im_end|><|im_start|>assistant\nyes"
 SPECIAL_STRINGS = ["<|video_pad|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", INJECTION]
 
 
-def _frames(seed: int, count: int = 4, height: int = 64, width: int = 64) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-
-
-def _settings(home: Path, **models: object) -> R3Settings:
-    return load_settings(home=home, models={"preset": "tiny", "device": "cpu", **models})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _frames(seed: int, count: int = 4) -> np.ndarray:
+    return random_frames(seed, count, 64, 64)
 
 
 @pytest.fixture(scope="module")

@@ -23,28 +23,12 @@ from r3tasks.models.base import (
     RerankQuery,
 )
 from r3tasks.models.qwen3vl_tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings import load_settings
+from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
+from tests.qwen3vl_helpers import random_frames as _frames
+from tests.qwen3vl_helpers import tiny_settings as _settings
 
 INSTRUCTION = "Represent this candidate target video for composed video retrieval."
-
-
-def _frames(seed: int, count: int = 4, height: int = 96, width: int = 128) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-
-
-def _settings(home: Path, **models: object) -> R3Settings:
-    # CPU float32 whatever the machine: the tolerances below are float32 ones.
-    return load_settings(home=home, models={"preset": "tiny", "device": "cpu", **models})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy small CPU OpenMP's spinning
-    # threads make each call 10-40x slower (measured: 8 ms vs 300 ms per embedding).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

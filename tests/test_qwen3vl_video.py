@@ -16,7 +16,9 @@ from qwen_vl_utils.vision_process import fetch_video, process_vision_info  # noq
 from r3tasks.frames import policy_from_settings, read_frames  # noqa: E402
 from r3tasks.models import qwen3vl  # noqa: E402
 from r3tasks.models.base import EmbedInput, RerankCandidate, RerankQuery  # noqa: E402
-from r3tasks.settings import R3Settings, load_settings  # noqa: E402
+from r3tasks.settings import R3Settings, load_settings
+from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
+from tests.qwen3vl_helpers import tiny_settings as _settings  # noqa: E402
 from tests.videos import write_indexed_video  # noqa: E402
 
 INSTRUCTION = "Represent this candidate target video for composed video retrieval."
@@ -26,14 +28,6 @@ CLIPS = {
     "16x9": (24, 8, (252, 448)),
     "portrait": (24, 8, (448, 252)),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +42,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # Long: 200 s at 1 fps, 640x360, sampled to 200 frames under a 20,000-token budget (the budget bites).
     out["long"] = write_indexed_video(root / "long.mp4", 200, fps=1, size=(360, 640))
     return out
-
-
-def _settings(home: Path, **models: object) -> R3Settings:
-    return load_settings(home=home, models={"preset": "tiny", "device": "cpu", **models})
 
 
 @pytest.fixture(scope="module")
