@@ -260,6 +260,23 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split("\n"))
 
 
+def _check_models_before_flows(args: argparse.Namespace) -> None:
+    """A missing model is one clear line before any server starts (not a flow run's tracebacks); a bad input
+    file is reported first, as the flow would."""
+    from r3tasks.models.qwen3vl import check_models
+    from r3tasks.queries import load_queries
+    from r3tasks.settings import load_settings
+    from r3tasks.sources import discover
+
+    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
+    if args.command == "index":
+        discover(args.source, settings.index.video_extensions)
+        check_models(settings, ["embedder"])
+    else:
+        load_queries(args.queries)
+        check_models(settings, ["embedder", "reranker", "reasoner"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
@@ -268,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from r3tasks.errors import R3Error
 
     try:
+        if args.command in ("index", "query"):
+            _check_models_before_flows(args)
         return COMMANDS[args.command](args)
     except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {_one_line(error)}", file=sys.stderr)

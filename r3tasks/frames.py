@@ -79,6 +79,8 @@ class SamplingPolicy:
     num_frames: int | None = None
     min_frames: int = 4
     frame_factor: int = 2
+    # Decode at least this many pixels per frame (never more than the video has), whatever max_side says.
+    min_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
@@ -118,6 +120,49 @@ def sample_indices(num_frames: int, video_fps: float, policy: SamplingPolicy) ->
 
 
 @dataclass(frozen=True)
+class FrameSource:
+    """Where decoded frames came from: the native frame indices, rate and size (qwen-vl-utils' video metadata)."""
+
+    indices: tuple[int, ...]
+    fps: float
+    total_frames: int
+    width: int
+    height: int
+
+
+class FrameArray(np.ndarray):
+    """``uint8 (T, H, W, 3)`` frames that carry their `FrameSource`, so a model sees true timestamps.
+
+    It is an ndarray everywhere else; slices and copies are other frames and carry no source.
+    """
+
+    source: FrameSource | None = None
+
+    @classmethod
+    def of(cls, frames: np.ndarray, source: FrameSource) -> FrameArray:
+        array = np.asarray(frames).view(cls)
+        array.source = source
+        return array
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.source = None
+
+    def __reduce__(self) -> tuple:  # the stage cache pickles frames
+        rebuild, args, state = super().__reduce__()  # type: ignore[misc]
+        return rebuild, args, (state, self.source)
+
+    def __setstate__(self, state: tuple) -> None:
+        array_state, self.source = state
+        super().__setstate__(array_state)
+
+
+def frame_source(frames: np.ndarray) -> FrameSource | None:
+    """The native indices, fps and size behind `frames`, when they came from `read_frames` unchanged."""
+    source = getattr(frames, "source", None)
+    return source if isinstance(source, FrameSource) and len(source.indices) == len(frames) else None
+
+
+@dataclass(frozen=True)
 class SampledFrames:
     """Decoded frames, ``uint8 (T, H, W, 3)`` RGB, with the indices they came from.
 
@@ -138,10 +183,11 @@ def policy_from_settings(
     frames: FrameSettings, purpose: Literal["gallery", "reasoning", "rerank"]
 ) -> SamplingPolicy:
     """The sampling policy the settings ask for, per stage (the reranker has its own cap)."""
+    floor = frames.min_decode_pixels
     if purpose in ("gallery", "reasoning"):
-        return SamplingPolicy(fps=frames.fps, max_frames=frames.max_frames)
+        return SamplingPolicy(fps=frames.fps, max_frames=frames.max_frames, min_pixels=floor)
     if purpose == "rerank":
-        return SamplingPolicy(fps=frames.fps, max_frames=frames.rerank_frames)
+        return SamplingPolicy(fps=frames.fps, max_frames=frames.rerank_frames, min_pixels=floor)
     raise ValueError(f"unknown frame purpose {purpose!r}: expected gallery, reasoning or rerank")
 
 
@@ -248,8 +294,12 @@ def probe_video(path: str | Path) -> VideoMeta:
     return VideoMeta(path, frames, header.fps, header.width, header.height, header.container, header.codec)
 
 
-def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """Decode size: aspect kept, longest side <= max_side, both sides even (>= 2)."""
+def target_size(width: int, height: int, max_side: int | None, min_pixels: int | None = None) -> tuple[int, int]:
+    """Decode size: aspect kept, longest side <= max_side, both sides even (>= 2).
+
+    With `min_pixels`, a size below that many pixels is raised to hold them (never above the native size),
+    so a model that resizes after decoding never has to upsample a downscaled frame.
+    """
     if width <= 0 or height <= 0:
         raise ValueError(f"frame size unknown ({width}x{height})")
     if max_side is not None and max_side < 2:
@@ -259,6 +309,11 @@ def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     long_side = max(2, min(longest, max_side if max_side is not None else longest) // 2 * 2)
     short = min(width, height)
     short_side = min(long_side, max(2, round(short * long_side / longest / 2) * 2))
+    if min_pixels is not None and long_side * short_side < min_pixels and long_side < longest:
+        scale = min(1.0, math.sqrt(min_pixels / (width * height)))
+        # Rounded up to even: at least the scaled size on each side, so at least min_pixels in all.
+        long_side = min(longest, max(long_side, math.ceil(longest * scale / 2) * 2))
+        short_side = min(short, max(short_side, math.ceil(short * scale / 2) * 2))
     return (long_side, short_side) if width >= height else (short_side, long_side)
 
 
@@ -270,6 +325,11 @@ IndexChooser = Callable[[int, float], list[int]]
 
 class _DecordFailed(Exception):
     """Decord cannot open or decode this file; the PyAV reader takes over."""
+
+
+def _with_source(frames: np.ndarray, indices: list[int], fps: float, total: int, header: _Header) -> FrameArray:
+    source = FrameSource(tuple(int(i) for i in indices), float(fps), int(total), header.width, header.height)
+    return FrameArray.of(frames, source)
 
 
 def _read_decord(path: Path, header: _Header, size: tuple[int, int] | None, choose: IndexChooser) -> SampledFrames:
@@ -297,11 +357,17 @@ def _read_decord(path: Path, header: _Header, size: tuple[int, int] | None, choo
         batch = reader.get_batch(indices).asnumpy()
     except Exception as exc:  # noqa: BLE001
         raise _DecordFailed(_last_line(exc)) from None
-    return SampledFrames(batch, indices, meta, _sample_fps(len(indices), total, fps), "decord")
+    frames = _with_source(batch, indices, fps, total, header)
+    return SampledFrames(frames, indices, meta, _sample_fps(len(indices), total, fps), "decord")
 
 
 def _read_pyav(
-    path: Path, header: _Header, max_side: int | None, choose: IndexChooser, decord_reason: str | None
+    path: Path,
+    header: _Header,
+    max_side: int | None,
+    choose: IndexChooser,
+    decord_reason: str | None,
+    min_pixels: int | None = None,
 ) -> SampledFrames:
     """Sequential decode, resizing each kept frame at once; re-samples within a truncated file's decodable part."""
     if header.fps <= 0:
@@ -315,7 +381,7 @@ def _read_pyav(
         indices = choose(available, header.fps)
     except ValueError as exc:
         raise VideoReadError(path, f"unusable metadata: {exc}") from None
-    frames, decoded, error = _decode_pyav(path, indices, max_side)
+    frames, decoded, error = _decode_pyav(path, indices, max_side, min_pixels)
     truncated = packets < declared or error is not None
     if len(frames) < len(indices):
         # Fewer frames decode than packets promised: sample again within what does decode.
@@ -324,7 +390,7 @@ def _read_pyav(
             raise VideoReadError(path, f"no decodable frames{why}")
         available = decoded
         indices = choose(available, header.fps)
-        frames, decoded_again, _ = _decode_pyav(path, indices, max_side)
+        frames, decoded_again, _ = _decode_pyav(path, indices, max_side, min_pixels)
         if len(frames) < len(indices):
             raise VideoReadError(path, f"decoding is not repeatable (frames stop at {decoded_again}, then fewer)")
     if truncated:
@@ -332,11 +398,13 @@ def _read_pyav(
     if decord_reason:
         logger.debug("%s: read with PyAV because decord failed: %s", path, decord_reason)
     meta = VideoMeta(path, available, header.fps, header.width, header.height, header.container, header.codec)
-    stacked = np.stack(frames).astype(np.uint8, copy=False)
+    stacked = _with_source(np.stack(frames).astype(np.uint8, copy=False), indices, header.fps, available, header)
     return SampledFrames(stacked, indices, meta, _sample_fps(len(indices), available, header.fps), "pyav", truncated)
 
 
-def _decode_pyav(path: Path, indices: list[int], max_side: int | None) -> tuple[list[np.ndarray], int, str | None]:
+def _decode_pyav(
+    path: Path, indices: list[int], max_side: int | None, min_pixels: int | None = None
+) -> tuple[list[np.ndarray], int, str | None]:
     """Decode frames in order, keep the wanted ones resized; return (frames, frames decoded, error or None)."""
     import av
 
@@ -350,7 +418,7 @@ def _decode_pyav(path: Path, indices: list[int], max_side: int | None) -> tuple[
     def keep(frame: av.VideoFrame) -> None:
         nonlocal size
         if size is None:
-            size = target_size(frame.width, frame.height, max_side)
+            size = target_size(frame.width, frame.height, max_side, min_pixels)
         kept.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC"))
 
     with av.open(str(path)) as container:
@@ -387,23 +455,25 @@ def _sample_fps(count: int, total: int, video_fps: float) -> float:
     return count / max(total, 1) * video_fps
 
 
-def _read(path: str | Path, max_side: int | None, choose: IndexChooser) -> SampledFrames:
+def _read(
+    path: str | Path, max_side: int | None, choose: IndexChooser, min_pixels: int | None = None
+) -> SampledFrames:
     path = Path(path)
     _check_file(path)
     header = _probe_header(path)
     decord_reason: str | None = None
     if header.container not in _SEQUENTIAL_FORMATS and header.width > 0 and header.height > 0:
-        size = target_size(header.width, header.height, max_side) if max_side is not None else None
+        size = target_size(header.width, header.height, max_side, min_pixels) if max_side is not None else None
         try:
             return _read_decord(path, header, size, choose)
         except _DecordFailed as exc:
             decord_reason = str(exc)
-    return _read_pyav(path, header, max_side, choose, decord_reason)
+    return _read_pyav(path, header, max_side, choose, decord_reason, min_pixels)
 
 
 def read_frames(path: str | Path, policy: SamplingPolicy, max_side: int | None = 448) -> SampledFrames:
     """Decode the frames `policy` picks, resized on decode so the longest side is at most `max_side`."""
-    return _read(path, max_side, lambda total, fps: sample_indices(total, fps, policy))
+    return _read(path, max_side, lambda total, fps: sample_indices(total, fps, policy), policy.min_pixels)
 
 
 def thumbnail(path: str | Path, max_side: int = 160) -> np.ndarray:
@@ -413,11 +483,14 @@ def thumbnail(path: str | Path, max_side: int = 160) -> np.ndarray:
 
 
 __all__ = [
+    "FrameArray",
+    "FrameSource",
     "SampledFrames",
     "SamplingPolicy",
     "VideoMeta",
     "policy_from_settings",
     "probe_video",
+    "frame_source",
     "read_frames",
     "sample_indices",
     "target_size",

@@ -115,8 +115,37 @@ class ModelSettings(_Section):
     )
     embed_batch_size: int = Field(8, ge=1, description="Items per embedder forward pass.")
     rerank_batch_size: int = Field(4, ge=1, description="(query, candidate) pairs per reranker forward pass.")
-    max_pixels_per_frame: int = Field(
-        256 * 32 * 32, ge=1024, description="Per-frame pixel cap handed to the Qwen3-VL video processor."
+    video_min_tokens: int = Field(
+        128, ge=1, description="Qwen3-VL video frames are resized to at least this many visual tokens (32x32 px "
+        "each before merging), as qwen-vl-utils' VIDEO_MIN_TOKEN_NUM (the reference)."
+    )
+    video_max_tokens: int = Field(
+        768, ge=1, description="...and at most this many per frame, qwen-vl-utils' VIDEO_MAX_TOKEN_NUM (the reference)."
+    )
+    video_total_tokens: int = Field(
+        115_200,
+        ge=1,
+        description="Whole-video pixel budget in tokens: a frame gets at most total / frames x 2 tokens' pixels. "
+        "The reference (qwen-vl-utils for a video file) is 0.9 x MODEL_SEQ_LEN = 0.9 x 128,000.",
+    )
+    embed_max_length: int = Field(
+        8192, ge=16, description="Embedder token limit (Qwen3-VL-Embedding's MAX_LENGTH): longer inputs lose text "
+        "from the end of the prompt, never visual tokens nor the template's closing tokens (the pooled one)."
+    )
+    rerank_max_length: int = Field(
+        10240, ge=16, description="Reranker token limit (Qwen3-VL-Reranker's MAX_LENGTH), truncated the same way."
+    )
+    max_batch_tokens: int = Field(
+        65_536,
+        ge=1,
+        description="Padded tokens (rows x longest row) per embedder/reranker forward pass: a batch over it is "
+        "split (an item over it runs alone), and a batch that runs out of memory is split and retried.",
+    )
+    score_head_dtype: Literal["float32", "model"] = Field(
+        "float32",
+        description="Dtype of the reranker's yes/no head. The official Qwen3-VL-Reranker computes it in the model "
+        "dtype (bfloat16 on a GPU); r3 uses float32 by default because bfloat16 keeps 8 bits of mantissa, so "
+        "close candidates' sigmoid scores round to ties and reorder (the hidden state is the model's either way).",
     )
     rerank_rule: RerankRule = Field(
         "yes_no_sigmoid",
@@ -137,9 +166,22 @@ class ModelSettings(_Section):
 
 class FrameSettings(_Section):
     fps: float = Field(1.0, gt=0, description="Target sampling rate for gallery and reasoning frames.")
-    max_frames: int = Field(128, ge=1, description="Frame cap for gallery and reasoning frames.")
-    rerank_frames: int = Field(16, ge=1, description="Frame cap for the reranker's video inputs.")
-    max_side: int = Field(448, ge=16, description="Longest side of a decoded frame, resized on decode.")
+    max_frames: int = Field(
+        128, ge=1, description="Frame cap for gallery and reasoning frames: R^3's 128 (Qwen3-VL-Embedding's own is 64)."
+    )
+    rerank_frames: int = Field(
+        16, ge=1, description="Frame cap for the reranker's video inputs: R^3's 16 (Qwen3-VL-Reranker's own is 64)."
+    )
+    max_side: int = Field(
+        448, ge=16, description="Longest side of a decoded frame, resized on decode (raised to keep min_decode_pixels)."
+    )
+    min_decode_pixels: int | None = Field(
+        768 * 32 * 32,
+        ge=4,
+        description="Frames are decoded with at least this many pixels (never above the video's own size), so the "
+        "Qwen3-VL resize (up to models.video_max_tokens x 32 x 32 px) never upsamples a downscaled decode; None "
+        "lets max_side alone decide.",
+    )
     fingerprint: FingerprintMode = Field(
         "content",
         description="How a video's cache key is made: `content` hashes its bytes; `stat` uses size + mtime + path "

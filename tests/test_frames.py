@@ -125,10 +125,10 @@ def test_invalid_policy_is_refused(kwargs):
 
 
 def test_policy_from_settings_uses_the_stage_cap():
-    settings = FrameSettings(fps=2.0, max_frames=64, rerank_frames=8)
-    assert policy_from_settings(settings, "gallery") == SamplingPolicy(fps=2.0, max_frames=64)
-    assert policy_from_settings(settings, "reasoning") == SamplingPolicy(fps=2.0, max_frames=64)
-    assert policy_from_settings(settings, "rerank") == SamplingPolicy(fps=2.0, max_frames=8)
+    settings = FrameSettings(fps=2.0, max_frames=64, rerank_frames=8, min_decode_pixels=1000)
+    assert policy_from_settings(settings, "gallery") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
+    assert policy_from_settings(settings, "reasoning") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
+    assert policy_from_settings(settings, "rerank") == SamplingPolicy(fps=2.0, max_frames=8, min_pixels=1000)
     with pytest.raises(ValueError, match="purpose"):
         policy_from_settings(settings, "thumbnails")  # type: ignore[arg-type]
 
@@ -453,3 +453,31 @@ def test_file_cut_inside_its_first_frame_has_no_decodable_frames(tmp_path):
     with pytest.raises(VideoReadError, match="no decodable frames") as info:
         read_frames(cut, SamplingPolicy())
     assert info.value.path == cut
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1080, 1920), (7680, 4320), (2560, 1080), (640, 360), (64, 64)])
+def test_decode_size_never_undercuts_the_qwen3vl_pixel_budget(size):
+    from qwen_vl_utils.vision_process import smart_resize
+
+    width, height = size
+    budget = 768 * 32 * 32
+    decoded_w, decoded_h = target_size(width, height, 448, min_pixels=budget)
+    model_h, model_w = smart_resize(height, width, factor=32, min_pixels=128 * 32 * 32, max_pixels=budget)
+    if width * height <= budget:
+        assert (decoded_w, decoded_h) == (width, height)  # small videos decode at their own size, as qwen-vl-utils
+    else:
+        assert decoded_w >= model_w and decoded_h >= model_h and decoded_w * decoded_h <= 1.01 * budget
+
+
+def test_sampled_frames_carry_their_native_indices_fps_and_size(clip, tmp_path):
+    import pickle
+
+    from r3tasks.frames import frame_source
+
+    sampled = read_frames(clip, SamplingPolicy(fps=1.0), max_side=64)
+    source = frame_source(sampled.frames)
+    assert source is not None and list(source.indices) == sampled.indices
+    assert source.fps == sampled.meta.fps and (source.width, source.height) == (sampled.meta.width, sampled.meta.height)
+    again = pickle.loads(pickle.dumps(sampled))  # the stage cache keeps them
+    assert frame_source(again.frames) == source
+    assert frame_source(sampled.frames[:1]) is None  # a slice is other frames

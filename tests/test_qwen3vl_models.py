@@ -23,28 +23,12 @@ from r3tasks.models.base import (
     RerankQuery,
 )
 from r3tasks.models.qwen3vl_tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings import load_settings
+from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
+from tests.qwen3vl_helpers import random_frames as _frames
+from tests.qwen3vl_helpers import tiny_settings as _settings
 
 INSTRUCTION = "Represent this candidate target video for composed video retrieval."
-
-
-def _frames(seed: int, count: int = 4, height: int = 96, width: int = 128) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-
-
-def _settings(home: Path, **models: object) -> R3Settings:
-    # CPU float32 whatever the machine: the tolerances below are float32 ones.
-    return load_settings(home=home, models={"preset": "tiny", "device": "cpu", **models})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy small CPU OpenMP's spinning
-    # threads make each call 10-40x slower (measured: 8 ms vs 300 ms per embedding).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +166,14 @@ def test_reranker_prompt_carries_timestamps_and_caps_frames(home: Path, reranker
     assert inputs["video_grid_thw"][:, 0].tolist() == [2, 8]
 
 
-def test_max_pixels_per_frame_caps_each_frame(home: Path, reranker: qwen3vl.Qwen3VLReranker) -> None:
+def test_video_max_tokens_caps_each_frame(home: Path, reranker: qwen3vl.Qwen3VLReranker) -> None:
     big = RerankCandidate("big", frames=_frames(30, count=2, height=480, width=640), fps=1.0)
     query = RerankQuery(text="q", instruction="i")
-    capped = qwen3vl.load_reranker(_settings(home, max_pixels_per_frame=16 * 32 * 32))
+    capped = qwen3vl.load_reranker(_settings(home, video_max_tokens=130, video_min_tokens=16))
     _, h, w = capped.build_inputs(query, [big])["video_grid_thw"][0].tolist()
-    assert h * w * 16 * 16 <= 16 * 32 * 32
+    assert h * w // 4 <= 130
     _, h_full, w_full = reranker.build_inputs(query, [big])["video_grid_thw"][0].tolist()
-    assert h_full * w_full > 4 * h * w
+    assert (h_full * 16, w_full * 16) == (480, 640)  # within the default 128-768 tokens: native size, rounded
 
 
 def test_reranker_rejects_an_empty_candidate_by_name(reranker: qwen3vl.Qwen3VLReranker) -> None:
@@ -298,7 +282,7 @@ def test_fingerprints_follow_the_model_and_the_settings_that_change_vectors(
     assert embedder.fingerprint == base == fp(embed_batch_size=1, rerank_rule="rankvideo_logsumexp")
     assert fp(dtype="bfloat16") != base
     assert fp(embedding_dim=32) != base
-    assert fp(max_pixels_per_frame=64 * 32 * 32) != base
+    assert fp(video_max_tokens=256) != base and fp(embed_max_length=4096) != base
 
     copy_a = shutil.copytree(embedder.model_path, tmp_path / "a")
     copy_b = shutil.copytree(embedder.model_path, tmp_path / "b")
@@ -309,8 +293,15 @@ def test_fingerprints_follow_the_model_and_the_settings_that_change_vectors(
 
     assert fp_path(copy_a) == fp_path(copy_a) != fp_path(copy_b)
     assert fp_path(copy_a) != base
-    # Different weights at the same path change it too.
-    (copy_a / "model.safetensors").write_bytes(b"0" * 10)
+    # Different weights at the same path change it too, even at the same size.
+    before = fp_path(copy_a)
+    weights = copy_a / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert weights.stat().st_size == (copy_b / "model.safetensors").stat().st_size
+    assert fp_path(copy_a) != before
+    weights.write_bytes(b"0" * 10)
     assert fp_path(copy_a) != fp_path(copy_b)
     # The roles are told apart even on one checkpoint.
     assert qwen3vl.model_fingerprint(_settings(home), "reranker") != qwen3vl.model_fingerprint(
