@@ -212,21 +212,6 @@ def _special_rows(source: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_tiny_batch_with_control_strings_survives_and_names_what_failed(
-    tmp_path: Path, tiny_home: tuple[Path, list]
-) -> None:
-    home, specs = tiny_home
-    results = tiny_run(tmp_path, home, _special_rows(specs[0].clip_id()), use_reasoning=False)
-    for query_id in ("plain", "text-plain"):
-        assert results[query_id]["error"] is None and results[query_id]["ranked"], query_id
-    for query_id, result in results.items():
-        # Answered, or (until the Qwen3-VL backends tokenize text as data) an error naming the stage.
-        assert result["error"] is None or result["error"].startswith("query embedding failed: ValueError"), result
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the Qwen3-VL backends to tokenize text as data (issue 11, the "
-                                       "Qwen3-VL tokenization branch); remove this mark once it is merged")
 def test_tiny_batch_with_control_strings_in_edits_and_texts_answers_every_query(
     tmp_path: Path, tiny_home: tuple[Path, list]
 ) -> None:
