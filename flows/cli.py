@@ -31,6 +31,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
+def _version_or_tag(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r3", description="Reasoning-guided video retrieval (R^3) on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("queries", help="JSONL, JSON or CSV queries (composed: id, source, edit; text: id, text)")
     query.add_argument("--out", required=True, help="where to write the results JSON")
     query.add_argument("--format", choices=["r3", "covrr"], default="r3", help="covrr also writes OUT.covrr.json")
-    query.add_argument("--gallery-version", type=int, default=None, help="pin this table version (default: latest)")
+    query.add_argument("--gallery-version", type=_version_or_tag, default=None,
+                       help="pin this table version or tag, e.g. refresh-12 (default: latest)")
     query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
     _add_common(query)
 
@@ -67,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
+
+    from flows.cli_upkeep import add_upkeep_commands
+
+    add_upkeep_commands(sub, _add_common)
     return parser
 
 
@@ -189,6 +198,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 COMMANDS = {"eval": cmd_eval, "index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings}
 
 
+def _command(name: str) -> Any:
+    from flows.cli_upkeep import UPKEEP_COMMANDS
+
+    return COMMANDS.get(name) or UPKEEP_COMMANDS[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
@@ -197,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from r3tasks.errors import R3Error
 
     try:
-        return COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

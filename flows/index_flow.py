@@ -211,9 +211,26 @@ def index_gallery(
     preset: str | None = None,
     home: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gallery: str = "default",
 ) -> dict:
-    """Bring the LanceDB gallery in line with SOURCE (folder or manifest); returns the run summary."""
-    settings = flow_settings(preset, home, overrides)
+    """Bring the LanceDB gallery in line with SOURCE (folder or manifest); returns the run summary.
+
+    The one writer of its table while it runs (flows/writers.py); when it changed something it tags the
+    new version, compacts and prunes (r3tasks/upkeep.py), records the gallery asset and emits
+    `r3.gallery.refreshed` (flows/refresh.py).
+    """
+    from flows.refresh import after_refresh, with_gallery
+    from flows.writers import writer_slot
+
+    settings = with_gallery(flow_settings(preset, home, overrides), gallery)
+    store = open_store(settings)
+    with writer_slot(store, settings):
+        previous = store.version() if store.exists() else None
+        summary = _index(source, settings)
+        return after_refresh(summary, open_store(settings), settings, source, gallery, previous)
+
+
+def _index(source: str, settings: R3Settings) -> dict:
     logger = get_run_logger()
     storage = result_storage(settings)
 

@@ -291,6 +291,10 @@ class UpkeepSettings(_Section):
         600.0, ge=0, description="How long a write (index run, refresh, eval indexing) waits for another writer of "
         "the same table to finish; 0 refuses at once. Enforced by a Prefect global concurrency limit."
     )
+    writer_lease_seconds: float = Field(
+        60.0, ge=60, description="Lease of the writer slot, renewed while the writer runs: a writer killed "
+        "without cleanup (kill -9) blocks the table for about this long. Prefect's minimum is 60 s."
+    )
 
 
 class WatchSettings(_Section):

@@ -157,19 +157,24 @@ def _prune(store: GalleryStore, keep_versions: int) -> None:
     # Still racing after the widest margin (a very slow store): keep everything this time.
 
 
-def upkeep(store: GalleryStore, settings: UpkeepSettings, refreshed_version: int | None) -> UpkeepReport:
-    """After a refresh: tag its version, keep the `id` index, compact and prune. Only for the table's one writer."""
+def upkeep(store: GalleryStore, settings: UpkeepSettings, refreshed: bool = True) -> UpkeepReport:
+    """After a refresh: keep the `id` index, compact, tag the resulting version, prune. Only for the table's writer.
+
+    The tag names the version the table is at when the upkeep is done (compaction commits versions
+    of its own, with the same rows), so it is the version a query of the latest reads.
+    """
     before = health(store)
-    tag = None
-    if settings.tag_refreshes and refreshed_version is not None:
-        tag = refresh_tag(refreshed_version)
-        tag_version(store, tag, refreshed_version)
-    deleted = prune_refresh_tags(store, settings.keep_refresh_tags) if settings.tag_refreshes else []
     if settings.id_index:
         ensure_id_index(store)
     if settings.optimize_after_refresh:
         store.table().optimize(cleanup_older_than=NEVER)  # compaction and index update first
-        _prune(store, settings.keep_versions)
+    tag = None
+    if settings.tag_refreshes and refreshed:
+        tag = refresh_tag(store.version())
+        tag_version(store, tag, store.version())
+    deleted = prune_refresh_tags(store, settings.keep_refresh_tags) if settings.tag_refreshes else []
+    if settings.optimize_after_refresh:
+        _prune(store, settings.keep_versions)  # nothing left to compact: only the pruning
     return UpkeepReport(before=before, after=health(store), tag=tag, deleted_tags=deleted)
 
 
