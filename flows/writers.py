@@ -46,6 +46,7 @@ def ensure_writer_limit(name: str) -> None:
 def writer_slot(store: GalleryStore, settings: R3Settings) -> Iterator[str]:
     """Hold the table's writer slot for the block; waits, or refuses with a clear line (WriterBusy)."""
     import httpx
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     name = writer_limit_name(store)
@@ -61,8 +62,9 @@ def writer_slot(store: GalleryStore, settings: R3Settings) -> Iterator[str]:
                                        lease_duration=settings.upkeep.writer_lease_seconds))
     except TimeoutError:
         raise WriterBusy(f"{busy}; waited {wait:g} s (upkeep.writer_wait_seconds): try again when it finishes") from None
-    except httpx.HTTPStatusError as error:
-        if error.response.status_code != 423:
+    except ConcurrencySlotAcquisitionError as error:
+        cause = error.__cause__
+        if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
             raise
         raise WriterBusy(f"{busy}; not waiting (upkeep.writer_wait_seconds = 0)") from None
     with held:
