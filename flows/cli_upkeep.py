@@ -34,8 +34,8 @@ def cmd_galleries(args: argparse.Namespace) -> int:
     retired = retired_tables(store)
     dropped = drop_tables(store, retired) if args.prune else []
     if args.json:
-        print(json.dumps({"current": store.name, "tables": gallery_tables(store) if not dropped else
-                          [store.name] if store.exists() else [], "retired": retired, "dropped": dropped}))
+        print(json.dumps({"current": store.name, "tables": gallery_tables(store), "retired": retired,
+                          "dropped": dropped}))
         return 0
     for name in sorted(set(retired) | ({store.name} if store.exists() else set())):
         state = "current" if name == store.name else ("dropped" if name in dropped else "retired")

@@ -122,3 +122,22 @@ def test_topk_changes_name_what_entered_left_and_moved() -> None:
     assert rows["q1"]["entered"] == "d" and rows["q1"]["left"] == "c" and rows["q1"]["moved"] == "b, a"
     assert rows["q1"]["top-1 before"] == "a" and rows["q1"]["top-1 after"] == "b"
     assert not rows["q2"]["changed"] and rows["q3"]["entered"] == "z"
+
+
+def test_cli_galleries_lists_and_prunes_retired_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from flows.cli import main as cli_main
+    from flows.index_flow import open_store
+    from tests.conftest import fake_settings
+
+    monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
+    current = open_store(fake_settings(tmp_path))
+    _refresh(GalleryStore(current.uri, "gallery", "retired-model-0000", 8), 1)
+    assert cli_main(["galleries", "--home", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "gallery_retired-model-00\tretired" in listed and "--prune" in listed
+    assert cli_main(["galleries", "--prune", "--home", str(tmp_path), "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["dropped"] == ["gallery_retired-model-00"] and pruned["tables"] == []
