@@ -207,7 +207,8 @@ def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
                            if r["state_type"] == "RUNNING"], timeout=180)
             time.sleep(3)
             assert waiting.poll() is None  # still waiting for the slot this test holds
-            assert "boat" not in {r for r in open_store(settings).pin().records}
+            store = open_store(settings)
+            assert not store.exists() or "boat" not in store.pin().records  # nothing written meanwhile
         out, err = waiting.communicate(timeout=240)
     assert waiting.returncode == 0, err[-3000:]
-    assert json.loads(out)["added"] == 1
+    assert json.loads(out)["added"] >= 1 and "boat" in open_store(settings).pin().records
