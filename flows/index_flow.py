@@ -160,12 +160,20 @@ def _printable(failure: ItemFailure) -> ItemFailure:
 
 @task(name="upsert-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def upsert_task(embedded: EmbeddedBatch, settings: R3Settings) -> int:
-    return open_store(settings).upsert(embedded.rows)
+    from flows.writers import writer_slot
+
+    store = open_store(settings)
+    with writer_slot(store, settings):
+        return store.upsert(embedded.rows)
 
 
 @task(name="remove-stale-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def remove_task(ids: list[str], settings: R3Settings) -> int:
-    return open_store(settings).delete_ids(ids)
+    from flows.writers import writer_slot
+
+    store = open_store(settings)
+    with writer_slot(store, settings):
+        return store.delete_ids(ids)
 
 
 @task(name="record-index-artifacts", cache_policy=NONE)
@@ -215,7 +223,7 @@ def index_gallery(
 ) -> dict:
     """Bring the LanceDB gallery in line with SOURCE (folder or manifest); returns the run summary.
 
-    The one writer of its table while it runs (flows/writers.py); when it changed something it tags the
+    Each commit, and the upkeep, holds its table's writer slot (flows/writers.py); when it changed something it tags the
     new version, compacts and prunes (r3tasks/upkeep.py), records the gallery asset and emits
     `r3.gallery.refreshed` (flows/refresh.py).
     """
@@ -224,9 +232,9 @@ def index_gallery(
 
     settings = with_gallery(flow_settings(preset, home, overrides), gallery)
     store = open_store(settings)
+    previous = store.version() if store.exists() else None
+    summary = _index(source, settings)
     with writer_slot(store, settings):
-        previous = store.version() if store.exists() else None
-        summary = _index(source, settings)
         return after_refresh(summary, open_store(settings), settings, source, gallery, previous)
 
 

@@ -1,8 +1,13 @@
 """One writer per gallery table, whoever starts it: a Prefect global concurrency limit of 1 per table.
 
-`r3 index`, the `gallery-refresh` deployment and eval's indexing all run `index_gallery`, which
-holds this slot from its plan to its last commit and upkeep: a second writer waits up to
+`r3 index`, the `gallery-refresh` deployment and eval's indexing all run `index_gallery`, whose
+every commit (upsert, delete) and upkeep holds this slot: a second writer waits up to
 `upkeep.writer_wait_seconds`, or is refused at once when that is 0, with a line naming the table.
+
+Per commit, not per run: Prefect's temporary and test servers run no lease repossessor, so a
+writer killed with -9 while holding the slot blocks the table until a real server's repossessor
+frees it; held per commit, that window is a commit (under a second), not a whole run of embedding.
+Two concurrent runs therefore interleave their commits; upserts by id converge either way.
 """
 
 from __future__ import annotations
