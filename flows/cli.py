@@ -44,6 +44,10 @@ def _add_gallery(parser: argparse.ArgumentParser, default: str | None, what: str
     parser.add_argument("--gallery", type=_gallery_name, default=default, metavar="NAME", help=what)
 
 
+def _version_or_tag(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r3", description="Reasoning-guided video retrieval (R^3) on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("queries", help="JSONL, JSON or CSV queries (composed: id, source, edit; text: id, text)")
     query.add_argument("--out", required=True, help="where to write the results JSON")
     query.add_argument("--format", choices=["r3", "covrr"], default="r3", help="covrr also writes OUT.covrr.json")
-    query.add_argument("--gallery-version", type=int, default=None, help="pin this table version (default: latest)")
+    query.add_argument("--gallery-version", type=_version_or_tag, default=None,
+                       help="pin this table version or tag, e.g. refresh-12 (default: latest)")
     query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
     _add_gallery(query, "default", "the gallery to search (default: default)")
     _add_common(query)
@@ -85,10 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate)
 
     galleries = sub.add_parser("galleries", help="list the galleries of the data home with row counts and versions")
+    galleries.add_argument("--prune", action="store_true",
+                           help="drop GALLERY's tables of embedders other than the current preset's (retired models)")
+    _add_gallery(galleries, "default", "the gallery --prune works on (default: default)")
     _add_common(galleries)
 
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
+
+    from flows.cli_upkeep import add_upkeep_commands
+
+    add_upkeep_commands(sub, _add_common)
     return parser
 
 
@@ -113,9 +125,13 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from r3tasks import validate
+    from r3tasks.models.qwen3vl import check_models
 
     source = str(Path(args.source).resolve())
-    validate.gallery_source(source, _settings(args))  # a malformed source: one line, before Prefect starts
+    settings = _settings(args)
+    validate.gallery_source(source, settings)  # a malformed source: one line, before Prefect starts
+    # A missing model: one clear line here, not a flow run's tracebacks after a server start.
+    check_models(settings, ["embedder"])
 
     from flows.index_flow import index_gallery
 
@@ -165,8 +181,11 @@ def _item_texts(payload: dict, args: argparse.Namespace) -> dict[str, str | None
 
 def cmd_query(args: argparse.Namespace) -> int:
     from r3tasks import validate
+    from r3tasks.models.qwen3vl import check_models
 
-    validate.query_file(args.queries, _settings(args))  # a bad file or an unindexed gallery: one line, no server
+    settings = _settings(args)
+    validate.query_file(args.queries, settings)  # a bad file or an unindexed gallery: one line, no server
+    check_models(settings, ["embedder", "reranker", "reasoner"])  # as in cmd_index
 
     from r3tasks.report import terminal_table
 
@@ -229,9 +248,18 @@ def cmd_galleries(args: argparse.Namespace) -> int:
     from r3tasks.catalog import LEGACY, REINDEX_HINT, list_galleries
 
     settings = _settings(args)
+    dropped: list[str] = []
+    if args.prune:
+        from flows.index_flow import open_store
+        from r3tasks.upkeep import drop_tables, retired_tables
+
+        store = open_store(settings.model_copy(update={"gallery": settings.gallery.model_copy(
+            update={"name": args.gallery})}))
+        dropped = drop_tables(store, retired_tables(store))
     found = list_galleries(settings)
     if args.json:
-        print(json.dumps({"uri": settings.gallery_uri, "galleries": [g.to_dict() for g in found]}, indent=2))
+        print(json.dumps({"uri": settings.gallery_uri, "galleries": [g.to_dict() for g in found],
+                          "dropped": dropped}, indent=2))
         return EXIT_OK
     if not found:
         print(f"no galleries in {settings.gallery_uri}: `r3 index SOURCE --gallery NAME` makes one")
@@ -242,6 +270,8 @@ def cmd_galleries(args: argparse.Namespace) -> int:
         print(f"  {g.gallery:<{width}}  {g.rows:>8} rows  version {g.version:<5} {g.table}")
     if any(g.gallery == LEGACY for g in found):
         print(f"  {LEGACY}: {REINDEX_HINT}")
+    for name in dropped:
+        print(f"  dropped retired table {name}")
     return EXIT_OK
 
 
@@ -260,21 +290,10 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split("\n"))
 
 
-def _check_models_before_flows(args: argparse.Namespace) -> None:
-    """A missing model is one clear line before any server starts (not a flow run's tracebacks); a bad input
-    file is reported first, as the flow would."""
-    from r3tasks.models.qwen3vl import check_models
-    from r3tasks.queries import load_queries
-    from r3tasks.settings import load_settings
-    from r3tasks.sources import discover
+def _command(name: str) -> Any:
+    from flows.cli_upkeep import UPKEEP_COMMANDS
 
-    settings = load_settings(preset=args.preset, home=Path(args.home) if args.home else None)
-    if args.command == "index":
-        discover(args.source, settings.index.video_extensions)
-        check_models(settings, ["embedder"])
-    else:
-        load_queries(args.queries)
-        check_models(settings, ["embedder", "reranker", "reasoner"])
+    return COMMANDS.get(name) or UPKEEP_COMMANDS[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,9 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from r3tasks.errors import R3Error
 
     try:
-        if args.command in ("index", "query"):
-            _check_models_before_flows(args)
-        return COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -106,6 +106,10 @@ def evaluate_benchmark(
     report["plot"] = str(plot_recall(report, out_path.with_suffix(".png")))
     out_path.write_text(json.dumps(report, indent=2))
     record_eval(report, table)
+    if report["arms"]:
+        from flows.assets import record_report
+
+        record_report(str(out_path), payload["lineage"]["gallery"], dataset)  # the report's lineage asset
     print(table)
     return report
 

@@ -157,12 +157,20 @@ def _printable(failure: ItemFailure) -> ItemFailure:
 
 @task(name="upsert-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def upsert_task(embedded: EmbeddedBatch, settings: R3Settings) -> int:
-    return open_store(settings).upsert(embedded.rows)
+    from flows.writers import writer_slot
+
+    store = open_store(settings)
+    with writer_slot(store, settings):
+        return store.upsert(embedded.rows)
 
 
 @task(name="remove-stale-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def remove_task(ids: list[str], settings: R3Settings) -> int:
-    return open_store(settings).delete_ids(ids)
+    from flows.writers import writer_slot
+
+    store = open_store(settings)
+    with writer_slot(store, settings):
+        return store.delete_ids(ids)
 
 
 @task(name="record-index-artifacts", cache_policy=NONE)
@@ -212,10 +220,24 @@ def index_gallery(
 ) -> dict:
     """Bring gallery GALLERY in line with SOURCE (folder or manifest); returns the run summary.
 
-    Other galleries of the data home are never touched."""
+    Other galleries of the data home are never touched. Each commit, and the upkeep, holds the table's
+    writer slot (flows/writers.py); when the run changed something it tags the new version, compacts and
+    prunes (r3tasks/upkeep.py), records the gallery asset and emits `r3.gallery.refreshed` (flows/refresh.py).
+    """
+    from flows.refresh import after_refresh
+    from flows.writers import writer_slot
+
     settings = flow_settings(preset, home, overrides, gallery)
     # The CLI's own check, first: a malformed source fails the run with its one line, before any task.
     items = validate.gallery_source(source, settings)
+    store = open_store(settings)
+    previous = store.version() if store.exists() else None
+    summary = _index(source, items, settings)
+    with writer_slot(store, settings):
+        return after_refresh(summary, open_store(settings), settings, source, gallery, previous)
+
+
+def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
     logger = get_run_logger()
     storage = result_storage(settings)
 

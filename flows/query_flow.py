@@ -59,8 +59,11 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
 
 
 @task(name="pin-gallery-version", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
-def pin_task(settings: R3Settings, version: int | None) -> int:
-    gallery = open_store(settings).pin(version)
+def pin_task(settings: R3Settings, version: int | str | None) -> int:
+    from r3tasks.upkeep import resolve_version
+
+    store = open_store(settings)
+    gallery = store.pin(resolve_version(store, version))
     retrieval.ensure_gallery_not_empty(gallery)
     return gallery.ref.version
 
@@ -197,11 +200,15 @@ def query_batch(
     preset: str | None = None,
     home: str | None = None,
     overrides: dict[str, Any] | None = None,
-    gallery_version: int | None = None,
+    gallery_version: int | str | None = None,
     covrr_out: str | None = None,
     gallery: str = "default",
 ) -> dict:
-    """Answer a batch of composed and text queries against one pinned version of gallery GALLERY."""
+    """Answer a batch of composed and text queries against one pinned version of gallery GALLERY.
+
+    `gallery_version`: a table version number, a tag (each refresh tags its version `refresh-<n>`), or
+    None for the latest.
+    """
     settings = flow_settings(preset, home, overrides, gallery)
     loaded = validate.query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
     logger = get_run_logger()
@@ -226,6 +233,9 @@ def query_batch(
         update_progress_artifact(progress, 100.0 * number / len(chunks))
         logger.info("answered %d/%d queries", len(states), len(loaded))
     payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
+    from flows.assets import record_results
+
+    record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),

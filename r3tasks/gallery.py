@@ -128,6 +128,11 @@ class GalleryStore:
                 f"table {self.name} in {self.uri} stores {stored}-d vectors but the embedder gives {self.dim}-d"
             )
 
+    @property
+    def db(self) -> Any:
+        """The LanceDB connection (upkeep lists and drops the tables of retired embedders through it)."""
+        return self._db
+
     def ref(self) -> GalleryRef:
         return GalleryRef(uri=self.uri, table=self.name, version=self.version())
 
@@ -144,23 +149,24 @@ class GalleryStore:
         table = self.table().search().select(["id", "content_key"]).limit(None).to_arrow()
         return dict(zip(table.column("id").to_pylist(), table.column("content_key").to_pylist()))
 
-    def pin(self, version: int | None = None, settings: GallerySettings | None = None) -> "PinnedGallery":
+    def pin(self, version: int | str | None = None, settings: GallerySettings | None = None) -> "PinnedGallery":
         """A read-only view of one table version (the latest when None); later writes do not change it.
 
-        `settings` overrides the store's search settings for this view.
+        `version` is a version number or a tag name (each refresh tags its version). `settings`
+        overrides the store's search settings for this view.
         """
         table = self._open_existing()
         if version is not None:
-            table.checkout(version)
+            _checkout(table, version, self)
         else:
             table.checkout(int(table.version))
         return PinnedGallery(self, table, settings)
 
-    def snapshot(self, version: int | None = None) -> "GallerySnapshot":
+    def snapshot(self, version: int | str | None = None) -> "GallerySnapshot":
         """All rows at one table version (the latest when None), for a query batch to pin."""
         table = self._open_existing()
         if version is not None:
-            table.checkout(version)
+            _checkout(table, version, self)
         data = table.to_arrow()
         read_version = int(table.version)
         vectors = read_vectors(data.column("vector"), self.dim)
@@ -483,6 +489,14 @@ class GallerySnapshot:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"{self.ref.uri}|{self.ref.table}|{self.ref.version}".encode()).hexdigest()[:16]
+
+
+def _checkout(table: Any, version: int | str, store: GalleryStore) -> None:
+    try:
+        table.checkout(version)
+    except (ValueError, RuntimeError, OSError) as error:
+        kind = "tag" if isinstance(version, str) else "version"
+        raise R3Error(f"gallery table {store.name} at {store.uri} has no {kind} {version!r} ({error})") from None
 
 
 def _utf8(value: str | None) -> str | None:

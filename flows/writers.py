@@ -1,0 +1,128 @@
+"""One writer per gallery table, whoever starts it (`r3 index`, the `gallery-refresh` deployment, eval's indexing).
+
+Every commit (upsert, delete) and the upkeep of `index_gallery` holds the table's writer slot; a second
+writer waits up to `upkeep.writer_wait_seconds`, or is refused at once when that is 0, with a line
+naming the table. The slot is two locks, each for the case the other cannot cover:
+
+- a Prefect global concurrency limit of 1 per table, when a Prefect server is configured
+  (`PREFECT_API_URL`): it spans machines (workers on other hosts, an s3:// gallery). A writer killed
+  with -9 loses its slot when its lease (`upkeep.writer_lease_seconds`) runs out and the server's
+  repossessor frees it. Prefect's temporary per-process server keeps leases in memory and runs no
+  repossessor, so there a killed holder would block the table for good: the limit is not used then.
+- an OS file lock (flock) beside a local table: the kernel releases it when its holder dies, however it dies.
+
+Per commit, not per run: two concurrent runs interleave their commits; upserts by id converge either way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from r3tasks.errors import R3Error
+from r3tasks.gallery import GalleryStore
+from r3tasks.settings import R3Settings
+
+
+class WriterBusy(R3Error):
+    """Another writer holds the gallery table."""
+
+
+def writer_limit_name(store: GalleryStore) -> str:
+    """The global concurrency limit of one table: its name plus a hash of where it lives."""
+    where = hashlib.sha256(store.uri.encode()).hexdigest()[:8]
+    return f"r3-writer-{store.name}-{where}"
+
+
+def ensure_writer_limit(name: str) -> None:
+    """Create the limit (1 slot) on first use; a limit an operator created or resized is left as it is."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another writer created it first
+
+
+def _server_configured() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _local_lock_path(store: GalleryStore) -> Path | None:
+    """Where a local table's lock file lives; None for a remote URI (only the Prefect limit covers it)."""
+    uri = store.uri
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    return Path(uri.removeprefix("file://")) / ".r3-writers" / f"{store.name}.lock"
+
+
+@contextmanager
+def _file_lock(path: Path, wait: float, busy: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WriterBusy(f"{busy}; " + (f"waited {wait:g} s (upkeep.writer_wait_seconds): try again "
+                                     "when it finishes" if wait else "not waiting (upkeep.writer_wait_seconds = 0)"))
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def writer_slot(store: GalleryStore, settings: R3Settings) -> Iterator[str]:
+    """Hold the table's writer slot for the block; waits, or refuses with a clear line (WriterBusy)."""
+    name = writer_limit_name(store)
+    wait = settings.upkeep.writer_wait_seconds
+    busy = f"gallery table {store.name} at {store.uri} is being written by another run"
+    with ExitStack() as held:
+        lock_path = _local_lock_path(store)
+        if lock_path is not None:
+            held.enter_context(_file_lock(lock_path, wait, f"{busy} (lock {lock_path})"))
+        if _server_configured():
+            held.enter_context(_prefect_slot(name, wait, f"{busy} (concurrency limit {name})", settings))
+        yield name
+
+
+@contextmanager
+def _prefect_slot(name: str, wait: float, busy: str, settings: R3Settings) -> Iterator[None]:
+    import httpx
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    ensure_writer_limit(name)
+    held = ExitStack()
+    try:
+        # wait 0: no retry on the server's 423, so a busy table refuses at once.
+        held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait or None,
+                                       max_retries=0 if wait == 0 else None, strict=True,
+                                       lease_duration=settings.upkeep.writer_lease_seconds))
+    except TimeoutError:
+        raise WriterBusy(f"{busy}; waited {wait:g} s (upkeep.writer_wait_seconds): try again when it finishes") from None
+    except ConcurrencySlotAcquisitionError as error:
+        cause = error.__cause__
+        if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):
+            raise
+        raise WriterBusy(f"{busy}; not waiting (upkeep.writer_wait_seconds = 0)") from None
+    with held:
+        yield

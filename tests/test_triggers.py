@@ -1,0 +1,214 @@
+"""The three ways a batch starts, on a real Prefect server (127.0.0.1) with a process worker.
+
+Deployments come from deployments/prefect.yaml through scripts/deploy.sh; the worker runs the
+flows in subprocesses, which learn the test's fake models from a `sitecustomize` module. Marked
+`server` (and `slow`): deselect with `-m 'not server'`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "prefect-server.sh"
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+SITE = """
+from r3tasks.models.registry import register_backend
+register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")
+register_backend("reasoner", "fake", "tests.fakes:load_fake_reasoner")
+register_backend("reranker", "fake", "tests.fakes:load_fake_reranker")
+"""
+CAPTIONS = {"dog-day": "a dog runs in a park during the day", "cat-sofa": "a cat sleeps on a sofa",
+            "car-road": "a car drives on a road", "bird-sky": "a bird flies across the sky"}
+QUERIES = [{"id": "t-cat", "text": "a cat sleeping"}, {"id": "t-dog", "text": "a dog at night"}]
+
+
+def api(url: str, path: str, body: dict | None = None) -> list[dict] | dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/api/{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def runs_of(url: str, deployment: str) -> list[dict]:
+    return api(url, "flow_runs/filter", {"deployments": {"name": {"any_": [deployment]}}, "limit": 20})
+
+
+def until(what: str, check: Callable[[], object], timeout: float = 240.0) -> object:
+    """Bounded wait for something a user would see; fails naming it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1.0)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def write_manifest(path: Path, captions: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in captions.items()))
+    return path
+
+
+def stop(process: subprocess.Popen) -> None:
+    # A process worker ignores the first SIGTERM: a second one ends it.
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("triggers")
+    site = root / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE)
+    home = root / "r3-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "R3_SERVER_DIR": str(root / "server"), "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
+        "R3_HOME": str(home), "R3_MODELS__EMBEDDER": "fake-text", "R3_MODELS__REASONER": "fake",
+        "R3_MODELS__RERANKER": "fake", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    })
+    env.pop("PREFECT_API_URL", None)
+    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=240)
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip().splitlines()[-1]
+    env["PREFECT_API_URL"] = f"{url}/api"
+    worker = None
+    try:
+        manifest = write_manifest(root / "gallery.jsonl", CAPTIONS)
+        standing = root / "standing.jsonl"
+        standing.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+        deploy_env = {**env, "R3DEPLOY_GALLERY": str(manifest), "R3DEPLOY_CRON": "0 0 1 1 *",
+                      "R3DEPLOY_PRESET": "offline", "R3DEPLOY_STANDING_QUERIES": str(standing),
+                      "R3DEPLOY_PREFECT": str(BIN / "prefect")}
+        deployed_ = subprocess.run(["bash", str(REPO / "scripts" / "deploy.sh")], env=deploy_env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300)
+        assert deployed_.returncode == 0, deployed_.stdout[-2000:] + deployed_.stderr[-3000:]
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "r3-local"], env=env,
+                                  cwd=REPO, stdout=(root / "worker.log").open("w"), stderr=subprocess.STDOUT)
+        yield {"url": url, "env": env, "root": root, "home": home, "manifest": manifest}
+    finally:
+        if worker is not None:
+            stop(worker)
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def completed(url: str, deployment: str, n: int = 1) -> list[dict] | None:
+    runs = runs_of(url, deployment)
+    done = [r for r in runs if r["state_type"] == "COMPLETED"]
+    failed = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+    assert not failed, f"{deployment} run failed: {failed[0]['state_name']}"
+    return done if len(done) >= n else None
+
+
+def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: dict) -> None:
+    url, env, root = deployed["url"], deployed["env"], deployed["root"]
+    # 1. By hand, as from the UI form: the refresh, then a batch pinned to the refresh's tag.
+    ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    refresh = until("the refresh to complete", lambda: completed(url, "gallery-refresh"))[0]
+    # 2. The refresh changed the gallery: the standing queries ran by themselves, with their changes artifact.
+    standing = until("the standing-queries run the refresh triggered", lambda: completed(url, "standing-queries"))
+    assert len(standing) == 1
+    artifacts = api(url, "artifacts/filter", {"flow_runs": {"id": {"any_": [standing[0]["id"]]}}})
+    changes = [a for a in artifacts if a["key"] == "standing-changes"]
+    assert changes and "t-cat" in json.dumps(changes[0]["data"])
+    assert standing[0]["parameters"]["gallery_version"].startswith("refresh-")
+
+    out = root / "by-hand.json"
+    ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", "query-batch/query-batch",
+                          "-p", f"queries={root / 'standing.jsonl'}", "-p", f"out={out}",
+                          "-p", f"gallery_version={standing[0]['parameters']['gallery_version']}"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    until("the hand-started batch", lambda: completed(url, "query-batch"))
+    results = json.loads(out.read_text())["results"]
+    assert results[0]["ranked"][0]["id"] == "cat-sofa"
+    del refresh
+
+    # An unchanged refresh emits nothing: still one standing run.
+    subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
+                   capture_output=True, text=True, timeout=120, check=True)
+    until("the second refresh", lambda: completed(url, "gallery-refresh", 2))
+    time.sleep(5)  # give a (wrong) trigger time to fire; not a timing assertion
+    assert len(runs_of(url, "standing-queries")) == 1
+
+
+def test_a_file_dropped_in_the_inbox_runs_one_batch(deployed: dict) -> None:
+    url, env, root = deployed["url"], deployed["env"], deployed["root"]
+    if not completed(url, "gallery-refresh"):
+        subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+        until("a refresh", lambda: completed(url, "gallery-refresh"))
+    inbox = root / "inbox"
+    inbox.mkdir()
+    watcher = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(inbox), "--polls", "40"], env=env,
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        target = inbox / "mine.jsonl"
+        with target.open("w") as handle:  # written in pieces
+            handle.write(json.dumps(QUERIES[0]) + "\n")
+            handle.flush()
+            time.sleep(0.5)
+            handle.write(json.dumps(QUERIES[1]) + "\n")
+        done = until("the batch the dropped file started", lambda: completed(url, "query-batch-inbox"))
+        assert len(done) == 1 and done[0]["parameters"]["queries"] == str(target.resolve())
+        results = json.loads((inbox / "results" / "mine.results.json").read_text())["results"]
+        assert [r["id"] for r in results] == ["t-cat", "t-dog"]  # the whole file, not its first piece
+    finally:
+        stop(watcher)
+    assert len(runs_of(url, "query-batch-inbox")) == 1
+
+
+def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
+    from flows.index_flow import open_store
+    from flows.writers import writer_slot
+    from r3tasks.settings import load_settings
+
+    url, env, root = deployed["url"], deployed["env"], deployed["root"]
+    manifest = write_manifest(root / "g2.jsonl", {**CAPTIONS, "boat": "a boat on a lake"})
+    settings = load_settings(home=deployed["home"], models={"embedder": "fake-text"})
+    import prefect.settings
+
+    with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: f"{url}/api"}):
+        with writer_slot(open_store(settings), settings):  # this test is the writer now
+            refused = subprocess.run([sys.executable, "-m", "flows.cli", "index", str(manifest)],
+                                     env={**env, "R3_UPKEEP__WRITER_WAIT_SECONDS": "0"}, cwd=REPO,
+                                     capture_output=True, text=True, timeout=240)
+            assert refused.returncode == 2
+            assert "is being written by another run" in refused.stderr and "not waiting" in refused.stderr
+            waiting = subprocess.Popen([sys.executable, "-m", "flows.cli", "index", str(manifest), "--json"],
+                                       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            until("the second writer's flow run to start",
+                  lambda: [r for r in api(url, "flow_runs/filter", {"flows": {"name": {"any_": ["index-gallery"]}}})
+                           if r["state_type"] == "RUNNING"], timeout=180)
+            time.sleep(3)
+            assert waiting.poll() is None  # still waiting for the slot this test holds
+            store = open_store(settings)
+            assert not store.exists() or "boat" not in store.pin().records  # nothing written meanwhile
+        out, err = waiting.communicate(timeout=240)
+    assert waiting.returncode == 0, err[-3000:]
+    assert json.loads(out)["added"] >= 1 and "boat" in open_store(settings).pin().records
