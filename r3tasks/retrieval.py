@@ -30,11 +30,14 @@ from r3tasks.models.base import (
     Embedder,
     Reasoner,
     ReasonInput,
+    QueryTemplates,
     Reasoning,
     RerankCandidate,
     Reranker,
     RerankQuery,
 )
+from r3tasks.models.registry import query_templates
+from r3tasks.rerank_policy import apply_policy, policy_from_settings
 from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolve_source_path
 from r3tasks.settings import R3Settings
 from r3tasks.sources import file_fingerprint
@@ -66,6 +69,7 @@ class QueryState:
     gate_used: bool = False
     recalled: list[tuple[str, float]] = field(default_factory=list)
     ranked: list[RankedItem] = field(default_factory=list)
+    rerank_decision: dict | None = None  # pairs scored, depth reached, gate that kept recall order
 
     @property
     def ok(self) -> bool:
@@ -182,12 +186,12 @@ def run_reasoning(
 
 
 # -- query embeddings ----------------------------------------------------------------------------
-def _base_texts(state: QueryState, settings: R3Settings, text_only: bool) -> list[str]:
+def _base_texts(state: QueryState, settings: R3Settings, text_only: bool, templates: QueryTemplates) -> list[str]:
     query = state.query
     if isinstance(query, TextQuery):
         return [query.text]
     assert isinstance(query, ComposedQuery)
-    base = settings.query.base_template.format(edit=query.edit)
+    base = templates.base_template.format(edit=query.edit)
     if text_only or (state.source is not None and state.source.path is None):
         # No pixels reach a text embedder: the source's caption stands in for the reference video.
         if not (state.source and state.source.text):
@@ -196,17 +200,17 @@ def _base_texts(state: QueryState, settings: R3Settings, text_only: bool) -> lis
                 "this preset embeds text and the source has no caption/narration: give the query a "
                 "`source_text` or caption the source item",
             )
-        return [f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{base}"]
+        return [f"{templates.source_text_template.format(source_text=state.source.text)}\n{base}"]
     return [base]
 
 
-def _reasoning_text(state: QueryState, settings: R3Settings, text_only: bool) -> str | None:
+def _reasoning_text(state: QueryState, text_only: bool, templates: QueryTemplates) -> str | None:
     query = state.query
     if not isinstance(query, ComposedQuery) or state.reasoning is None or not state.reasoning.text.strip():
         return None
-    text = settings.query.reasoning_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
+    text = templates.reasoning_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
     if text_only or (state.source is not None and state.source.path is None):
-        text = f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{text}"  # type: ignore[union-attr]
+        text = f"{templates.source_text_template.format(source_text=state.source.text)}\n{text}"  # type: ignore[union-attr]
     return text
 
 
@@ -214,6 +218,7 @@ def embed_queries(
     states: Sequence[QueryState], embedder: Embedder, settings: R3Settings, cache: StageCache, frame_cache: StageCache
 ) -> None:
     text_only = not embedder.uses_frames
+    templates = query_templates(settings, embedder)
     for state in states:
         if not state.ok:
             continue
@@ -222,8 +227,8 @@ def embed_queries(
             frames = None
             if isinstance(query, ComposedQuery) and not text_only:
                 frames = source_frames(state.source, "gallery", settings, frame_cache)  # type: ignore[arg-type]
-            texts = _base_texts(state, settings, text_only)
-            reasoning_text = _reasoning_text(state, settings, text_only)
+            texts = _base_texts(state, settings, text_only, templates)
+            reasoning_text = _reasoning_text(state, text_only, templates)
         except ItemError as error:
             state.error = error.reason
             continue
@@ -318,31 +323,46 @@ def rerank(
         except ItemError as error:
             state.error = error.reason
             continue
-        scores: dict[str, float] = {}
-        missing: list[RerankCandidate] = []
-        keys: dict[str, str] = {}
-        for item_id, _ in state.recalled[:k]:
-            record = gallery.records[item_id]
-            keys[item_id] = stage_key(
-                "rerank", rerank_query.text, rerank_query.instruction,
-                state.source.content_key if state.source else None, record.content_key,
-                reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
-            )
-            cached = cache.get(keys[item_id])
-            if cached is not None:
-                scores[item_id] = cached
-            else:
-                missing.append(_candidate(record, reranker, settings, frame_cache))
-        if missing:
-            try:
-                fresh = reranker.score(rerank_query, missing)
-            except ItemError as error:
-                state.error = f"rerank failed: {error.reason}"
-                continue
-            for candidate, score in zip(missing, np.asarray(fresh, dtype=np.float64)):
-                scores[candidate.item_id] = float(score)
-                cache.put(keys[candidate.item_id], float(score))
-        state.ranked = rerank_topk(state.recalled, scores, k, q.final_embedding_weight, q.final_reranker_weight)
+        # Protected rerank (r3tasks.rerank_policy): which of the top-K get scored, and whether the scores
+        # are used; the reference policy scores all K at once.
+        def score(ids: Sequence[str], state: QueryState = state, rerank_query: RerankQuery = rerank_query) -> dict:
+            return _score_pairs(ids, state, rerank_query, reranker, gallery, settings, cache, frame_cache)
+
+        try:
+            outcome = apply_policy(state.recalled, score, policy_from_settings(q))
+        except ItemError as error:
+            state.error = f"rerank failed: {error.reason}"
+            continue
+        state.ranked = outcome.ranked
+        state.rerank_decision = outcome.decision()
+
+
+def _score_pairs(
+    ids: Sequence[str], state: QueryState, rerank_query: RerankQuery, reranker: Reranker, gallery: PinnedGallery,
+    settings: R3Settings, cache: StageCache, frame_cache: StageCache,
+) -> dict[str, float]:
+    """Raw reranker scores of these recalled ids, from the stage cache where present; ItemError propagates."""
+    scores: dict[str, float] = {}
+    missing: list[RerankCandidate] = []
+    keys: dict[str, str] = {}
+    for item_id in ids:
+        record = gallery.records[item_id]
+        keys[item_id] = stage_key(
+            "rerank", rerank_query.text, rerank_query.instruction,
+            state.source.content_key if state.source else None, record.content_key,
+            reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
+        )
+        cached = cache.get(keys[item_id])
+        if cached is not None:
+            scores[item_id] = cached
+        else:
+            missing.append(_candidate(record, reranker, settings, frame_cache))
+    if missing:
+        fresh = reranker.score(rerank_query, missing)
+        for candidate, value in zip(missing, np.asarray(fresh, dtype=np.float64)):
+            scores[candidate.item_id] = float(value)
+            cache.put(keys[candidate.item_id], float(value))
+    return scores
 
 
 def _rerank_query(state: QueryState, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankQuery:
@@ -398,6 +418,7 @@ def result_of(state: QueryState, lineage: dict) -> dict:
         "reasoning": state.reasoning.text if state.reasoning is not None else None,
         "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
         "gate": {"agreement": state.agreement, "source_similarity": state.source_similarity, "used": state.gate_used},
+        "rerank": state.rerank_decision,
         "error": state.error,
         "lineage": lineage,
     }
