@@ -129,6 +129,7 @@ def arm_report(name: str, payload: dict, qrels: dict[str, dict[str, int]]) -> di
         "seconds_per_query": {stage: seconds / n for stage, seconds in payload.get("stage_seconds", {}).items()},
         # Pairs the rerank policy asked for (what a cold cache would pay); 0 when the arm does not rerank.
         "pairs_per_query": sum((r.get("rerank") or {}).get("pairs", 0) for r in results) / n,
+        "results": payload.get("artifacts"),  # the query batch's folder: results.json holds per-query scores
     }
 
 
@@ -220,6 +221,9 @@ def policy_grid(results: Sequence[dict], current: RerankPolicy) -> list[tuple[st
     for p in (0.25, 0.5, 0.75, 0.9):
         m = q(gaps5, p)
         grid.append((f"adaptive 5, widen margin {m} (q{int(p * 100)})", replace(base, start_depth=5, widen_margin=m)))
+        # Rerank the top 5; only an uncertain query pays for the full depth.
+        grid.append((f"adaptive 5 -> {base.depth}, widen margin {m} (q{int(p * 100)})",
+                     replace(base, start_depth=5, widen_margin=m, growth=float(base.depth))))
     for p in (0.5, 0.75, 0.9):
         g = q(recall_gaps, p)
         if g <= 0:
