@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ def evaluate_benchmark(
     print(split_line(report["split"]))
     policy = policy_from_settings(settings.query)
     k = QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k
-    for arm in arms(k, arm_names, policy.is_reference):
+    for arm in arms(k, arm_names, policy.is_reference and policy.depth == k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
@@ -99,7 +98,7 @@ def evaluate_benchmark(
         if arm.name == "+rerank":
             # One model pass at fixed depth K; every other policy is replayed from its stored scores.
             report["policy_sweep"] = policy_sweep(
-                payload["results"], benchmark.qrels, policy_grid(payload["results"], replace(policy, depth=k)))
+                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=k))
     if fusion_grid:
         report["fusion_sweep"] = []
         for arm in fusion_grid_arms():

@@ -42,14 +42,15 @@ def arms(rerank_k: int, names: Sequence[str] | None = None, policy_is_reference:
     out = [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
         Arm("+rerank", {"query": {"use_reasoning": False, "rerank_k": rerank_k, **REFERENCE_POLICY}}),
-        Arm("+rerank (policy)", {"query": {"use_reasoning": False, "rerank_k": rerank_k}}),
+        # The settings' own depth and gates: the preset as shipped.
+        Arm("+rerank (policy)", {"query": {"use_reasoning": False}}),
         Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),
         Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
     ]
     return [
         arm for arm in out
         if (names is None or arm.name in names)
-        and not (arm.overrides["query"]["rerank_k"] == 0 and "rerank" in arm.name)
+        and not (arm.overrides["query"].get("rerank_k", 1) == 0 and "rerank" in arm.name)
         and not (arm.name == "+rerank (policy)" and policy_is_reference)
     ]
 
@@ -195,11 +196,13 @@ def _policy_settings(policy: RerankPolicy) -> dict:
             "rerank_recall_margin_gate": policy.recall_margin_gate, "rerank_flat_gate": policy.flat_gate}
 
 
-def policy_grid(results: Sequence[dict], current: RerankPolicy) -> list[tuple[str, RerankPolicy]]:
+def policy_grid(results: Sequence[dict], current: RerankPolicy, depth: int | None = None) -> list[tuple[str, RerankPolicy]]:
     """Policies worth replaying: fixed depths, adaptive depth from 5, the recall-margin and flat-score gates,
     and the settings' own policy. Margins are quantiles of this run's own scores (the reranker's units
     differ per reranker), printed as absolute values to put in the settings."""
-    base = replace(current, start_depth=None, widen_margin=None, recall_margin_gate=None, flat_gate=None)
+    # The reference at the depth the scores were stored at (`depth`, default the settings' own).
+    base = replace(current, depth=current.depth if depth is None else depth, start_depth=None, widen_margin=None,
+                   recall_margin_gate=None, flat_gate=None)
     gaps5, recall_gaps, spreads = [], [], []
     for result in results:
         recalled, score, depth = stored_scorer(result["ranked"])
@@ -234,7 +237,7 @@ def policy_grid(results: Sequence[dict], current: RerankPolicy) -> list[tuple[st
     for p in (0.1, 0.25):
         f = q(spreads, p)
         grid.append((f"flat gate {f} (q{int(p * 100)})", replace(base, flat_gate=f)))
-    if not current.is_reference:
+    if not (current.is_reference and current.depth == base.depth):
         grid.append(("settings' policy", current))
     return grid
 

@@ -109,3 +109,12 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
     explicit = load_settings(preset="offline", query={"base_template": "Edit: {edit}"})
     assert query_templates(explicit).base_template == "Edit: {edit}"
     assert query_templates(explicit).source_text_template == "{source_text}"
+
+
+def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
+    shipped = policy_from_settings(load_settings(preset="offline").query)
+    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_margin_gate == 0.08
+    back = policy_from_settings(
+        load_settings(preset="offline", query={"rerank_k": 50, "rerank_recall_margin_gate": None}).query
+    )
+    assert back.is_reference and back.depth == 50
