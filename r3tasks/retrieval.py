@@ -37,7 +37,8 @@ from r3tasks.models.base import (
     RerankQuery,
 )
 from r3tasks.models.registry import query_templates
-from r3tasks.rerank_policy import apply_policy, policy_from_settings
+from r3tasks.rerank_policy import apply_policy
+from r3tasks.rerank_policy import policy_from_settings as rerank_policy_from_settings
 from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolve_source_path
 from r3tasks.settings import R3Settings
 from r3tasks.sources import file_fingerprint
@@ -329,7 +330,7 @@ def rerank(
             return _score_pairs(ids, state, rerank_query, reranker, gallery, settings, cache, frame_cache)
 
         try:
-            outcome = apply_policy(state.recalled, score, policy_from_settings(q))
+            outcome = apply_policy(state.recalled, score, rerank_policy_from_settings(q))
         except ItemError as error:
             state.error = f"rerank failed: {error.reason}"
             continue
