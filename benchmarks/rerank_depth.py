@@ -82,11 +82,20 @@ def run(ctx: Context) -> Result:
             stats["hits"] += outcome.ranked[0].id in bench.qrels.get(query.id, {})
             ctx.log(f"  {query.id} {name}: {outcome.pairs} pairs, {seconds:.1f} s, depth {outcome.depth}")
 
+    result.data.update(per_policy=per_policy, policy=vars(policies["offline preset policy"]),
+                       queries=[x.id for x in queries])
+    summarise(result, result.data, ctx.quick)
+    return result
+
+
+def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
+    """Rows and tables from the measurements in `data` (also `python -m benchmarks.run --render-only`)."""
+    per_policy, queries = data["per_policy"], data["queries"]
     table = []
     for name, stats in per_policy.items():
         table.append([name, f"{np.mean(stats['pairs']):.1f}", f"{np.mean(stats['seconds']):.2f}",
                       f"{100 * stats['hits'] / max(len(queries), 1):.1f}", len(queries)])
-    result.table(f"Live, EgoCVR global dev queries #{DEV_SKIP}-#{DEV_SKIP + len(queries) - 1}, no cache",
+    result.table(f"Live, EgoCVR global dev queries {queries[0]}-{queries[-1]} (annotation rows), no cache",
                  ["policy", "pairs/query", "s/query", "R@1 (these queries)", "queries"], table)
     ref, ada = per_policy["fixed depth (reference)"], per_policy["offline preset policy"]
     ratio = float(np.mean(ada["pairs"]) / max(np.mean(ref["pairs"]), 1e-9))
@@ -97,11 +106,9 @@ def run(ctx: Context) -> Result:
     result.row("rerank seconds per query, offline preset policy", float(np.mean(ada["seconds"])), "s",
                note=f"{np.mean(ada['seconds']) / max(np.mean(ref['seconds']), 1e-9):.2f} x fixed depth")
     _replayed(result)
-    result.data.update(per_policy=per_policy, policy=vars(policies["offline preset policy"]),
-                       queries=[x.id for x in queries])
-    result.note("Pairs are what each policy asks the reranker for; seconds are wall time on this shared 2-core "
-                "CPU (load average in the section header), so compare the two policies within this run only.")
-    return result
+    result.note(f"Policy: {data['policy']}. Pairs are what each policy asks the reranker for; seconds are wall "
+                "time on this shared 2-core CPU (load average in the section header), so compare the two "
+                "policies within this run only.")
 
 
 def _replayed(result: Result) -> None:
