@@ -50,7 +50,7 @@ def arms(rerank_k: int, names: Sequence[str] | None = None, policy_is_reference:
     return [
         arm for arm in out
         if (names is None or arm.name in names)
-        and not (arm.overrides["query"].get("rerank_k", 1) == 0 and "rerank" in arm.name)
+        and not (rerank_k == 0 and "rerank" in arm.name)
         and not (arm.name == "+rerank (policy)" and policy_is_reference)
     ]
 
