@@ -4,7 +4,7 @@ Live part: EgoCVR dev queries (from #500, disjoint from the reported first queri
 preset's MiniLM embedder over all 10,666 narrations, then reranked by the Gemma 3 270M likelihood
 reranker with no cache, once per policy: reranker pairs and wall seconds per query, and R@1 on those
 queries. Quality at scale comes from `r3 eval` reports (their policy replay over K = 50 scores stored
-once): set ``R3_BENCH_EVAL_REPORTS`` to a comma-separated list of report JSONs to copy their rows in.
+once): set ``BENCH_EVAL_REPORTS`` to a comma-separated list of report JSONs to copy their rows in.
 Target (issue 13): the adaptive policy cuts pairs per query by at least half at equal or better R@1.
 """
 
@@ -124,7 +124,7 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
 def _replayed(result: Result) -> None:
     """Copy R@1 and pairs/query of the reference and the preset's policy from `r3 eval` reports' replays."""
     rows = []
-    for path in filter(None, os.environ.get("R3_BENCH_EVAL_REPORTS", "").split(",")):
+    for path in filter(None, os.environ.get("BENCH_EVAL_REPORTS", "").split(",")):
         report = json.loads(Path(path).read_text())
         sweep = {row["policy"]: row for row in report.get("policy_sweep", [])}
         if "reference" not in sweep or "settings' policy" not in sweep:
