@@ -47,6 +47,7 @@ BENCHMARKS = {
     "memory": "benchmarks.memory",
     "rerank": "benchmarks.rerank",
     "recall": "benchmarks.recall",
+    "rerank_depth": "benchmarks.rerank_depth",
 }
 
 

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="leave out the first N queries (a held-out split for tuning settings)")
     evaluate.add_argument("--rerank-k", type=int, default=None,
                           help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)")
+    evaluate.add_argument("--arms", default=None,
+                          help="comma-separated arms to run (default all): base, +rerank, +rerank (policy), "
+                          "+reasoning, +reasoning+rerank")
     evaluate.add_argument("--fusion-grid", action="store_true",
                           help="also run +reasoning under a grid of fusion settings (tau, w, rrf/max/mean)")
     _add_gallery(evaluate, None, "the gallery the benchmark is indexed into (default: eval-<benchmark>-<setting>, "
@@ -239,6 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_benchmark(
         dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
         rerank_k=args.rerank_k, skip=args.skip, fusion_grid=args.fusion_grid, gallery=args.gallery,
+        arm_names=[n.strip() for n in args.arms.split(",")] if args.arms else None,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return EXIT_OK

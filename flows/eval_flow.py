@@ -23,9 +23,14 @@ from r3tasks.evaluation import (
     fusion_grid_arms,
     markdown_table,
     plot_recall,
+    policy_grid,
+    policy_sweep,
     reranker_weight_sweep,
+    split_line,
+    split_record,
     write_benchmark_files,
 )
+from r3tasks.rerank_policy import policy_from_settings
 
 
 GENERATED_QUERIES = 60
@@ -67,6 +72,7 @@ def evaluate_benchmark(
     skip: int = 0,
     fusion_grid: bool = False,
     gallery: str | None = None,
+    arm_names: list[str] | None = None,
 ) -> dict:
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms).
 
@@ -84,14 +90,22 @@ def evaluate_benchmark(
     report: dict[str, Any] = {
         "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
         "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
+        "split": split_record(dataset, benchmark.setting, skip, limit, len(benchmark.queries)),
     }
-    for arm in arms(QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k):
+    print(split_line(report["split"]))
+    policy = policy_from_settings(settings.query)
+    k = QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k
+    for arm in arms(k, arm_names, policy.is_reference and policy.depth == k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged, gallery=gallery)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
-        if arm.overrides["query"]["rerank_k"]:
+        if arm.name == "+rerank" or (arm.name == "+reasoning+rerank" and "reranker_weight_sweep" not in report):
             report["reranker_weight_sweep"] = reranker_weight_sweep(payload["results"], benchmark.qrels)
+        if arm.name == "+rerank":
+            # One model pass at fixed depth K; every other policy is replayed from its stored scores.
+            report["policy_sweep"] = policy_sweep(
+                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=k))
     if fusion_grid:
         report["fusion_sweep"] = []
         for arm in fusion_grid_arms():

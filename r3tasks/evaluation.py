@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from r3tasks.datasets import Benchmark
 from r3tasks.fusion import rerank_topk
 from r3tasks.metrics import METRIC_KEYS, evaluate
 from r3tasks.queries import ComposedQuery
+from r3tasks.rerank_policy import RerankPolicy, apply_policy, stored_scorer
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,52 @@ class Arm:
     overrides: dict[str, Any]
 
 
-def arms(rerank_k: int) -> list[Arm]:
+# The reference rerank policy (R^3: all K at once, scores always used), for the arm that scores pairs once.
+REFERENCE_POLICY = {"rerank_start_depth": None, "rerank_widen_margin": None, "rerank_recall_margin_gate": None,
+                    "rerank_flat_gate": None}
+ARM_NAMES = ("base", "+rerank", "+rerank (policy)", "+reasoning", "+reasoning+rerank")
+
+
+def arms(rerank_k: int, names: Sequence[str] | None = None, policy_is_reference: bool = True) -> list[Arm]:
     """The paper's ablation order; each arm differs from the previous one by one stage.
 
-    `rerank_k` is the reference K unless the caller measures another; 0 leaves the rerank arm out.
+    `+rerank` reranks the base recall at fixed depth K (the reference policy: it scores every top-K pair
+    once, and the stored-score sweeps replay other policies from it); `+rerank (policy)` runs the settings'
+    own rerank policy (left out when that is the reference). `rerank_k` is the reference K unless the
+    caller measures another; 0 leaves the rerank arms out. `names` picks arms (default: all).
     """
-    return [
+    unknown = set(names or ()) - set(ARM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown eval arm(s) {sorted(unknown)}; known: {', '.join(ARM_NAMES)}")
+    out = [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
+        Arm("+rerank", {"query": {"use_reasoning": False, "rerank_k": rerank_k, **REFERENCE_POLICY}}),
+        # The settings' own depth and gates: the preset as shipped.
+        Arm("+rerank (policy)", {"query": {"use_reasoning": False}}),
         Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),
-    ] + ([Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}})] if rerank_k else [])
+        Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
+    ]
+    return [
+        arm for arm in out
+        if (names is None or arm.name in names)
+        and not (rerank_k == 0 and "rerank" in arm.name)
+        and not (arm.name == "+rerank (policy)" and policy_is_reference)
+    ]
+
+
+def split_record(dataset: str, setting: str, skip: int, limit: int | None, queries: int) -> dict:
+    """Which queries a report used: a run with `--skip` is a dev split, held out from the first `skip`
+    queries that reported figures use; one without is the reported (test) split."""
+    return {
+        "dataset": dataset, "setting": setting, "skip": skip, "limit": limit, "queries": queries,
+        "first_query": skip, "last_query": skip + queries - 1,
+        "role": "dev" if skip else "reported",
+    }
+
+
+def split_line(split: dict) -> str:
+    return (f"split: {split['role']} -- {split['dataset']} ({split['setting']}), queries #{split['first_query']}"
+            f"-#{split['last_query']} ({split['queries']}; skip {split['skip']}, limit {split['limit']})")
 
 
 def fusion_grid_arms() -> list[Arm]:
@@ -88,6 +128,9 @@ def arm_report(name: str, payload: dict, qrels: dict[str, dict[str, int]]) -> di
         "failed": sum(1 for r in results if r["error"]),
         "gate_pass_rate": (sum(r["gate"]["used"] for r in gated) / len(gated)) if gated else None,
         "seconds_per_query": {stage: seconds / n for stage, seconds in payload.get("stage_seconds", {}).items()},
+        # Pairs the rerank policy asked for (what a cold cache would pay); 0 when the arm does not rerank.
+        "pairs_per_query": sum((r.get("rerank") or {}).get("pairs", 0) for r in results) / n,
+        "results": payload.get("artifacts"),  # the query batch's folder: results.json holds per-query scores
     }
 
 
@@ -119,16 +162,99 @@ def reranker_weight_sweep(
     return sweep
 
 
+def policy_sweep(
+    results: Sequence[dict], qrels: dict[str, dict[str, int]], policies: Sequence[tuple[str, RerankPolicy]]
+) -> list[dict]:
+    """Metrics and reranker pairs per query of rerank policies replayed on a fixed-depth arm's stored scores.
+
+    No model runs: each pair's score does not depend on the others, so scores stored once at depth K
+    replay any depth schedule or gate within K (deeper depths are capped at what was stored). Choose on a
+    dev split (`r3 eval --skip`), never on the queries you report.
+    """
+    rows = []
+    for name, policy in policies:
+        run: dict[str, dict[str, float]] = {}
+        pairs, gated = 0, 0
+        for result in results:
+            recalled, score, depth = stored_scorer(result["ranked"])
+            if depth == 0:
+                run[result["id"]] = {r["id"]: r["score"] for r in result["ranked"]}
+                continue
+            outcome = apply_policy(recalled, score, replace(policy, depth=min(policy.depth, depth)))
+            run[result["id"]] = {item.id: item.score for item in outcome.ranked}
+            pairs += outcome.pairs
+            gated += outcome.gate is not None
+        n = max(len(results), 1)
+        rows.append({"policy": name, "settings": _policy_settings(policy), "metrics": evaluate(run, qrels),
+                     "pairs_per_query": pairs / n, "kept_recall_order": gated / n})
+    return rows
+
+
+def _policy_settings(policy: RerankPolicy) -> dict:
+    return {"rerank_k": policy.depth, "rerank_start_depth": policy.start_depth,
+            "rerank_widen_margin": policy.widen_margin, "rerank_depth_growth": policy.growth,
+            "rerank_recall_margin_gate": policy.recall_margin_gate, "rerank_flat_gate": policy.flat_gate}
+
+
+def policy_grid(results: Sequence[dict], current: RerankPolicy, depth: int | None = None) -> list[tuple[str, RerankPolicy]]:
+    """Policies worth replaying: fixed depths, adaptive depth from 5, the recall-margin and flat-score gates,
+    and the settings' own policy. Margins are quantiles of this run's own scores (the reranker's units
+    differ per reranker), printed as absolute values to put in the settings."""
+    # The reference at the depth the scores were stored at (`depth`, default the settings' own).
+    base = replace(current, depth=current.depth if depth is None else depth, start_depth=None, widen_margin=None,
+                   recall_margin_gate=None, flat_gate=None)
+    gaps5, recall_gaps, spreads = [], [], []
+    for result in results:
+        recalled, score, depth = stored_scorer(result["ranked"])
+        if depth < 2:
+            continue
+        block = list(score([i for i, _ in recalled[: min(5, depth)]]).values())
+        gaps5.append(sorted(block)[-1] - sorted(block)[-2])
+        recall_gaps.append(recalled[0][1] - recalled[1][1])
+        full = list(score([i for i, _ in recalled[:depth]]).values())
+        spreads.append(max(full) - min(full))
+    if not gaps5:
+        return [("reference", base)]
+
+    def q(values: list[float], p: float) -> float:
+        return round(float(np.quantile(values, p)), 4)
+
+    grid: list[tuple[str, RerankPolicy]] = [("reference", base)]
+    grid += [(f"fixed depth {d}", replace(base, depth=d)) for d in (5, 10, 20) if d < base.depth]
+    for p in (0.25, 0.5, 0.75, 0.9):
+        m = q(gaps5, p)
+        grid.append((f"adaptive 5, widen margin {m} (q{int(p * 100)})", replace(base, start_depth=5, widen_margin=m)))
+        # Rerank the top 5; only an uncertain query pays for the full depth.
+        grid.append((f"adaptive 5 -> {base.depth}, widen margin {m} (q{int(p * 100)})",
+                     replace(base, start_depth=5, widen_margin=m, growth=float(base.depth))))
+    for p in (0.5, 0.75, 0.9):
+        g = q(recall_gaps, p)
+        if g <= 0:
+            continue  # ties at the top: a zero gate would keep every query's recall order
+        grid.append((f"recall gate {g} (q{int(p * 100)})", replace(base, recall_margin_gate=g)))
+        grid.append((f"adaptive 5 (q50) + recall gate {g}",
+                     replace(base, start_depth=5, widen_margin=q(gaps5, 0.5), recall_margin_gate=g)))
+    for p in (0.1, 0.25):
+        f = q(spreads, p)
+        grid.append((f"flat gate {f} (q{int(p * 100)})", replace(base, flat_gate=f)))
+    if not (current.is_reference and current.depth == base.depth):
+        grid.append(("settings' policy", current))
+    return grid
+
+
 def markdown_table(report: dict) -> str:
     lines = [
         f"{report['benchmark']} ({report['setting']}, {report['queries']} queries, preset {report['preset']})",
+        *([split_line(report["split"])] if report.get("split") else []),
         "",
-        "| arm | " + " | ".join(METRIC_KEYS) + " | gate pass | s/query |",
-        "|---|" + "---:|" * (len(METRIC_KEYS) + 2),
+        "| arm | " + " | ".join(METRIC_KEYS) + " | gate pass | pairs/query | s/query | rerank s/query |",
+        "|---|" + "---:|" * (len(METRIC_KEYS) + 4),
     ]
     for arm in report["arms"]:
         seconds = sum(arm["seconds_per_query"].values())
-        lines.append(f"| {arm['arm']} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} | {seconds:.2f} |")
+        lines.append(f"| {arm['arm']} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} | "
+                     f"{arm.get('pairs_per_query', 0.0):.1f} | {seconds:.2f} | "
+                     f"{arm['seconds_per_query'].get('rerank', 0.0):.2f} |")
     if report.get("fusion_sweep"):
         lines += ["", "+reasoning under other fusion settings (no rerank):", "",
                   "| setting | " + " | ".join(METRIC_KEYS) + " | gate pass |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
@@ -141,6 +267,14 @@ def markdown_table(report: dict) -> str:
                   "| reranker weight | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
         for row in sweep:
             lines.append(f"| {row['reranker_weight']:.1f} | {_metric_cells(row['metrics'])} |")
+    policies = report.get("policy_sweep")
+    if policies:
+        lines += ["", "Rerank policies replayed on the +rerank arm's stored scores (no model run):", "",
+                  "| policy | " + " | ".join(METRIC_KEYS) + " | pairs/query | recall order kept |",
+                  "|---|" + "---:|" * (len(METRIC_KEYS) + 2)]
+        for row in policies:
+            lines.append(f"| {row['policy']} | {_metric_cells(row['metrics'])} | {row['pairs_per_query']:.1f} | "
+                         f"{row['kept_recall_order']:.2f} |")
     return "\n".join(lines)
 
 

@@ -33,11 +33,15 @@ from r3tasks.models.base import (
     Embedder,
     Reasoner,
     ReasonInput,
+    QueryTemplates,
     Reasoning,
     RerankCandidate,
     Reranker,
     RerankQuery,
 )
+from r3tasks.models.registry import query_templates
+from r3tasks.rerank_policy import RerankOutcome, RerankPolicy, apply_policy
+from r3tasks.rerank_policy import policy_from_settings as rerank_policy_from_settings
 from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolve_source_path
 from r3tasks.settings import R3Settings
 from r3tasks.sources import file_fingerprint
@@ -75,6 +79,7 @@ class QueryState:
     ranked: list[RankedItem] = field(default_factory=list)
     # What went wrong without costing the query its answer (reasoning left out, candidates unscored).
     warnings: list[str] = field(default_factory=list)
+    rerank_decision: dict | None = None  # pairs scored, depth reached, gate that kept recall order
 
     @property
     def ok(self) -> bool:
@@ -183,12 +188,12 @@ def run_reasoning(
 
 
 # -- query embeddings ----------------------------------------------------------------------------
-def _base_texts(state: QueryState, settings: R3Settings, text_only: bool) -> list[str]:
+def _base_texts(state: QueryState, settings: R3Settings, text_only: bool, templates: QueryTemplates) -> list[str]:
     query = state.query
     if isinstance(query, TextQuery):
         return [query.text]
     assert isinstance(query, ComposedQuery)
-    base = settings.query.base_template.format(edit=query.edit)
+    base = templates.base_template.format(edit=query.edit)
     if text_only or (state.source is not None and state.source.path is None):
         # No pixels reach a text embedder: the source's caption stands in for the reference video.
         if not (state.source and state.source.text):
@@ -197,17 +202,17 @@ def _base_texts(state: QueryState, settings: R3Settings, text_only: bool) -> lis
                 "this preset embeds text and the source has no caption/narration: give the query a "
                 "`source_text` or caption the source item",
             )
-        return [f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{base}"]
+        return [f"{templates.source_text_template.format(source_text=state.source.text)}\n{base}"]
     return [base]
 
 
-def _reasoning_text(state: QueryState, settings: R3Settings, text_only: bool) -> str | None:
+def _reasoning_text(state: QueryState, text_only: bool, templates: QueryTemplates) -> str | None:
     query = state.query
     if not isinstance(query, ComposedQuery) or state.reasoning is None or not state.reasoning.text.strip():
         return None
-    text = settings.query.reasoning_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
+    text = templates.reasoning_template.format(edit=query.edit, reasoning=state.reasoning.text.strip())
     if text_only or (state.source is not None and state.source.path is None):
-        text = f"{settings.query.source_text_template.format(source_text=state.source.text)}\n{text}"  # type: ignore[union-attr]
+        text = f"{templates.source_text_template.format(source_text=state.source.text)}\n{text}"  # type: ignore[union-attr]
     return text
 
 
@@ -216,25 +221,26 @@ def embed_queries(
 ) -> None:
     """Base and reasoning query vectors, one query at a time; whatever one query raises ends only it."""
     text_only = not embedder.uses_frames
+    templates = query_templates(settings, embedder)
     for state in states:
         if state.ok:
             try:
-                _embed_query(state, embedder, settings, cache, frame_cache, text_only)
+                _embed_query(state, embedder, settings, cache, frame_cache, text_only, templates)
             except Exception as error:  # noqa: BLE001 - one query's failure is its own
                 state.error = f"query embedding failed: {reason_of(error)}"
 
 
 def _embed_query(
     state: QueryState, embedder: Embedder, settings: R3Settings, cache: StageCache, frame_cache: StageCache,
-    text_only: bool,
+    text_only: bool, templates: QueryTemplates,
 ) -> None:
     query = state.query
     try:
         frames = None
         if isinstance(query, ComposedQuery) and not text_only:
             frames = source_frames(state.source, "gallery", settings, frame_cache)  # type: ignore[arg-type]
-        texts = _base_texts(state, settings, text_only)
-        reasoning_text = _reasoning_text(state, settings, text_only)
+        texts = _base_texts(state, settings, text_only, templates)
+        reasoning_text = _reasoning_text(state, text_only, templates)
     except ItemError as error:
         state.error = error.reason
         return
@@ -370,42 +376,67 @@ def _rerank_one(
     state: QueryState, reranker: Reranker, gallery: PinnedGallery, settings: R3Settings, cache: StageCache,
     frame_cache: StageCache, k: int,
 ) -> int:
-    """Rerank one query's top `k` into `state.ranked`; returns the pairs the model scored."""
-    q = settings.query
+    """Rerank one query under the rerank policy (r3tasks.rerank_policy: which of the top `k` get scored,
+    and whether the scores are used) into `state.ranked`; returns the pairs the model scored."""
     try:
         rerank_query = _rerank_query(state, reranker, settings, frame_cache)
     except ItemError as error:
         state.error = error.reason
         return 0
-    scores, failures, pairs = _score_candidates(state, rerank_query, reranker, gallery, settings, cache, frame_cache, k)
+    policy = rerank_policy_from_settings(settings.query)
+    outcome, scores, failures, pairs = _apply_policy(state, rerank_query, policy, reranker, gallery, settings, cache,
+                                                     frame_cache)
     if not scores and failures and state.gate_used and state.reasoning is not None:
         # The reasoning is model output inside the prompt: when nothing scores with it, try the edit alone.
         plain = _rerank_query(state, reranker, settings, frame_cache, with_reasoning=False)
-        retry, retry_failures, more = _score_candidates(state, plain, reranker, gallery, settings, cache, frame_cache, k)
-        pairs += more
-        if retry:
+        retry = _apply_policy(state, plain, policy, reranker, gallery, settings, cache, frame_cache)
+        pairs += retry[3]
+        if retry[1]:
             state.warnings.append(f"rerank without the reasoning, which failed: {next(iter(failures.values()))}")
-            scores, failures = retry, retry_failures
+            outcome, scores, failures = retry[0], retry[1], retry[2]
     if not scores and failures:
         raise ItemError(state.query.id, next(iter(failures.values())))
     if failures:
         named = "; ".join(f"{item_id}: {reason}" for item_id, reason in failures.items())
-        state.warnings.append(f"rerank left {len(failures)} of {k} candidates unscored ({named})")
-    state.ranked = rerank_topk(state.recalled, scores, k, q.final_embedding_weight, q.final_reranker_weight)
+        state.warnings.append(f"rerank left {len(failures)} of {outcome.depth} candidates unscored ({named})")
+    state.ranked = outcome.ranked
+    state.rerank_decision = outcome.decision()
     return pairs
 
 
+def _apply_policy(
+    state: QueryState, rerank_query: RerankQuery, policy: RerankPolicy, reranker: Reranker, gallery: PinnedGallery,
+    settings: R3Settings, cache: StageCache, frame_cache: StageCache,
+) -> tuple[RerankOutcome, dict[str, float], dict[str, str], int]:
+    """(outcome, scores by id, failure reason by id, pairs the model scored) of one policy run."""
+    scores: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    pairs = 0
+
+    def score(ids: Sequence[str]) -> dict[str, float]:
+        nonlocal pairs
+        got, failed, scored = _score_candidates(state, ids, rerank_query, reranker, gallery, settings, cache,
+                                                frame_cache)
+        scores.update(got)
+        failures.update(failed)
+        pairs += scored
+        return got
+
+    outcome = apply_policy(state.recalled, score, policy)
+    return outcome, scores, failures, pairs
+
+
 def _score_candidates(
-    state: QueryState, rerank_query: RerankQuery, reranker: Reranker, gallery: PinnedGallery, settings: R3Settings,
-    cache: StageCache, frame_cache: StageCache, k: int,
+    state: QueryState, ids: Sequence[str], rerank_query: RerankQuery, reranker: Reranker, gallery: PinnedGallery,
+    settings: R3Settings, cache: StageCache, frame_cache: StageCache,
 ) -> tuple[dict[str, float], dict[str, str], int]:
-    """(scores by id, failure reason by id, pairs the model scored) for the top `k`: cached scores first,
-    the rest in one call, or one by one when that call fails."""
+    """(scores by id, failure reason by id, pairs the model scored) for these recalled ids: cached scores
+    first, the rest in one call, or one by one when that call fails."""
     scores: dict[str, float] = {}
     failures: dict[str, str] = {}
     missing: list[RerankCandidate] = []
     keys: dict[str, str] = {}
-    for item_id, _ in state.recalled[:k]:
+    for item_id in ids:
         record = gallery.records[item_id]
         keys[item_id] = stage_key(
             "rerank", rerank_query.text, rerank_query.instruction,
@@ -485,6 +516,7 @@ def result_of(state: QueryState, lineage: dict) -> dict:
         "reasoning": state.reasoning.text if state.reasoning is not None else None,
         "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
         "gate": {"agreement": state.agreement, "source_similarity": state.source_similarity, "used": state.gate_used},
+        "rerank": state.rerank_decision,
         "error": state.error,
         "warnings": list(state.warnings),
         "lineage": lineage,

@@ -36,3 +36,28 @@ def test_sweep_of_an_arm_without_reranker_scores_is_the_recall_order() -> None:
     results = [_result("q", {"a": 0.9, "hit": 0.8}, {}, k=0)]
     sweep = reranker_weight_sweep(results, {"q": {"hit": 1}}, weights=[0.0, 1.0])
     assert [row["metrics"]["R@1"] for row in sweep] == [0.0, 0.0]
+
+
+def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
+    from r3tasks.evaluation import arms
+
+    assert [a.name for a in arms(50)] == ["base", "+rerank", "+reasoning", "+reasoning+rerank"]
+    assert [a.name for a in arms(50, policy_is_reference=False)][:3] == ["base", "+rerank", "+rerank (policy)"]
+    assert [a.name for a in arms(0)] == ["base", "+reasoning"]
+    chosen = arms(50, ["base", "+rerank"])
+    assert [a.name for a in chosen] == ["base", "+rerank"]
+    # The scoring arm runs R^3's fixed depth whatever the settings' policy is.
+    assert chosen[1].overrides["query"]["rerank_start_depth"] is None
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown eval arm"):
+        arms(50, ["rerank"])
+
+
+def test_split_record_says_dev_for_a_held_out_run_and_names_the_queries() -> None:
+    from r3tasks.evaluation import split_line, split_record
+
+    dev = split_record("egocvr", "global, queries from #500", 500, 200, 200)
+    assert dev["role"] == "dev" and (dev["first_query"], dev["last_query"]) == (500, 699)
+    assert "queries #500-#699" in split_line(dev)
+    assert split_record("egocvr", "global", 0, 100, 100)["role"] == "reported"

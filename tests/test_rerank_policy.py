@@ -1,0 +1,120 @@
+"""The protected rerank stage: gates, adaptive depth, and replay of stored scores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from r3tasks.evaluation import policy_grid, policy_sweep
+from r3tasks.fusion import rerank_topk
+from r3tasks.models.registry import query_templates
+from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings, stored_scorer
+from r3tasks.settings import load_settings
+
+RECALLED = [(f"c{i}", 1.0 - i * 0.01) for i in range(20)]
+
+
+class CountingScorer:
+    """Raw reranker scores from a table; remembers which ids it was asked for."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    def __call__(self, ids):
+        self.asked += list(ids)
+        return {i: self.table[i] for i in ids if i in self.table}
+
+
+def test_reference_policy_is_r3_fixed_depth() -> None:
+    table = {f"c{i}": float(i % 7) for i in range(20)}
+    scorer = CountingScorer(table)
+    outcome = apply_policy(RECALLED, scorer, RerankPolicy(depth=10))
+    assert outcome.pairs == 10 and outcome.depth == 10 and outcome.gate is None
+    assert sorted(scorer.asked) == sorted(f"c{i}" for i in range(10))
+    assert outcome.ranked == rerank_topk(RECALLED, table, 10, 0.4, 0.6)
+
+
+def test_adaptive_depth_stops_when_the_reranker_singles_one_out() -> None:
+    # c2 is far ahead of the others inside the top 5: no need to look deeper.
+    table = {f"c{i}": 0.0 for i in range(20)} | {"c2": 3.0}
+    scorer = CountingScorer(table)
+    outcome = apply_policy(RECALLED, scorer, RerankPolicy(depth=20, start_depth=5, widen_margin=1.0))
+    assert outcome.pairs == 5 and outcome.depth == 5
+    assert outcome.ranked[0].id == "c2"
+
+
+def test_adaptive_depth_widens_while_uncertain_and_finds_a_deep_target() -> None:
+    # Flat scores in the top 10; the one the reranker knows sits at recall rank 15.
+    table = {f"c{i}": 0.0 for i in range(20)} | {"c15": 5.0}
+    scorer = CountingScorer(table)
+    outcome = apply_policy(RECALLED, scorer, RerankPolicy(depth=20, start_depth=5, widen_margin=1.0))
+    assert outcome.depth == 20 and outcome.pairs == 20  # 5 -> 10 -> 20, each id asked once
+    assert len(scorer.asked) == len(set(scorer.asked)) == 20
+    assert outcome.ranked[0].id == "c15"
+
+
+def test_recall_margin_gate_keeps_a_confident_recall_without_asking_the_reranker() -> None:
+    recalled = [("sure", 0.9), ("b", 0.5), ("c", 0.45)]
+    scorer = CountingScorer({"sure": 0.0, "b": 9.0, "c": 0.0})
+    outcome = apply_policy(recalled, scorer, RerankPolicy(depth=3, recall_margin_gate=0.2))
+    assert outcome.gate == "recall_margin" and outcome.pairs == 0 and scorer.asked == []
+    assert [item.id for item in outcome.ranked] == ["sure", "b", "c"]
+    # A narrow margin: the reranker decides.
+    close = [("sure", 0.9), ("b", 0.85), ("c", 0.45)]
+    assert apply_policy(close, scorer, RerankPolicy(depth=3, recall_margin_gate=0.2)).ranked[0].id == "b"
+
+
+def test_flat_gate_keeps_recall_order_when_reranker_cannot_tell_candidates_apart() -> None:
+    table = {f"c{i}": 0.001 * (i % 2) for i in range(20)}
+    outcome = apply_policy(RECALLED, CountingScorer(table), RerankPolicy(depth=10, flat_gate=0.01))
+    assert outcome.gate == "flat" and outcome.pairs == 10
+    assert [item.id for item in outcome.ranked] == [i for i, _ in RECALLED]
+
+
+def test_policy_settings_default_to_the_reference_and_preset_values_can_be_overridden() -> None:
+    assert policy_from_settings(load_settings(preset="qwen3vl").query).is_reference
+    custom = load_settings(preset="qwen3vl", query={"rerank_start_depth": 5, "rerank_widen_margin": 0.3})
+    policy = policy_from_settings(custom.query)
+    assert policy.depths(50) == [5, 10, 20, 40, 50]
+    with pytest.raises(ValueError):
+        load_settings(query={"rerank_depth_growth": 1.0})
+
+
+def _stored(query_id: str, table: dict[str, float], k: int) -> dict:
+    return {"id": query_id, "ranked": [asdict(i) for i in rerank_topk(RECALLED, table, k, 0.4, 0.6)]}
+
+
+def test_replay_on_stored_scores_equals_running_the_policy() -> None:
+    tables = [{f"c{i}": float((i * (n + 3)) % 11) for i in range(20)} for n in range(6)]
+    results = [_stored(f"q{n}", t, 20) for n, t in enumerate(tables)]
+    qrels = {f"q{n}": {f"c{(n * 3) % 20}": 1} for n in range(6)}
+    policy = RerankPolicy(depth=20, start_depth=5, widen_margin=2.0, recall_margin_gate=0.5)
+    [row] = policy_sweep(results, qrels, [("p", policy)])
+    live = [apply_policy(RECALLED, CountingScorer(t), policy) for t in tables]
+    assert row["pairs_per_query"] == sum(o.pairs for o in live) / 6
+    recalled, _, depth = stored_scorer(results[0]["ranked"])
+    assert recalled == RECALLED and depth == 20
+    grid = dict(policy_grid(results, RerankPolicy(depth=20)))
+    assert grid["reference"].is_reference and "fixed depth 5" in grid
+
+
+def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
+    reference = load_settings(preset="tiny")
+    assert query_templates(reference).base_template == "Reference video after edit instruction: {edit}"
+    offline = load_settings(preset="offline")
+    assert query_templates(offline).base_template == "{edit}"
+    assert query_templates(offline).source_text_template == "{source_text}"
+    explicit = load_settings(preset="offline", query={"base_template": "Edit: {edit}"})
+    assert query_templates(explicit).base_template == "Edit: {edit}"
+    assert query_templates(explicit).source_text_template == "{source_text}"
+
+
+def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
+    shipped = policy_from_settings(load_settings(preset="offline").query)
+    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_margin_gate == 0.08
+    back = policy_from_settings(
+        load_settings(preset="offline", query={"rerank_k": 50, "rerank_recall_margin_gate": None}).query
+    )
+    assert back.is_reference and back.depth == 50
