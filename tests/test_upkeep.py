@@ -141,3 +141,39 @@ def test_cli_galleries_lists_and_prunes_retired_tables(tmp_path: Path, monkeypat
     assert cli_main(["galleries", "--prune", "--home", str(tmp_path), "--json"]) == 0
     pruned = json.loads(capsys.readouterr().out)
     assert pruned["dropped"] == ["gallery_default_retired-model-00"] and pruned["galleries"] == []
+
+
+def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from flows.writers import WriterBusy, writer_slot
+    from tests.conftest import fake_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no server: the file lock alone
+    settings = fake_settings(tmp_path, upkeep={"writer_wait_seconds": 0})
+    store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from flows.writers import writer_slot
+        from r3tasks.gallery import GalleryStore
+        from tests.conftest import fake_settings
+        from pathlib import Path
+        store = GalleryStore({str(tmp_path / "db")!r}, "gallery", "model-a-0123456789", 8)
+        with writer_slot(store, fake_settings(Path({str(tmp_path)!r}))):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WriterBusy, match="being written by another run.*not waiting"):
+            with writer_slot(store, settings):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with writer_slot(store, settings):  # the kernel freed the dead writer's lock: no lease to wait out
+        pass
