@@ -2,14 +2,17 @@
 
 Every commit (upsert, delete) and the upkeep of `index_gallery` holds the table's writer slot; a second
 writer waits up to `upkeep.writer_wait_seconds`, or is refused at once when that is 0, with a line
-naming the table. The slot is two locks, each for the case the other cannot cover:
+naming the table. Which lock the slot is depends on where the table lives:
 
-- a Prefect global concurrency limit of 1 per table, when a Prefect server is configured
-  (`PREFECT_API_URL`): it spans machines (workers on other hosts, an s3:// gallery). A writer killed
-  with -9 loses its slot when its lease (`upkeep.writer_lease_seconds`) runs out and the server's
-  repossessor frees it. Prefect's temporary per-process server keeps leases in memory and runs no
-  repossessor, so there a killed holder would block the table for good: the limit is not used then.
-- an OS file lock (flock) beside a local table: the kernel releases it when its holder dies, however it dies.
+- a local table: an OS file lock (flock) beside it. The kernel releases it when its holder dies,
+  however it dies (kill -9 included), and every writer of a local table runs on this machine.
+- a remote table (s3:// and other object stores), where no file lock exists: a Prefect global
+  concurrency limit of 1 per table, which spans machines; it needs a Prefect server
+  (`PREFECT_API_URL`). A writer killed with -9 loses its slot when its lease
+  (`upkeep.writer_lease_seconds`) runs out and the server's repossessor frees it. The limit is not
+  used for local tables because Prefect's temporary and test servers keep leases in memory and run no
+  repossessor: a killed holder would block the table for good (measured: the rerun after a kill -9
+  waited out its 300 s timeout).
 
 Per commit, not per run: two concurrent runs interleave their commits; upserts by id converge either way.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -99,8 +103,12 @@ def writer_slot(store: GalleryStore, settings: R3Settings) -> Iterator[str]:
         lock_path = _local_lock_path(store)
         if lock_path is not None:
             held.enter_context(_file_lock(lock_path, wait, f"{busy} (lock {lock_path})"))
-        if _server_configured():
+        elif _server_configured():
             held.enter_context(_prefect_slot(name, wait, f"{busy} (concurrency limit {name})", settings))
+        else:
+            logging.getLogger(__name__).warning(
+                "gallery table %s at %s: no writer lock (a remote table needs a Prefect server, PREFECT_API_URL); "
+                "run one writer at a time", store.name, store.uri)
         yield name
 
 

@@ -406,8 +406,8 @@ class UpkeepSettings(_Section):
     id_index: bool = Field(True, description="Keep a BTREE scalar index on `id` (upserts and deletes match on it).")
     writer_wait_seconds: float = Field(
         600.0, ge=0, description="How long a write (index run, refresh, eval indexing) waits for another writer of "
-        "the same table to finish; 0 refuses at once. Enforced by a lock file beside a local table and, with a Prefect "
-        "server configured, a Prefect global concurrency limit (flows/writers.py)."
+        "the same table to finish; 0 refuses at once. Enforced by a lock file beside a local table, and for a remote "
+        "(s3://) table by a Prefect global concurrency limit on the configured server (flows/writers.py)."
     )
     writer_lease_seconds: float = Field(
         60.0, ge=60, description="Lease of the writer slot, renewed while the writer runs: a writer killed "

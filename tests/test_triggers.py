@@ -88,7 +88,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "R3_SERVER_DIR": str(root / "server"), "PREFECT_HOME": str(root / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
         "R3_HOME": str(home), "R3_MODELS__EMBEDDER": "fake-text", "R3_MODELS__REASONER": "fake",
-        "R3_MODELS__RERANKER": "fake", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        "R3_MODELS__RERANKER": "fake",
+        # The fake reranker (word overlap) decides the top-1 this test checks; the offline preset's recall-margin
+        # gate would keep the fake embedder's order instead.
+        "R3_QUERY__RERANK_RECALL_MARGIN_GATE": "null", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
     })
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=240)
