@@ -47,6 +47,7 @@ BENCHMARKS = {
     "memory": "benchmarks.memory",
     "rerank": "benchmarks.rerank",
     "recall": "benchmarks.recall",
+    "query_batch": "benchmarks.query_batch",
 }
 
 

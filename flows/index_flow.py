@@ -31,7 +31,8 @@ from flows.common import (
     stable_hash,
 )
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryRow, GalleryStore
+from r3tasks.gallery import GalleryRow
+from r3tasks.store import open_store  # re-exported: callers import it from here
 from r3tasks.indexing import (
     EmbeddedBatch,
     IndexPlan,
@@ -51,19 +52,6 @@ from r3tasks.sources import KeyedItem
 
 
 PROGRESS_SECONDS = 2.0
-
-
-def open_store(settings: R3Settings) -> GalleryStore:
-    embedder = shared_embedder(settings)
-    return GalleryStore(
-        settings.gallery_uri,
-        settings.gallery.table_prefix,
-        embedder.fingerprint,
-        embedder.dim,
-        storage_options=settings.gallery.storage_options,
-        settings=settings.gallery,
-        gallery=settings.gallery.name,
-    )
 
 
 @task(name="fingerprint-content", cache_policy=NONE)

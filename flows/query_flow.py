@@ -19,8 +19,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from flows.common import code_version, flow_settings, retry_on_transient
-from flows.index_flow import open_store
-from r3tasks import retrieval, validate
+from r3tasks import retrieval, store, validate
 from r3tasks.gallery import PinnedGallery
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
 from r3tasks.queries import ComposedQuery, Query
@@ -38,7 +37,7 @@ def _caches(settings: R3Settings) -> dict[str, StageCache]:
 
 
 def _pinned(settings: R3Settings, version: int) -> PinnedGallery:
-    return open_store(settings).pin(version)
+    return store.pinned(settings, version)  # one view per batch: metadata and vectors read once
 
 
 def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None, version: int, n: int) -> None:
@@ -60,7 +59,7 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
 
 @task(name="pin-gallery-version", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def pin_task(settings: R3Settings, version: int | None) -> int:
-    gallery = open_store(settings).pin(version)
+    gallery = store.pinned(settings, version)
     retrieval.ensure_gallery_not_empty(gallery)
     return gallery.ref.version
 
@@ -225,7 +224,10 @@ def query_batch(
         states.extend(chunk_states)
         update_progress_artifact(progress, 100.0 * number / len(chunks))
         logger.info("answered %d/%d queries", len(states), len(loaded))
-    payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
+    try:
+        payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
+    finally:
+        store.release(settings, version)  # the batch is answered: its vector matrix need not stay in RAM
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),
