@@ -335,6 +335,13 @@ class QuerySettings(_Section):
     final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
     final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
+    stage_chunk: int = Field(
+        16,
+        ge=1,
+        description="Queries per model-stage task of a batch (reasoning, embedding, rerank): the batch a model "
+        "sees at once (padding within a batch can move a score in the last bits) and how often progress shows. "
+        "Recall is one task over the whole batch whatever this is.",
+    )
 
 
 class DataSettings(_Section):
