@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -32,6 +33,7 @@ from flows.common import (
 )
 from r3tasks.errors import R3Error
 from r3tasks.gallery import GalleryRow
+from r3tasks.stagecache import prune_older_than
 from r3tasks.store import open_store  # re-exported: callers import it from here
 from r3tasks.indexing import (
     EmbeddedBatch,
@@ -221,7 +223,10 @@ def index_gallery(
     to_embed = batches(plan.to_embed, settings.index.batch_size)
     progress_id = create_progress_artifact(0.0, key="index-progress", description="Items embedded this run")
     io_retries = {"retries": settings.index.retries, "retry_delay_seconds": settings.index.retry_delay_seconds}
-    embed = embed_batch_task.with_options(result_storage=storage, **io_retries)
+    expiry = settings.index.result_expiration_s
+    prune_older_than(storage, expiry)  # expired batch results: the gallery table keeps the vectors
+    embed = embed_batch_task.with_options(result_storage=storage, **io_retries,
+                                          cache_expiration=dt.timedelta(seconds=expiry) if expiry else None)
     upsert = upsert_task.with_options(**io_retries)
     written_ids: set[str] = set()
     done = 0

@@ -30,9 +30,17 @@ from r3tasks.settings import R3Settings
 from r3tasks.stagecache import StageCache
 
 
+# The running batch's stage caches by cache folder: one set per batch, so its hits and misses add up.
+_batch_caches: dict[str, dict[str, StageCache]] = {}
+
+
 def _caches(settings: R3Settings) -> dict[str, StageCache]:
     root = settings.cache_dir
-    return {name: StageCache(root, name) for name in ("frames", "reasoning", "query-embedding", "rerank")}
+    if str(root) not in _batch_caches:
+        bound = settings.query.stage_cache_max_bytes
+        _batch_caches[str(root)] = {name: StageCache(root, name, bound)
+                                    for name in ("frames", "reasoning", "query-embedding", "rerank")}
+    return _batch_caches[str(root)]
 
 
 def _pinned(settings: R3Settings, version: int) -> PinnedGallery:
@@ -46,8 +54,8 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
                 "stage": stage,
                 "queries": n,
                 "model fingerprint": fingerprint or "-",
-                "cache hits": cache.hits if cache else 0,
-                "cache misses": cache.misses if cache else 0,
+                "cache hits (batch so far)": cache.hits if cache else 0,
+                "cache misses (batch so far)": cache.misses if cache else 0,
                 "gallery version": version,
             }
         ],
@@ -127,6 +135,7 @@ def results_task(
             s.ranked and s.ranked[0].reranker_score is not None for s in states) else None,
         "settings_hash": settings.settings_hash(),
         "code_version": code_version(),
+        "cache": {name: cache.counts() for name, cache in _caches(settings).items()},
     }
     run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     sheets = batch_output.contact_sheets(states, gallery, settings, run_dir, _caches(settings)["frames"],
@@ -160,6 +169,7 @@ def query_batch(
 ) -> dict:
     """Answer a batch of composed and text queries against one pinned version of gallery GALLERY."""
     settings = flow_settings(preset, home, overrides, gallery)
+    _batch_caches.pop(str(settings.cache_dir), None)  # this batch's hits and misses start at zero
     loaded = validate.query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
     logger = get_run_logger()
     version = pin_task(settings, gallery_version)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from r3tasks import cachekeys
 from r3tasks.errors import ItemError, R3Error
 from r3tasks.frames import SampledFrames, policy_from_settings, read_frames
 from r3tasks.fusion import RankedItem, rerank_topk
@@ -122,13 +123,10 @@ def source_frames(
 
 
 # -- reasoning -------------------------------------------------------------------------------------
-def reasoning_key(state: QueryState, reasoner_fingerprint: str, prompt_version: str, settings: R3Settings) -> str:
+def reasoning_key(state: QueryState, reasoner: Reasoner, settings: R3Settings) -> str:
     query = state.query
     assert isinstance(query, ComposedQuery) and state.source is not None
-    return stage_key(
-        "reasoning", state.source.content_key, state.source.text, query.edit, reasoner_fingerprint, prompt_version,
-        settings.settings_hash("frames"),
-    )
+    return cachekeys.reasoning_key(reasoner, state.source.text, state.source.content_key, query.edit, settings)
 
 
 def run_reasoning(
@@ -139,7 +137,7 @@ def run_reasoning(
     for state in states:
         if not (state.ok and isinstance(state.query, ComposedQuery) and settings.query.use_reasoning):
             continue
-        key = reasoning_key(state, reasoner.fingerprint, reasoner.prompt_version, settings)
+        key = reasoning_key(state, reasoner, settings)
         cached = cache.get(key)
         if cached is not None:
             state.reasoning = cached
@@ -236,10 +234,8 @@ def _embed_query(
     )
 
     def embed(all_texts: list[str]) -> np.ndarray:
-        key = stage_key(
-            "query-embedding", all_texts, state.source.content_key if state.source else None,
-            embedder.fingerprint, instruction, settings.settings_hash("frames"),
-        )
+        key = cachekeys.embedding_key(embedder, all_texts, instruction,
+                                      state.source.content_key if state.source else None, settings)
         vectors = cache.get(key)
         if vectors is None:
             inputs = [
@@ -354,11 +350,8 @@ def _score_candidates(
     keys: dict[str, str] = {}
     for item_id, _ in state.recalled[:k]:
         record = gallery.records[item_id]
-        keys[item_id] = stage_key(
-            "rerank", rerank_query.text, rerank_query.instruction,
-            state.source.content_key if state.source else None, record.content_key,
-            reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
-        )
+        keys[item_id] = cachekeys.rerank_key(reranker, rerank_query, state.source.content_key if state.source else None,
+                                             record.content_key, settings)
         cached = cache.get(keys[item_id])
         if cached is not None:
             scores[item_id] = cached
