@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import REPO_ROOT, Context, Result
+from benchmarks.memory_child import _proc_status
 
 TITLE = "Query batch: recall stage and whole flow vs the numpy floor"
 SIZES_FULL = [(100_000, 384), (100_000, 2048), (1_000_000, 384)]
@@ -110,14 +111,6 @@ def _write_queries(folder: Path, rows: int, n: int) -> dict[str, Path]:
 
 
 # -- child: measure -------------------------------------------------------------------------------
-def _hwm() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _floor_s(vectors: np.ndarray, matrix: np.ndarray) -> float:
     """One product of every query vector with the gallery, in the score chunks r3 uses; best of two."""
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -171,7 +164,7 @@ def measure(home: Path, rows: int, dim: int, n: int) -> dict[str, Any]:
             "flow_stage_s": payload.get("stage_seconds", {}), "failed": len(failed) + sum(
                 1 for r in payload["results"] if r["error"]), "first_error": failed[0] if failed else None,
         }
-    out["peak_rss_bytes"] = _hwm()
+    out["peak_rss_bytes"] = _proc_status()["VmHWM"]
     return out
 
 
