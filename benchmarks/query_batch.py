@@ -227,16 +227,20 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
             result.row(f"whole batch (Prefect flow) / floor, {n:,} {kind} queries, {size}", batch_ratio, "x",
                        f"≤ {BATCH_TARGET}x at 100k rows" if at_100k else "",
                        batch_ratio <= BATCH_TARGET if at_100k else None)
+            stages = k["flow_stage_s"]
+            models = sum(stages.get(name, 0.0) for name in ("validate", "reasoning", "embedding"))
+            rest = k["batch_s"] - sum(stages.values())  # pin, results and contact sheets, flow start and end
             table.append([size, kind, k["query_vectors"], f"{n / k['floor_s']:,.0f}", f"{n / k['recall_s']:,.0f}",
-                          f"{recall_ratio:.2f}", f"{n / k['batch_s']:,.1f}", f"{batch_ratio:.1f}",
-                          f"{k['flow_stage_s'].get('recall', float('nan')):.2f}", k["failed"]])
+                          f"{recall_ratio:.2f}", f"{n / k['batch_s']:,.1f}", f"{batch_ratio:.0f}",
+                          f"{models:.1f}", f"{stages.get('recall', float('nan')):.2f}", f"{rest:.1f}", k["failed"]])
         result.table(f"Peak memory, {size}", ["matrix", "peak RSS", "peak / matrix", "pin s", "load matrix s"],
                      [[f"{m['matrix_bytes'] / 2**20:,.0f} MiB", f"{m['peak_rss_bytes'] / 2**20:,.0f} MiB",
                        f"{m['peak_rss_bytes'] / m['matrix_bytes']:.2f}", f"{m['pin_s']:.2f}",
                        f"{m['load_matrix_s']:.2f}"]])
     result.table("Queries/s per batch of 1,000 (hashing embedder, echo reasoner, rerank off)",
                  ["rows x dim", "queries", "query vectors", "floor q/s", "recall q/s", "recall / floor",
-                  "whole batch q/s", "batch / floor", "flow recall stage s", "failed"], table)
+                  "whole batch q/s", "batch / floor", "flow: validate + reasoning + embedding s",
+                  "flow: recall s", "flow: pin, results, sheets, start/end s", "failed"], table)
     result.note("Floor: one float32 product of all query vectors (base + reasoning) with the unit gallery matrix, "
                 "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `retrieval.recall` on the whole "
                 "batch with the pinned gallery already in memory. Whole batch: `query_batch` through Prefect, "
