@@ -99,14 +99,48 @@ def _recall_group(members: list["QueryState"], exact: ExactMatrix, group: str | 
         if column_order is not None:
             scores = scores[:, column_order]
         zero = np.concatenate([np.einsum("ij,ij->i", u, u) == 0 for u in units])
-        scores = scores.astype(np.float64)
         scores[zero] = -np.inf  # a zero vector returns nothing, as in a LanceDB search
         at = 0
         for state, unit in zip(chunk, units):
             rows = scores[at : at + len(unit)]
             at += len(unit)
             nb = len(state.base_vectors)  # type: ignore[arg-type]
-            _fuse_into(state, rows[:nb], rows[nb] if state.reasoning_vector is not None else None, ids, settings)
+            if state.reasoning_vector is None:
+                _base_only(state, rows, ids, settings)
+            else:
+                rows = rows.astype(np.float64)  # fusion arithmetic in float64, as on the per-query path
+                _fuse_into(state, rows[:nb], rows[nb], ids, settings)
+
+
+def _base_only(state: "QueryState", rows: np.ndarray, ids: np.ndarray, settings: R3Settings) -> None:
+    """No reasoning vector: the fused scores are the base scores (max over base rows), so the top-K is taken
+    on the float32 product itself; widening to float64 changes neither the order nor any value."""
+    scores = rows[0] if len(rows) == 1 else rows.max(axis=0)
+    exclude = {state.source.item_id} if state.source is not None and state.source.item_id else set()
+    state.agreement, state.gate_used = None, False
+    state.recalled = _top(scores, ids, settings.query.recall_k, exclude)
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    """`fusion.top_k` for scores that hold no NaN and no +inf (products of finite unit vectors, -inf for a
+    zero query): the same pairs, without its pass that cleans non-finite values."""
+    n, m = len(scores), k + len(exclude)
+    if m < n:
+        candidates = np.argpartition(scores, n - m)[n - m :]
+        candidates = np.flatnonzero(scores >= scores[candidates].min())  # every tie of the m-th best
+    else:
+        candidates = np.arange(n)
+    out: list[tuple[str, float]] = []
+    for i in candidates[np.argsort(-scores[candidates], kind="stable")]:
+        score = float(scores[i])
+        if score == -np.inf:
+            break
+        if ids[i] in exclude:
+            continue
+        out.append((ids[i], score))
+        if len(out) == k:
+            break
+    return out
 
 
 def _width(state: "QueryState") -> int:
