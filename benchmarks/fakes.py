@@ -135,3 +135,38 @@ def register() -> None:
     register_backend("embedder", HASH_VIDEO, "benchmarks.fakes:load_hash_video")
     register_backend("embedder", HASH_VIDEO_SERIAL, "benchmarks.fakes:load_hash_video_serial")
     register_backend("embedder", COUNTED_QWEN3VL, "benchmarks.fakes:load_counted_qwen3vl")
+
+
+class EchoReasoner:
+    """A reasoner that costs nothing: the source's caption with the edit appended (a second query vector set)."""
+
+    fingerprint = "bench-echo-reasoner-1"
+    prompt_version = "p1"
+
+    def reason(self, requests):  # type: ignore[no-untyped-def]
+        from r3tasks.models.base import Reasoning
+
+        return [Reasoning(text=f"{r.source_text or 'a video'}, after: {r.edit}", raw="", thinking="") for r in requests]
+
+
+def load_hash_text_384(settings: R3Settings) -> CountingEmbedder:
+    return CountingEmbedder(HashEmbedder(dim=384, uses_frames=False))
+
+
+def load_hash_text_2048(settings: R3Settings) -> CountingEmbedder:
+    return CountingEmbedder(HashEmbedder(dim=2048, uses_frames=False))
+
+
+def load_echo_reasoner(settings: R3Settings) -> EchoReasoner:
+    return EchoReasoner()
+
+
+# Text embedders at MiniLM's and Qwen3-VL-2B's widths, and the free reasoner, for the query-batch benchmark.
+HASH_TEXT_DIMS = {384: "bench-hash-text-384", 2048: "bench-hash-text-2048"}
+ECHO_REASONER = "bench-echo"
+
+
+def register_query_batch() -> None:
+    register_backend("embedder", HASH_TEXT_DIMS[384], "benchmarks.fakes:load_hash_text_384")
+    register_backend("embedder", HASH_TEXT_DIMS[2048], "benchmarks.fakes:load_hash_text_2048")
+    register_backend("reasoner", ECHO_REASONER, "benchmarks.fakes:load_echo_reasoner")

@@ -8,7 +8,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR
 
-ORDER = ["frames", "index_refresh", "recall", "rerank", "orchestration", "memory"]
+ORDER = ["frames", "index_refresh", "recall", "query_batch", "query_batch_main", "rerank", "orchestration", "memory"]
 
 
 def _fmt(value: float | None, unit: str) -> str:

@@ -48,6 +48,7 @@ BENCHMARKS = {
     "rerank": "benchmarks.rerank",
     "recall": "benchmarks.recall",
     "rerank_depth": "benchmarks.rerank_depth",
+    "query_batch": "benchmarks.query_batch",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -31,7 +32,9 @@ from flows.common import (
     stable_hash,
 )
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryRow, GalleryStore
+from r3tasks.gallery import GalleryRow
+from r3tasks.stagecache import prune_older_than
+from r3tasks.store import open_store  # re-exported: callers import it from here
 from r3tasks.indexing import (
     EmbeddedBatch,
     IndexPlan,
@@ -51,19 +54,6 @@ from r3tasks.sources import KeyedItem
 
 
 PROGRESS_SECONDS = 2.0
-
-
-def open_store(settings: R3Settings) -> GalleryStore:
-    embedder = shared_embedder(settings)
-    return GalleryStore(
-        settings.gallery_uri,
-        settings.gallery.table_prefix,
-        embedder.fingerprint,
-        embedder.dim,
-        storage_options=settings.gallery.storage_options,
-        settings=settings.gallery,
-        gallery=settings.gallery.name,
-    )
 
 
 @task(name="fingerprint-content", cache_policy=NONE)
@@ -255,7 +245,10 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
     to_embed = batches(plan.to_embed, settings.index.batch_size)
     progress_id = create_progress_artifact(0.0, key="index-progress", description="Items embedded this run")
     io_retries = {"retries": settings.index.retries, "retry_delay_seconds": settings.index.retry_delay_seconds}
-    embed = embed_batch_task.with_options(result_storage=storage, **io_retries)
+    expiry = settings.index.result_expiration_s
+    prune_older_than(storage, expiry)  # expired batch results: the gallery table keeps the vectors
+    embed = embed_batch_task.with_options(result_storage=storage, **io_retries,
+                                          cache_expiration=dt.timedelta(seconds=expiry) if expiry else None)
     upsert = upsert_task.with_options(**io_retries)
     written_ids: set[str] = set()
     done = 0

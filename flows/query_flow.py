@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -18,27 +18,34 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
+from flows.assets import record_results
 from flows.common import code_version, flow_settings, retry_on_transient
-from flows.index_flow import open_store
-from r3tasks import retrieval, validate
+from r3tasks import batch_output, retrieval, store, validate
+from r3tasks.batch_output import covrr_submission  # noqa: F401 - re-exported for callers of the old name
 from r3tasks.gallery import PinnedGallery
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
 from r3tasks.queries import ComposedQuery, Query
-from r3tasks.report import contact_sheet, markdown_report
+from r3tasks.report import markdown_report
 from r3tasks.retrieval import QueryState
 from r3tasks.settings import R3Settings
 from r3tasks.stagecache import StageCache
 
-CHUNK = 16  # queries per stage task: small enough for visible progress, large enough for batching
+
+# The running batch's stage caches by cache folder: one set per batch, so its hits and misses add up.
+_batch_caches: dict[str, dict[str, StageCache]] = {}
 
 
 def _caches(settings: R3Settings) -> dict[str, StageCache]:
     root = settings.cache_dir
-    return {name: StageCache(root, name) for name in ("frames", "reasoning", "query-embedding", "rerank")}
+    if str(root) not in _batch_caches:
+        bound = settings.query.stage_cache_max_bytes
+        _batch_caches[str(root)] = {name: StageCache(root, name, bound)
+                                    for name in ("frames", "reasoning", "query-embedding", "rerank")}
+    return _batch_caches[str(root)]
 
 
 def _pinned(settings: R3Settings, version: int) -> PinnedGallery:
-    return open_store(settings).pin(version)
+    return store.pinned(settings, version)  # one view per batch: metadata and vectors read once
 
 
 def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None, version: int, n: int) -> None:
@@ -48,8 +55,8 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
                 "stage": stage,
                 "queries": n,
                 "model fingerprint": fingerprint or "-",
-                "cache hits": cache.hits if cache else 0,
-                "cache misses": cache.misses if cache else 0,
+                "cache hits (batch so far)": cache.hits if cache else 0,
+                "cache misses (batch so far)": cache.misses if cache else 0,
                 "gallery version": version,
             }
         ],
@@ -62,8 +69,7 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
 def pin_task(settings: R3Settings, version: int | str | None) -> int:
     from r3tasks.upkeep import resolve_version
 
-    store = open_store(settings)
-    gallery = store.pin(resolve_version(store, version))
+    gallery = store.pinned(settings, resolve_version(store.open_store(settings), version))
     retrieval.ensure_gallery_not_empty(gallery)
     return gallery.ref.version
 
@@ -132,9 +138,11 @@ def results_task(
             s.ranked and s.ranked[0].reranker_score is not None for s in states) else None,
         "settings_hash": settings.settings_hash(),
         "code_version": code_version(),
+        "cache": {name: cache.counts() for name, cache in _caches(settings).items()},
     }
     run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
-    sheets = _contact_sheets(states, gallery, settings, run_dir)
+    sheets = batch_output.contact_sheets(states, gallery, settings, run_dir, _caches(settings)["frames"],
+                                         get_run_logger())
     results = [retrieval.result_of(state, lineage) for state in states]
     report = markdown_report(results, sheets)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,52 +153,10 @@ def results_task(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(payload, indent=2))
     if covrr_out:
-        Path(covrr_out).write_text(json.dumps(covrr_submission(states), indent=2))
+        Path(covrr_out).write_text(json.dumps(batch_output.covrr_submission(states), indent=2))
     create_markdown_artifact(report, key="query-report", description="Each query's reasoning and top-5.")
     create_link_artifact(run_dir.as_uri(), link_text="contact sheets and results", key="query-artifacts")
     return payload
-
-
-def _contact_sheets(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings, run_dir: Path) -> dict:
-    sheets = {}
-    frame_cache = _caches(settings)["frames"]
-    for state in states:
-        if not state.ok:
-            continue
-        try:
-            sheets[state.query.id] = _contact_sheet(state, gallery, settings, run_dir, frame_cache)
-        except Exception as error:  # noqa: BLE001 - a picture must never cost the batch its results
-            state.warnings.append(f"no contact sheet: {retrieval.reason_of(error)}")
-            get_run_logger().warning("%s: no contact sheet: %s", state.query.id, retrieval.reason_of(error))
-    return sheets
-
-
-def _contact_sheet(state: QueryState, gallery: PinnedGallery, settings: R3Settings, run_dir: Path,
-                   frame_cache: StageCache) -> Path:
-    source_frames: list = []
-    source_label, source_caption = state.query.id, getattr(state.query, "text", None)
-    if state.source is not None:
-        source_caption = state.source.text
-        if state.source.path is not None:
-            sampled = retrieval.source_frames(state.source, "rerank", settings, frame_cache)
-            if sampled is not None:
-                step = max(1, len(sampled.frames) // 4)
-                source_frames = list(sampled.frames[::step][:4])
-    candidates = []
-    for item in state.ranked[:5]:
-        record = gallery.records[item.id]
-        candidates.append((item.id, record.path, record.text, item.score))
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in state.query.id)[:80]
-    return contact_sheet(run_dir / f"{safe}.png", source_frames, source_label, source_caption, candidates)
-
-
-def covrr_submission(states: Sequence[QueryState]) -> dict:
-    """CoVR-R's submission layout: {section: {query id: [target ids best first]}}."""
-    out: dict[str, dict[str, list[str]]] = {}
-    for state in states:
-        section = getattr(state.query, "section", None) or "default"
-        out.setdefault(section, {})[state.query.id] = [item.id for item in state.ranked]
-    return out
 
 
 @flow(name="query-batch", log_prints=True)
@@ -210,32 +176,44 @@ def query_batch(
     None for the latest.
     """
     settings = flow_settings(preset, home, overrides, gallery)
+    _batch_caches.pop(str(settings.cache_dir), None)  # this batch's hits and misses start at zero
     loaded = validate.query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
     logger = get_run_logger()
     version = pin_task(settings, gallery_version)
     logger.info("%d queries against gallery version %d", len(loaded), version)
-    chunks = [loaded[i : i + CHUNK] for i in range(0, len(loaded), CHUNK)]
+    size = settings.query.stage_chunk
+    chunks = [loaded[i : i + size] for i in range(0, len(loaded), size)]
     progress = create_progress_artifact(0.0, key="query-progress", description="Queries answered")
-    states: list[QueryState] = []
-    stages = [("validate", prepare_task), ("reasoning", reasoning_task), ("embedding", embedding_task),
-              ("recall", recall_task), ("rerank", rerank_task)]
-    stage_seconds = {name: 0.0 for name, _ in stages}
-    for number, chunk in enumerate(chunks, start=1):
-        chunk_states: Any = chunk
-        for name, stage in stages:
-            started = time.perf_counter()
-            if name == "rerank":  # its progress line counts the whole batch
-                chunk_states = stage(chunk_states, settings, version, len(states), len(loaded))
-            else:
-                chunk_states = stage(chunk_states, settings, version)
-            stage_seconds[name] += time.perf_counter() - started
-        states.extend(chunk_states)
-        update_progress_artifact(progress, 100.0 * number / len(chunks))
-        logger.info("answered %d/%d queries", len(states), len(loaded))
-    payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
-    from flows.assets import record_results
+    stage_seconds = {name: 0.0 for name in ("validate", "reasoning", "embedding", "recall", "rerank")}
 
-    record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
+    def timed(name: str, stage: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return stage(*args)
+        finally:
+            stage_seconds[name] += time.perf_counter() - started
+
+    try:
+        embedded: list[QueryState] = []
+        for chunk in chunks:  # the model stages a chunk at a time: batches a model sees, visible progress
+            chunk_states = timed("validate", prepare_task, chunk, settings, version)
+            if settings.query.use_reasoning and any(isinstance(q, ComposedQuery) for q in chunk):
+                chunk_states = timed("reasoning", reasoning_task, chunk_states, settings, version)
+            embedded.extend(timed("embedding", embedding_task, chunk_states, settings, version))
+            update_progress_artifact(progress, 50.0 * len(embedded) / max(1, len(loaded)))
+        # One recall for the batch: a product per chunk of query vectors with the matrix loaded once.
+        recalled = timed("recall", recall_task, embedded, settings, version)
+        step = size if settings.query.rerank_k > 0 else max(1, len(recalled))
+        states: list[QueryState] = []
+        for start in range(0, len(recalled), step):  # its progress line counts the whole batch
+            states.extend(timed("rerank", rerank_task, recalled[start : start + step], settings, version,
+                                len(states), len(loaded)))
+            update_progress_artifact(progress, 50.0 + 50.0 * len(states) / max(1, len(loaded)))
+            logger.info("answered %d/%d queries", len(states), len(loaded))
+        payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
+        record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
+    finally:
+        store.release(settings, version)  # the batch is over: its vector matrix need not stay in RAM
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),

@@ -22,6 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from r3tasks.errors import R3Error
+from r3tasks.exact_matrix import ExactMatrix as _ExactMatrix
+from r3tasks.exact_matrix import best as _best
+from r3tasks.exact_matrix import load_exact as _load_exact
+from r3tasks.exact_matrix import read_vectors
 from r3tasks.settings import DEFAULT_GALLERY, GallerySettings, check_gallery_name
 
 # Columns besides the vector; the vector column is a fixed-size list of float32.
@@ -339,6 +343,11 @@ class PinnedGallery:
                 out[position] = _best(row, ids, limit)
         return out
 
+    def exact_matrix(self) -> "_ExactMatrix | None":
+        """The in-memory matrix that scores every row of this version (loaded on first use), or None when
+        the version is over `exact_search_max_bytes` and LanceDB searches it instead."""
+        return self._matrix() if self.route(0) == "memory" else None
+
     # -- internals -----------------------------------------------------------------------------
     def _matrix(self) -> "_ExactMatrix":
         if self._exact is None:
@@ -382,61 +391,6 @@ class PinnedGallery:
         }
 
 
-@dataclass(frozen=True)
-class _ExactMatrix:
-    """A pinned version's usable vectors in RAM: unit rows, each group's rows contiguous."""
-
-    ids: np.ndarray  # object array of item ids, in the row order of `vectors`
-    vectors: np.ndarray  # (rows, dim) float32
-    spans: dict[str | None, tuple[int, int]]  # group -> [start, stop) rows
-
-
-def _load_exact(table: Any, dim: int, rows: int) -> _ExactMatrix:
-    """Stream the version's vectors into one matrix (no whole Arrow copy beside it), then normalise and group."""
-    vectors = np.empty((rows, dim), dtype=np.float32)
-    ids: list[str] = []
-    names: list[str | None] = []
-    at = 0
-    for batch in table.search().select(["id", "group", "vector"]).limit(None).to_batches():
-        if at + batch.num_rows > len(vectors):  # more rows than the pin counted; cannot happen for one version
-            vectors = np.concatenate([vectors[:at], np.empty((batch.num_rows, dim), np.float32)])
-        read_vectors(batch.column("vector"), dim, out=vectors[at : at + batch.num_rows])
-        ids += batch.column("id").to_pylist()
-        names += batch.column("group").to_pylist()
-        at += batch.num_rows
-    vectors = vectors[:at]
-    code_of: dict[str | None, int] = {}
-    codes = np.fromiter((code_of.setdefault(g, len(code_of)) for g in names), dtype=np.int64, count=len(names))
-    id_array = np.array(ids, dtype=object)
-    if len(codes) > 1 and np.any(np.diff(codes) < 0):
-        # Groups interleaved: one reordering copy, so that a group's search is a slice.
-        order = np.argsort(codes, kind="stable")
-        vectors, id_array, codes = vectors[order], id_array[order], codes[order]
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary
-    usable = np.isfinite(norms) & (norms > 0)
-    np.divide(vectors, norms[:, None], out=vectors, where=usable[:, None])
-    if not usable.all():
-        vectors, id_array, codes = vectors[usable], id_array[usable], codes[usable]
-    spans: dict[str | None, tuple[int, int]] = {}
-    for name, code in code_of.items():
-        first, stop = int(np.searchsorted(codes, code, "left")), int(np.searchsorted(codes, code, "right"))
-        if stop > first:
-            spans[name] = (first, stop)
-    return _ExactMatrix(ids=id_array, vectors=vectors, spans=spans)
-
-
-def _best(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
-    """{id: score} of the `limit` best scores (all when <= 0), best first."""
-    n = len(scores)
-    k = n if limit <= 0 else min(limit, n)
-    if k < n:
-        top = np.argpartition(scores, n - k)[n - k :]
-        order = top[np.argsort(scores[top])[::-1]]
-    else:
-        order = np.argsort(scores)[::-1]
-    return dict(zip(ids[order].tolist(), scores[order].tolist()))
-
-
 def _has_cosine_vector_index(table: Any) -> bool:
     # LanceDB falls back to a flat search when the index was built for another distance.
     for index in table.list_indices():
@@ -445,32 +399,6 @@ def _has_cosine_vector_index(table: Any) -> bool:
             if metric.lower() == "cosine":
                 return True
     return False
-
-
-def read_vectors(column: pa.ChunkedArray | pa.Array, dim: int, out: np.ndarray | None = None) -> np.ndarray:
-    """A fixed-size-list vector column as an (n, dim) float32 array (written into `out` when given).
-
-    A null vector reads as zeros. Filled chunk by chunk, so the result is the only whole copy.
-    """
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    if out is None:
-        out = np.empty((sum(len(c) for c in chunks), dim), dtype=np.float32)
-    at = 0
-    for chunk in chunks:
-        m = len(chunk)
-        if m == 0:
-            continue
-        # `.values` ignores the chunk's slice offset; null lists still own `dim` child slots.
-        values = chunk.values.slice(chunk.offset * dim, m * dim)
-        if values.null_count:
-            import pyarrow.compute as pc  # only for this rare case
-
-            values = pc.fill_null(values, 0.0)
-        out[at : at + m] = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(m, dim)
-        if chunk.null_count:
-            out[at : at + m][chunk.is_null().to_numpy(zero_copy_only=False)] = 0.0
-        at += m
-    return out
 
 
 @dataclass(frozen=True)

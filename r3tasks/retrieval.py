@@ -15,17 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from r3tasks import cachekeys
 from r3tasks.errors import ItemError, R3Error
 from r3tasks.frames import SampledFrames, policy_from_settings, read_frames
-from r3tasks.fusion import (
-    RankedItem,
-    fuse,
-    fuse_base_queries,
-    reasoning_agreement,
-    rerank_topk,
-    source_restatement,
-    top_k,
-)
+from r3tasks.fusion import RankedItem, rerank_topk
 from r3tasks.gallery import PinnedGallery
 from r3tasks.isolation import batched_or_alone, reason_of
 from r3tasks.models.base import (
@@ -42,6 +35,7 @@ from r3tasks.models.base import (
 from r3tasks.models.registry import query_templates
 from r3tasks.rerank_policy import RerankOutcome, RerankPolicy, apply_policy
 from r3tasks.rerank_policy import policy_from_settings as rerank_policy_from_settings
+from r3tasks.recall import recall  # re-exported: the fused recall stage lives in its own module
 from r3tasks.queries import ComposedQuery, Query, TextQuery, check_query, resolve_source_path
 from r3tasks.settings import R3Settings
 from r3tasks.sources import file_fingerprint
@@ -134,13 +128,10 @@ def source_frames(
 
 
 # -- reasoning -------------------------------------------------------------------------------------
-def reasoning_key(state: QueryState, reasoner_fingerprint: str, prompt_version: str, settings: R3Settings) -> str:
+def reasoning_key(state: QueryState, reasoner: Reasoner, settings: R3Settings) -> str:
     query = state.query
     assert isinstance(query, ComposedQuery) and state.source is not None
-    return stage_key(
-        "reasoning", state.source.content_key, state.source.text, query.edit, reasoner_fingerprint, prompt_version,
-        settings.settings_hash("frames"),
-    )
+    return cachekeys.reasoning_key(reasoner, state.source.text, state.source.content_key, query.edit, settings)
 
 
 def run_reasoning(
@@ -151,7 +142,7 @@ def run_reasoning(
     for state in states:
         if not (state.ok and isinstance(state.query, ComposedQuery) and settings.query.use_reasoning):
             continue
-        key = reasoning_key(state, reasoner.fingerprint, reasoner.prompt_version, settings)
+        key = reasoning_key(state, reasoner, settings)
         cached = cache.get(key)
         if cached is not None:
             state.reasoning = cached
@@ -249,10 +240,8 @@ def _embed_query(
     )
 
     def embed(all_texts: list[str]) -> np.ndarray:
-        key = stage_key(
-            "query-embedding", all_texts, state.source.content_key if state.source else None,
-            embedder.fingerprint, instruction, settings.settings_hash("frames"),
-        )
+        key = cachekeys.embedding_key(embedder, all_texts, instruction,
+                                      state.source.content_key if state.source else None, settings)
         vectors = cache.get(key)
         if vectors is None:
             inputs = [
@@ -281,52 +270,6 @@ def _embed_query(
             state.warnings.append(f"reasoning left out of the query embedding: {reason_of(error)}")
     state.base_vectors = vectors[: len(texts)]
     state.reasoning_vector = vectors[len(texts)] if reasoning_text else None
-
-
-# -- fused recall ----------------------------------------------------------------------------------
-def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
-    """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K."""
-    for state in states:
-        if not state.ok or state.base_vectors is None:
-            continue
-        try:
-            _recall_one(state, gallery, settings)
-        except Exception as error:  # noqa: BLE001 - one query's failure is its own
-            state.error = f"recall failed: {reason_of(error)}"
-
-
-def _recall_one(state: QueryState, gallery: PinnedGallery, settings: R3Settings) -> None:
-    q = settings.query
-    group = state.query.gallery_group
-    base_hits = [gallery.search(v, q.candidate_pool, group) for v in state.base_vectors]
-    reason_hits = (
-        gallery.search(state.reasoning_vector, q.candidate_pool, group) if state.reasoning_vector is not None else {}
-    )
-    ids = sorted(set().union(*base_hits, reason_hits))
-    base_matrix = np.array([[hits.get(i, -np.inf) for i in ids] for hits in base_hits], dtype=np.float64)
-    base_scores = fuse_base_queries(base_matrix) if ids else np.zeros(0)
-    reasoning_scores = None
-    agreement = None
-    if state.reasoning_vector is not None:
-        reasoning_scores = np.array([reason_hits.get(i, -np.inf) for i in ids], dtype=np.float64)
-        agreement = reasoning_agreement(state.base_vectors, state.reasoning_vector)
-        if state.reasoning is not None and state.source is not None and state.source.text:
-            state.source_similarity = source_restatement(state.reasoning.text, state.source.text)
-        if q.copy_gate_threshold is not None and (state.source_similarity or 0.0) >= q.copy_gate_threshold:
-            reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
-    result = fuse(
-        base_scores,
-        reasoning_scores,
-        mode=q.fusion,
-        weight=q.fusion_weight,
-        rrf_k=q.rrf_k,
-        agreement=agreement,
-        gate_threshold=q.gate_threshold,
-    )
-    state.agreement = result.agreement
-    state.gate_used = result.gate_used
-    exclude = [state.source.item_id] if state.source is not None and state.source.item_id else []
-    state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
 
 
 # -- rerank ----------------------------------------------------------------------------------------
@@ -438,11 +381,8 @@ def _score_candidates(
     keys: dict[str, str] = {}
     for item_id in ids:
         record = gallery.records[item_id]
-        keys[item_id] = stage_key(
-            "rerank", rerank_query.text, rerank_query.instruction,
-            state.source.content_key if state.source else None, record.content_key,
-            reranker.fingerprint, settings.settings_hash("frames"), settings.models.rerank_rule,
-        )
+        keys[item_id] = cachekeys.rerank_key(reranker, rerank_query, state.source.content_key if state.source else None,
+                                             record.content_key, settings)
         cached = cache.get(keys[item_id])
         if cached is not None:
             scores[item_id] = cached

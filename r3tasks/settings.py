@@ -248,6 +248,15 @@ class GallerySettings(_Section):
 
 
 class IndexSettings(_Section):
+    result_expiration_s: float | None = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="How long an embedded batch stays reusable in the Prefect result store "
+        "(`<home>/prefect-results`, Prefect's cache_expiration); older result files are deleted when an index "
+        "run starts, so the store does not keep a second copy of every vector forever. The gallery table holds "
+        "the vectors; an expired batch whose items are unchanged is never re-embedded (the plan skips it). "
+        "None keeps them forever.",
+    )
     batch_size: int = Field(
         64,
         ge=1,
@@ -368,6 +377,19 @@ class QuerySettings(_Section):
     final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
     final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
+    stage_cache_max_bytes: int = Field(
+        2 * 2**30,
+        ge=0,
+        description="Bound on each query stage cache in `<home>/cache` (frames, reasoning, query-embedding, "
+        "rerank); past it the least recently used entries are deleted. 0 caches nothing.",
+    )
+    stage_chunk: int = Field(
+        16,
+        ge=1,
+        description="Queries per model-stage task of a batch (reasoning, embedding, rerank): the batch a model "
+        "sees at once (padding within a batch can move a score in the last bits) and how often progress shows. "
+        "Recall is one task over the whole batch whatever this is.",
+    )
 
 
 class DataSettings(_Section):

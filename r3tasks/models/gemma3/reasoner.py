@@ -87,6 +87,10 @@ class Gemma3Reasoner:
         return self._fingerprint
 
     @property
+    def uses_frames(self) -> bool:
+        return False  # reads the caption and the edit: frame settings stay out of its cache key
+
+    @property
     def prompt_version(self) -> str:
         return REASON_PROMPT_VERSION
 

@@ -148,6 +148,15 @@ class Gemma3Reranker(GemmaLM):
     def uses_frames(self) -> bool:
         return False
 
+    def query_key(self, query: RerankQuery) -> tuple:
+        """What `score` reads of the query, for the rerank cache key: `edit_likelihood` scores a composed
+        query's source caption and edit (never the reasoning paragraph in `text`)."""
+        if self.rule == "edit_likelihood":
+            if query.source_text and query.edit:
+                return (self.rule, query.source_text, query.edit)
+            return (self.rule, query.text)
+        return (self.rule, query.instruction, query.text)
+
     def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
         if not query.text.strip():
             raise MissingTextError("query", "the offline reranker compares texts and the query text is empty")

@@ -1,0 +1,5 @@
+"""`python -m benchmarks.recall --cases ...`."""
+
+from benchmarks.recall.cli import main
+
+raise SystemExit(main())
