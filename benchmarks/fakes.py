@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from r3tasks.models.base import EmbedInput, Embedder, l2_normalise
+from r3tasks.models.base import Embedder, EmbedInput, l2_normalise
 from r3tasks.models.registry import register_backend
 from r3tasks.settings import R3Settings
 

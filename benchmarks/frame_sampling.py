@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.common import Context, Result, pct, repeat
 from r3tasks.frames import SamplingPolicy, probe_video, read_frames, sample_indices, target_size
 
@@ -139,49 +137,72 @@ def run(ctx: Context) -> Result:
         av_all = repeat(lambda: _pyav_all(path, size, set(indices)), reps)
         av_decode = repeat(lambda: _pyav_decode_only(path), reps)
         t_ours, t_dec, t_av = pct(ours, 50), pct(dec_all, 50), pct(av_all, 50)
-        ctx.log(f"  {path.name}: ours {t_ours*1000:.1f} ms, decord-all {t_dec*1000:.1f} ms, pyav-all {t_av*1000:.1f} ms")
-        table.append([
-            path.name,
-            f"{meta.width}x{meta.height} {meta.codec}",
-            meta.num_frames,
-            f"{meta.duration_s:.1f}",
-            keyframes,
-            f"{len(indices)} @ {size[0]}x{size[1]}",
-            f"{t_ours * 1000:.1f}",
-            f"{t_dec * 1000:.1f}",
-            f"{t_av * 1000:.1f}",
-            f"{pct(av_decode, 50) * 1000:.1f}",
-            f"{len(indices) / t_ours:.0f}",
-            f"{meta.num_frames / t_dec:.0f}",
-            f"{meta.num_frames / t_av:.0f}",
-            f"{t_dec / t_ours:.1f}x",
-            f"{t_av / t_ours:.1f}x",
-        ])
-        measured.append({
-            "video": str(path),
-            "frames": meta.num_frames,
-            "seconds": meta.duration_s,
-            "fps": meta.fps,
-            "size": [meta.width, meta.height],
-            "codec": meta.codec,
-            "keyframes": keyframes,
-            "sampled": len(indices),
-            "decode_size": list(size),
-            "ours_s": ours,
-            "decord_all_s": dec_all,
-            "pyav_all_s": av_all,
-            "pyav_decode_only_s": av_decode,
-        })
+        ctx.log(
+            f"  {path.name}: ours {t_ours * 1000:.1f} ms, decord-all {t_dec * 1000:.1f} ms, pyav-all {t_av * 1000:.1f} ms"
+        )
+        table.append(
+            [
+                path.name,
+                f"{meta.width}x{meta.height} {meta.codec}",
+                meta.num_frames,
+                f"{meta.duration_s:.1f}",
+                keyframes,
+                f"{len(indices)} @ {size[0]}x{size[1]}",
+                f"{t_ours * 1000:.1f}",
+                f"{t_dec * 1000:.1f}",
+                f"{t_av * 1000:.1f}",
+                f"{pct(av_decode, 50) * 1000:.1f}",
+                f"{len(indices) / t_ours:.0f}",
+                f"{meta.num_frames / t_dec:.0f}",
+                f"{meta.num_frames / t_av:.0f}",
+                f"{t_dec / t_ours:.1f}x",
+                f"{t_av / t_ours:.1f}x",
+            ]
+        )
+        measured.append(
+            {
+                "video": str(path),
+                "frames": meta.num_frames,
+                "seconds": meta.duration_s,
+                "fps": meta.fps,
+                "size": [meta.width, meta.height],
+                "codec": meta.codec,
+                "keyframes": keyframes,
+                "sampled": len(indices),
+                "decode_size": list(size),
+                "ours_s": ours,
+                "decord_all_s": dec_all,
+                "pyav_all_s": av_all,
+                "pyav_decode_only_s": av_decode,
+            }
+        )
     result.data["videos"] = measured
     result.table(
-        "Per video (median of %d calls after one warm-up, 2 for clips over 2,000 frames; ms per video)" % repeats,
-        ["video", "source", "frames", "seconds", "keyframes", "sampled", "read_frames ms", "decord all ms",
-         "PyAV all ms", "PyAV decode only ms", "read_frames sampled frames/s", "decord all decoded frames/s", "PyAV all decoded frames/s",
-         "decord all / ours", "PyAV all / ours"],
+        f"Per video (median of {repeats} calls after one warm-up, 2 for clips over 2,000 frames; ms per video)",
+        [
+            "video",
+            "source",
+            "frames",
+            "seconds",
+            "keyframes",
+            "sampled",
+            "read_frames ms",
+            "decord all ms",
+            "PyAV all ms",
+            "PyAV decode only ms",
+            "read_frames sampled frames/s",
+            "decord all decoded frames/s",
+            "PyAV all decoded frames/s",
+            "decord all / ours",
+            "PyAV all / ours",
+        ],
         table,
     )
-    groups = [("shipped sample videos", measured[:shipped]), ("generated 60 s H.264 clips", measured[shipped:shipped + 2]),
-              ("generated 10 min H.264 clip", measured[shipped + 2:])]
+    groups = [
+        ("shipped sample videos", measured[:shipped]),
+        ("generated 60 s H.264 clips", measured[shipped : shipped + 2]),
+        ("generated 10 min H.264 clip", measured[shipped + 2 :]),
+    ]
     for label, group in groups:
         if not group:
             continue
@@ -191,15 +212,27 @@ def run(ctx: Context) -> Result:
         sampled = sum(v["sampled"] for v in group)
         frames = sum(v["frames"] for v in group)
         seconds = sum(v["seconds"] for v in group)
-        result.row(f"{label}: read_frames, sampled frames delivered per second", sampled / ours_s, "frames/s",
-                   note=f"{sampled} frames from {len(group)} videos ({seconds:.0f} s of video) in {ours_s*1000:.0f} ms")
+        result.row(
+            f"{label}: read_frames, sampled frames delivered per second",
+            sampled / ours_s,
+            "frames/s",
+            note=f"{sampled} frames from {len(group)} videos ({seconds:.0f} s of video) in {ours_s * 1000:.0f} ms",
+        )
         result.row(f"{label}: read_frames, video seconds sampled per wall second", seconds / ours_s, "x realtime")
-        result.row(f"{label}: decoding every frame (decord, same resize), decoded frames per second",
-                   frames / dec_s, "frames/s")
-        result.row(f"{label}: decoding every frame (PyAV sequential), decoded frames per second",
-                   frames / av_s, "frames/s")
-        result.row(f"{label}: wall time ratio decord-every-frame / read_frames", dec_s / ours_s, "x",
-                   note="same decoder and resize; > 1 means seeking to the sampled frames saves time")
+        result.row(
+            f"{label}: decoding every frame (decord, same resize), decoded frames per second",
+            frames / dec_s,
+            "frames/s",
+        )
+        result.row(
+            f"{label}: decoding every frame (PyAV sequential), decoded frames per second", frames / av_s, "frames/s"
+        )
+        result.row(
+            f"{label}: wall time ratio decord-every-frame / read_frames",
+            dec_s / ours_s,
+            "x",
+            note="same decoder and resize; > 1 means seeking to the sampled frames saves time",
+        )
         result.row(f"{label}: wall time ratio PyAV-every-frame / read_frames", av_s / ours_s, "x")
     result.note(
         "Columns: read_frames is our reader (decord, seek to each sampled frame, resize on decode); 'decord all' "

@@ -86,8 +86,14 @@ def _traversal_s(manifest: Any, home: Any, overrides: dict[str, Any]) -> dict[st
     out = {}
     for label, value in (("fingerprint-content(items)", items), ("plan-index(keying)", keying)):
         start = time.perf_counter()
-        visit_collection(value, visit_fn=lambda x, context=None: x, return_data=True, max_depth=-1,
-                         remove_annotations=True, context={})
+        visit_collection(
+            value,
+            visit_fn=lambda x, context=None: x,
+            return_data=True,
+            max_depth=-1,
+            remove_annotations=True,
+            context={},
+        )
         collect_task_run_inputs_sync(value)
         out[label] = time.perf_counter() - start
     return out
@@ -135,8 +141,10 @@ def run(ctx: Context) -> Result:
                     "fixed_steps_s": phase_times(manifest, home, overrides),
                 }
                 runs.append(entry)
-                ctx.log(f"  {label}: {wall:.2f} s, {entry['embed_calls']} embedder calls, "
-                        f"{entry['items_embedded']} items; table {entry['table']}")
+                ctx.log(
+                    f"  {label}: {wall:.2f} s, {entry['embed_calls']} embedder calls, "
+                    f"{entry['items_embedded']} items; table {entry['table']}"
+                )
                 return entry
 
             full = one("full index", n)
@@ -159,18 +167,25 @@ def run(ctx: Context) -> Result:
             plain_summary = index_plain(manifest, home, overrides)
             plain_wall = time.perf_counter() - start
             calls1, docs1 = embedder.counts()
-            plain_run = {"run": "refresh, 1 % changed, plain calls (no Prefect)", "changed": len(again),
-                         "wall_s": plain_wall, "embed_calls": calls1 - calls0, "items_embedded": docs1 - docs0,
-                         "updated": plain_summary["updated"], "table": table_shape(home, overrides),
-                         "fixed_steps_s": phase_times(manifest, home, overrides)}
+            plain_run = {
+                "run": "refresh, 1 % changed, plain calls (no Prefect)",
+                "changed": len(again),
+                "wall_s": plain_wall,
+                "embed_calls": calls1 - calls0,
+                "items_embedded": docs1 - docs0,
+                "updated": plain_summary["updated"],
+                "table": table_shape(home, overrides),
+                "fixed_steps_s": phase_times(manifest, home, overrides),
+            }
             runs.append(plain_run)
             ctx.log(f"  plain 1 % refresh: {plain_wall:.2f} s")
             traversal = _traversal_s(manifest, home, overrides)
         finally:
             ctx.drop_home(home)
 
-    result.data.update(runs=runs, n=n, embedder=embedder_label, tiny_s_per_item=per_item, tiny_costs=tiny_costs,
-                       traversal_s=traversal)
+    result.data.update(
+        runs=runs, n=n, embedder=embedder_label, tiny_s_per_item=per_item, tiny_costs=tiny_costs, traversal_s=traversal
+    )
     summarise(result, result.data, ctx.quick)
     return result
 
@@ -186,27 +201,67 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     for label, cost in costs.items():
         result.row(f"tiny embedder cost per caption item, torch {label} (batch 16)", 1000 * cost, "ms")
     base = full["wall_s"]
-    result.row(f"full index of {n:,} items ({embedder_label})", base, "s",
-               note=f"{full['embed_calls']} embedder calls, {full['items_embedded']} items")
-    result.row("refresh with 0 % changed: embedder calls", zero["embed_calls"], "calls",
-               target="0 calls", passed=zero["embed_calls"] == 0,
-               note=f"wall {zero['wall_s']:.2f} s = {100 * zero['wall_s'] / base:.1f} % of full")
-    result.row("refresh with 1 % changed: wall time / full index", 100 * one_run["wall_s"] / base, "%",
-               target="≤ 5 % of full index", passed=one_run["wall_s"] <= 0.05 * base,
-               note=f"{one_run['wall_s']:.2f} s; {one_run['embed_calls']} calls, {one_run['items_embedded']} items")
-    result.row("refresh with 1 % changed as plain calls (no Prefect): wall time / full index",
-               100 * plain_run["wall_s"] / base, "%",
-               note=f"{plain_run['wall_s']:.2f} s vs {one_run['wall_s']:.2f} s through the flow")
-    result.row("refresh with 10 % changed: wall time / full index", 100 * ten_run["wall_s"] / base, "%",
-               note=f"{ten_run['wall_s']:.2f} s; {ten_run['embed_calls']} calls, {ten_run['items_embedded']} items")
+    result.row(
+        f"full index of {n:,} items ({embedder_label})",
+        base,
+        "s",
+        note=f"{full['embed_calls']} embedder calls, {full['items_embedded']} items",
+    )
+    result.row(
+        "refresh with 0 % changed: embedder calls",
+        zero["embed_calls"],
+        "calls",
+        target="0 calls",
+        passed=zero["embed_calls"] == 0,
+        note=f"wall {zero['wall_s']:.2f} s = {100 * zero['wall_s'] / base:.1f} % of full",
+    )
+    result.row(
+        "refresh with 1 % changed: wall time / full index",
+        100 * one_run["wall_s"] / base,
+        "%",
+        target="≤ 5 % of full index",
+        passed=one_run["wall_s"] <= 0.05 * base,
+        note=f"{one_run['wall_s']:.2f} s; {one_run['embed_calls']} calls, {one_run['items_embedded']} items",
+    )
+    result.row(
+        "refresh with 1 % changed as plain calls (no Prefect): wall time / full index",
+        100 * plain_run["wall_s"] / base,
+        "%",
+        note=f"{plain_run['wall_s']:.2f} s vs {one_run['wall_s']:.2f} s through the flow",
+    )
+    result.row(
+        "refresh with 10 % changed: wall time / full index",
+        100 * ten_run["wall_s"] / base,
+        "%",
+        note=f"{ten_run['wall_s']:.2f} s; {ten_run['embed_calls']} calls, {ten_run['items_embedded']} items",
+    )
     result.table(
         "Runs (one data home, in order)",
-        ["run", "items changed", "wall s", "% of full", "embedder calls", "items embedded", "table rows",
-         "table version", "fragments", "read stored keys s"],
         [
-            [r["run"], r["changed"], f"{r['wall_s']:.2f}", f"{100 * r['wall_s'] / base:.1f}", r["embed_calls"],
-             r["items_embedded"], r["table"].get("rows"), r["table"].get("version"), r["table"].get("fragments"),
-             f"{r['fixed_steps_s']['read stored keys (GalleryStore.content_keys)']:.3f}"]
+            "run",
+            "items changed",
+            "wall s",
+            "% of full",
+            "embedder calls",
+            "items embedded",
+            "table rows",
+            "table version",
+            "fragments",
+            "read stored keys s",
+        ],
+        [
+            [
+                r["run"],
+                r["changed"],
+                f"{r['wall_s']:.2f}",
+                f"{100 * r['wall_s'] / base:.1f}",
+                r["embed_calls"],
+                r["items_embedded"],
+                r["table"].get("rows"),
+                r["table"].get("version"),
+                r["table"].get("fragments"),
+                f"{r['fixed_steps_s']['read stored keys (GalleryStore.content_keys)']:.3f}",
+            ]
             for r in runs
         ],
     )
@@ -215,7 +270,8 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     steps.update({f"Prefect walks {k}": v for k, v in traversal.items()})
     result.table(
         "Fixed steps every refresh repeats, timed as plain calls after the 0 % run (s)",
-        list(steps), [[f"{v:.3f}" for v in steps.values()]],
+        list(steps),
+        [[f"{v:.3f}" for v in steps.values()]],
     )
     result.note(
         "Refresh runs go through the same flow against a Prefect server that is already up; a cached embed "
@@ -226,8 +282,12 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     result.note(
         f"Where a refresh's fixed time goes: the 0 % refresh takes {zero['wall_s']:.2f} s, of which the work "
         f"(discover, hash, read stored keys, diff) is {work:.2f} s as plain calls"
-        + (f", and Prefect walking the {n:,}-item lists handed to the fingerprint and plan tasks (parameter "
-           f"resolution and task-input collection visit every item) {walk:.2f} s" if traversal else "")
+        + (
+            f", and Prefect walking the {n:,}-item lists handed to the fingerprint and plan tasks (parameter "
+            f"resolution and task-input collection visit every item) {walk:.2f} s"
+            if traversal
+            else ""
+        )
         + "; the rest is the flow run itself (run and task records, artifacts). The walk and the key read grow "
         "with the gallery, and every refresh adds table versions and fragments (one per upserted batch; "
         "nothing compacts them), so the fixed part of a refresh grows with size and age."

@@ -102,7 +102,9 @@ def table_shape(home: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     try:
         stats = table.stats()
         frag = stats.get("fragment_stats", {}) if isinstance(stats, dict) else getattr(stats, "fragment_stats", {})
-        info["fragments"] = frag.get("num_fragments") if isinstance(frag, dict) else getattr(frag, "num_fragments", None)
+        info["fragments"] = (
+            frag.get("num_fragments") if isinstance(frag, dict) else getattr(frag, "num_fragments", None)
+        )
     except Exception as exc:  # noqa: BLE001 - stats are diagnostics only
         info["fragments"] = f"unknown ({type(exc).__name__})"
     return info

@@ -70,9 +70,25 @@ def _child(
         env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
         if ctx.api_url:
             env["PREFECT_API_URL"] = ctx.api_url
-        cmd = [sys.executable, "-m", "benchmarks.memory_child", "--source", str(manifest), "--home", str(home),
-               "--mode", mode, "--embedder", embedder, "--index-json", json.dumps(index),
-               "--models-json", json.dumps(models), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.memory_child",
+            "--source",
+            str(manifest),
+            "--home",
+            str(home),
+            "--mode",
+            mode,
+            "--embedder",
+            embedder,
+            "--index-json",
+            json.dumps(index),
+            "--models-json",
+            json.dumps(models),
+            "--out",
+            str(out),
+        ]
         log = home / "child.log"
         with log.open("w") as handle:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
@@ -84,9 +100,11 @@ def _child(
         report["wait4_maxrss"] = usage.ru_maxrss * 1024  # kept for the record; see the module docstring
         if report["written"] != len(clips):
             raise RuntimeError(f"child wrote {report['written']} of {len(clips)} items ({report['failed']} failed)")
-        ctx.log(f"  {mode} {len(clips)} items ({embedder}, index {index or 'defaults'}, models {models or 'defaults'}): "
-                f"peak RSS {report['peak_rss'] / MiB:.0f} MiB (baseline {report['baseline_rss'] / MiB:.0f} MiB), "
-                f"{report['max_threads']} threads max, {report['wall_s']:.1f} s")
+        ctx.log(
+            f"  {mode} {len(clips)} items ({embedder}, index {index or 'defaults'}, models {models or 'defaults'}): "
+            f"peak RSS {report['peak_rss'] / MiB:.0f} MiB (baseline {report['baseline_rss'] / MiB:.0f} MiB), "
+            f"{report['max_threads']} threads max, {report['wall_s']:.1f} s"
+        )
         return report
     finally:
         ctx.drop_home(home)
@@ -110,8 +128,10 @@ def run(ctx: Context) -> Result:
 
 def _settings_text(report: dict[str, Any]) -> str:
     index, fwd = report["settings"]["index"], report["settings"]["embed_batch_size"]
-    return (f"batch {index['batch_size']}, {index['max_batches_in_flight']:,} in flight, "
-            f"{fwd} per forward, commit every {index['commit_seconds']:g} s / {index['commit_max_rows']:,} rows")
+    return (
+        f"batch {index['batch_size']}, {index['max_batches_in_flight']:,} in flight, "
+        f"{fwd} per forward, commit every {index['commit_seconds']:g} s / {index['commit_max_rows']:,} rows"
+    )
 
 
 def _rss_at(report: dict[str, Any], fraction: float) -> float:
@@ -150,50 +170,78 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     def threads(key: str) -> int:
         return int(runs[key]["max_threads"])
 
-    new, old, big, plain = (f"flow-default-{large}", f"flow-old-{large}", f"flow-batch256-{large}",
-                            f"plain-default-{large}")
+    new, old, big, plain = (
+        f"flow-default-{large}",
+        f"flow-old-{large}",
+        f"flow-batch256-{large}",
+        f"plain-default-{large}",
+    )
     stand_in = f"model stand-in {ms:.0f} ms/item, one forward at a time"
     target_ratio = ratio("flow-default")
     result.row(
         f"flow, {stand_in}, default settings ({_settings_text(runs[new])}): peak RSS {large:,} / {small:,} items",
-        target_ratio, "x", target="< 2x", passed=target_ratio < 2.0,
+        target_ratio,
+        "x",
+        target="< 2x",
+        passed=target_ratio < 2.0,
         note=f"{peak(f'flow-default-{small}'):.0f} MiB -> {peak(new):.0f} MiB; {threads(new)} threads at most",
     )
     result.row(
         f"same, old behaviour emulated ({_settings_text(runs[old])}): peak RSS {large:,} / {small:,} items",
-        ratio("flow-old"), "x",
+        ratio("flow-old"),
+        "x",
         note=f"{peak(f'flow-old-{small}'):.0f} MiB -> {peak(old):.0f} MiB; {threads(old)} threads at most",
     )
     result.row(
         f"flow, {large:,} items: memory added while indexing (peak − RSS before), default settings",
-        added(new), "MiB",
+        added(new),
+        "MiB",
         note=f"{small:,} items: {added(f'flow-default-{small}'):.0f} MiB; old behaviour: "
-             f"{added(f'flow-old-{small}'):.0f} -> {added(old):.0f} MiB",
+        f"{added(f'flow-old-{small}'):.0f} -> {added(old):.0f} MiB",
     )
     result.row(
         f"flow with index.batch_size 256, {stand_in}, {large:,} items: peak RSS",
-        peak(big), "MiB",
+        peak(big),
+        "MiB",
         note=f"{peak(big) / peak(new):.2f}x the default batch size's {peak(new):.0f} MiB; "
-             f"{threads(big)} threads at most",
+        f"{threads(big)} threads at most",
     )
     result.row(
         f"plain calls, {stand_in}, default settings: peak RSS {large:,} / {small:,} items",
-        ratio("plain-default"), "x",
+        ratio("plain-default"),
+        "x",
         note=f"{peak(f'plain-default-{small}'):.0f} MiB -> {peak(plain):.0f} MiB; memory added "
-             f"{added(f'plain-default-{small}'):.0f} -> {added(plain):.0f} MiB",
+        f"{added(f'plain-default-{small}'):.0f} -> {added(plain):.0f} MiB",
     )
     result.table(
-        f"Child processes, all with the {stand_in} (peak RSS = VmHWM; RSS before = after imports and "
-        "embedder load)",
-        ["run", "items", "batch", "in flight", "per forward", "commit s", "RSS before MiB", "peak RSS MiB",
-         "added MiB", "max threads", "wall s"],
+        f"Child processes, all with the {stand_in} (peak RSS = VmHWM; RSS before = after imports and embedder load)",
         [
-            [LABELS.get(key.rsplit("-", 1)[0], key.rsplit("-", 1)[0]), key.rsplit("-", 1)[1],
-             r["settings"]["index"]["batch_size"],
-             r["settings"]["index"]["max_batches_in_flight"] if r["mode"] == "flow" else "—",
-             r["settings"]["embed_batch_size"], f"{r['settings']['index']['commit_seconds']:g}",
-             f"{r['baseline_rss'] / MiB:.0f}", f"{r['peak_rss'] / MiB:.0f}",
-             f"{(r['peak_rss'] - r['baseline_rss']) / MiB:.0f}", r["max_threads"], f"{r['wall_s']:.1f}"]
+            "run",
+            "items",
+            "batch",
+            "in flight",
+            "per forward",
+            "commit s",
+            "RSS before MiB",
+            "peak RSS MiB",
+            "added MiB",
+            "max threads",
+            "wall s",
+        ],
+        [
+            [
+                LABELS.get(key.rsplit("-", 1)[0], key.rsplit("-", 1)[0]),
+                key.rsplit("-", 1)[1],
+                r["settings"]["index"]["batch_size"],
+                r["settings"]["index"]["max_batches_in_flight"] if r["mode"] == "flow" else "—",
+                r["settings"]["embed_batch_size"],
+                f"{r['settings']['index']['commit_seconds']:g}",
+                f"{r['baseline_rss'] / MiB:.0f}",
+                f"{r['peak_rss'] / MiB:.0f}",
+                f"{(r['peak_rss'] - r['baseline_rss']) / MiB:.0f}",
+                r["max_threads"],
+                f"{r['wall_s']:.1f}",
+            ]
             for key, r in runs.items()
         ],
     )
@@ -220,22 +268,27 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
         f"{peak(big):.0f} MiB ({peak(big) / peak(new):.2f}x the default's)."
     )
     small_new = runs[f"flow-default-{small}"]
-    one_commit = (small < small_new["settings"]["index"]["commit_max_rows"]
-                  and small_new["wall_s"] < small_new["settings"]["index"]["commit_seconds"])
+    one_commit = (
+        small < small_new["settings"]["index"]["commit_max_rows"]
+        and small_new["wall_s"] < small_new["settings"]["index"]["commit_seconds"]
+    )
     step, plain_step = _largest_step(runs[new]), _largest_step(runs[plain])
     result.note(
         f"Where the default run's memory goes: RSS levels off. Over the second half of the {large:,}-item run it "
         f"rose from {_rss_at(runs[new], 0.5):.0f} to {peak(new):.0f} MiB, "
         f"{(peak(new) - _rss_at(runs[new], 0.5)) * 1024 / (large / 2):.1f} KiB per item processed; most of the "
         f"added memory is a one-off step, not a slope"
-        + (f": the {small:,}-item run, whose only commit is its last step, sat at "
-           f"{_rss_at(small_new, 0.9):.0f} MiB at 90% of its time and peaked at {peak(f'flow-default-{small}'):.0f} "
-           "MiB in that commit"
-           if one_commit else "")
+        + (
+            f": the {small:,}-item run, whose only commit is its last step, sat at "
+            f"{_rss_at(small_new, 0.9):.0f} MiB at 90% of its time and peaked at {peak(f'flow-default-{small}'):.0f} "
+            "MiB in that commit"
+            if one_commit
+            else ""
+        )
         + f"; the {large:,}-item run's largest rise, {step[1]:.0f} -> {step[2]:.0f} MiB, came {step[0]:.0f} s in, "
-          f"at its first commit (index.commit_seconds {runs[new]['settings']['index']['commit_seconds']:g} s after "
-          f"embedding began), and the plain calls take the same step ({plain_step[1]:.0f} -> {plain_step[2]:.0f} "
-          f"MiB at {plain_step[0]:.0f} s): the LanceDB write path's buffers, allocated once and kept."
+        f"at its first commit (index.commit_seconds {runs[new]['settings']['index']['commit_seconds']:g} s after "
+        f"embedding began), and the plain calls take the same step ({plain_step[1]:.0f} -> {plain_step[2]:.0f} "
+        f"MiB at {plain_step[0]:.0f} s): the LanceDB write path's buffers, allocated once and kept."
     )
     result.note(
         "The flow arm talks to the run's Prefect server (a separate process, not counted). Each decoded "

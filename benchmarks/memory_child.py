@@ -65,10 +65,18 @@ def main() -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--mode", choices=["flow", "plain"], required=True)
     parser.add_argument("--embedder", required=True)
-    parser.add_argument("--index-json", type=_json_object, default={},
-                        help="overrides of the `index` settings section, as a JSON object")
-    parser.add_argument("--models-json", type=_json_object, default={},
-                        help="overrides of the `models` section besides the embedder, as a JSON object")
+    parser.add_argument(
+        "--index-json",
+        type=_json_object,
+        default={},
+        help="overrides of the `index` settings section, as a JSON object",
+    )
+    parser.add_argument(
+        "--models-json",
+        type=_json_object,
+        default={},
+        help="overrides of the `models` section besides the embedder, as a JSON object",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -97,6 +105,7 @@ def main() -> None:
     import pyarrow  # noqa: F401
 
     import flows.index_flow  # noqa: F401
+
     baseline_rss, _ = _status()
     baseline_peak = _proc_status()["VmHWM"]
     sampler = Sampler()
@@ -115,21 +124,25 @@ def main() -> None:
     # fork time across exec (Linux keeps the larger), so a big parent would mask the child's figure.
     peak = _proc_status()["VmHWM"]
     rusage_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(args.out).write_text(json.dumps({
-        "mode": args.mode,
-        "embedder": args.embedder,
-        "overrides": overrides,
-        "settings": effective,
-        "written": written,
-        "failed": failed,
-        "wall_s": wall,
-        "baseline_rss": baseline_rss,
-        "baseline_peak": baseline_peak,
-        "peak_rss": peak,
-        "rusage_maxrss": rusage_peak,
-        "max_threads": max((s[2] for s in sampler.samples), default=0),
-        "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
-    }))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "embedder": args.embedder,
+                "overrides": overrides,
+                "settings": effective,
+                "written": written,
+                "failed": failed,
+                "wall_s": wall,
+                "baseline_rss": baseline_rss,
+                "baseline_peak": baseline_peak,
+                "peak_rss": peak,
+                "rusage_maxrss": rusage_peak,
+                "max_threads": max((s[2] for s in sampler.samples), default=0),
+                "samples": sampler.samples[:: max(1, len(sampler.samples) // 400)],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

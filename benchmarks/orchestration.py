@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.common import REPO_ROOT, Context, Result
 from benchmarks.fakes import COUNTED_QWEN3VL, HASH_TEXT
@@ -36,8 +37,9 @@ N_ITEMS = 1000
 TARGET = 0.10
 
 
-def _arm(ctx: Context, arm: str, manifest_of: Callable[[Path], Path], n: int,
-         overrides: dict[str, Any]) -> tuple[float, tuple[int, int]]:
+def _arm(
+    ctx: Context, arm: str, manifest_of: Callable[[Path], Path], n: int, overrides: dict[str, Any]
+) -> tuple[float, tuple[int, int]]:
     home = ctx.new_home(f"orch-{arm}")
     try:
         manifest = manifest_of(home)
@@ -58,8 +60,9 @@ def _arm(ctx: Context, arm: str, manifest_of: Callable[[Path], Path], n: int,
         ctx.drop_home(home)
 
 
-def _compare(ctx: Context, label: str, manifest_of: Callable[[Path], Path], n: int, overrides: dict[str, Any],
-             rounds: int) -> dict[str, Any]:
+def _compare(
+    ctx: Context, label: str, manifest_of: Callable[[Path], Path], n: int, overrides: dict[str, Any], rounds: int
+) -> dict[str, Any]:
     walls: dict[str, list[float]] = {"plain": [], "flow": []}
     calls: dict[str, tuple[int, int]] = {}
     for r in range(rounds):
@@ -70,9 +73,17 @@ def _compare(ctx: Context, label: str, manifest_of: Callable[[Path], Path], n: i
             ctx.log(f"  {label}: {arm} {wall:.2f} s ({counted[1]} items in {counted[0]} embedder calls)")
     plain, flow = statistics.median(walls["plain"]), statistics.median(walls["flow"])
     batch = overrides.get("index", {}).get("batch_size", IndexSettings.model_fields["batch_size"].default)
-    return {"plain_s": walls["plain"], "flow_s": walls["flow"], "plain": plain, "flow": flow,
-            "overhead": (flow - plain) / plain, "calls": calls, "batch_size": batch, "label": label,
-            "task_runs": task_runs(n, overrides)}
+    return {
+        "plain_s": walls["plain"],
+        "flow_s": walls["flow"],
+        "plain": plain,
+        "flow": flow,
+        "overhead": (flow - plain) / plain,
+        "calls": calls,
+        "batch_size": batch,
+        "label": label,
+        "task_runs": task_runs(n, overrides),
+    }
 
 
 def task_runs(n: int, overrides: dict[str, Any]) -> int:
@@ -106,11 +117,13 @@ def _cold_process(ctx: Context, n: int, arm: str) -> float | None:
             "print(json.dumps({'inner_s': time.perf_counter() - start}))\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "R3_"))}
-        env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   PREFECT_LOGGING_LEVEL="WARNING")
+        env.update(
+            PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING"
+        )
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         wall = time.perf_counter() - start
         if done.returncode != 0:
             ctx.log(f"  cold {arm} process failed: {done.stderr[-800:]}")
@@ -139,19 +152,28 @@ def run(ctx: Context) -> Result:
     with single_torch_thread():
         # One batch in flight: the flow does exactly the plain arm's sequential work, so the difference is
         # Prefect's own cost. With the default two in flight it also overlaps decoding with embedding.
-        compared["tiny_video_serial"] = _compare(ctx, "video items, tiny, one batch in flight", videos, n,
-                                                 {**tiny, "index": {"max_batches_in_flight": 1}}, rounds)
+        compared["tiny_video_serial"] = _compare(
+            ctx,
+            "video items, tiny, one batch in flight",
+            videos,
+            n,
+            {**tiny, "index": {"max_batches_in_flight": 1}},
+            rounds,
+        )
         compared["tiny_video"] = _compare(ctx, "video items, tiny, default settings", videos, n, tiny, rounds)
         compared["tiny_caption"] = _compare(ctx, "caption items, tiny", captions, n, tiny, rounds)
         compared["hash"] = _compare(ctx, "caption items, hashing fake", captions, n, hashing, rounds)
-        compared["tiny_caption_before"] = _compare(ctx, "caption items, tiny, previous defaults", captions, n,
-                                                   {**tiny, **before}, rounds)
-        compared["hash_before"] = _compare(ctx, "caption items, hashing fake, previous defaults", captions, n,
-                                           {**hashing, **before}, rounds)
+        compared["tiny_caption_before"] = _compare(
+            ctx, "caption items, tiny, previous defaults", captions, n, {**tiny, **before}, rounds
+        )
+        compared["hash_before"] = _compare(
+            ctx, "caption items, hashing fake, previous defaults", captions, n, {**hashing, **before}, rounds
+        )
     cold_flow = _cold_process(ctx, n, "flow")
     cold_plain = _cold_process(ctx, n, "plain")
-    result.data.update(compared=compared, server_start_s=server_s, cold_flow_s=cold_flow, cold_plain_s=cold_plain,
-                       n=n, rounds=rounds)
+    result.data.update(
+        compared=compared, server_start_s=server_s, cold_flow_s=cold_flow, cold_plain_s=cold_plain, n=n, rounds=rounds
+    )
     summarise(result, result.data, ctx.quick)
     return result
 
@@ -162,47 +184,77 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     server_s, cold_flow, cold_plain = data["server_start_s"], data["cold_flow_s"], data["cold_plain_s"]
 
     def about(c: dict[str, Any]) -> str:
-        return (f"flow {c['flow']:.2f} s vs plain {c['plain']:.2f} s (median of {rounds}); "
-                f"batch_size {c['batch_size']}, {c['task_runs']} task runs")
+        return (
+            f"flow {c['flow']:.2f} s vs plain {c['plain']:.2f} s (median of {rounds}); "
+            f"batch_size {c['batch_size']}, {c['task_runs']} task runs"
+        )
 
     serial = runs["tiny_video_serial"]
     result.row(
-        f"Prefect overhead, index {n:,} video items (decode + `tiny` embed), one batch in flight "
-        "(flow / plain − 1)",
-        100 * serial["overhead"], "%", target="≤ 10 %", passed=serial["overhead"] <= TARGET, note=about(serial),
+        f"Prefect overhead, index {n:,} video items (decode + `tiny` embed), one batch in flight (flow / plain − 1)",
+        100 * serial["overhead"],
+        "%",
+        target="≤ 10 %",
+        passed=serial["overhead"] <= TARGET,
+        note=about(serial),
     )
     video = runs["tiny_video"]
     result.row(
         f"flow with its defaults (two batches in flight: decoding overlaps embedding) vs the sequential plain "
         f"calls, {n:,} video items",
-        100 * video["overhead"], "%", note=about(video),
+        100 * video["overhead"],
+        "%",
+        note=about(video),
     )
     for key, text in [
         ("tiny_caption", f"Prefect overhead, {n:,} caption items, `tiny` (text only, the least work per item)"),
         ("hash", "Prefect overhead, caption items, hashing fake embedder (orchestration alone)"),
-        ("tiny_caption_before", "previous defaults (batch_size 16, a commit per batch, all batches submitted at "
-                                "once), caption items, `tiny`"),
+        (
+            "tiny_caption_before",
+            "previous defaults (batch_size 16, a commit per batch, all batches submitted at "
+            "once), caption items, `tiny`",
+        ),
         ("hash_before", "previous defaults, caption items, hashing fake"),
     ]:
         result.row(text, 100 * runs[key]["overhead"], "%", note=about(runs[key]))
     for key in ("hash", "hash_before"):
         c = runs[key]
-        result.row(f"Prefect cost per task run, hashing fake, batch_size {c['batch_size']} (extra wall / task runs)",
-                   1000 * (c["flow"] - c["plain"]) / c["task_runs"], "ms")
+        result.row(
+            f"Prefect cost per task run, hashing fake, batch_size {c['batch_size']} (extra wall / task runs)",
+            1000 * (c["flow"] - c["plain"]) / c["task_runs"],
+            "ms",
+        )
     result.row("temporary Prefect server start (once per run, not in the rows above)", server_s, "s")
     if cold_flow is not None and cold_plain is not None:
         result.row(
             "fresh process, no server configured: flow (starts Prefect's own server) vs plain, hashing fake",
-            cold_flow, "s", note=f"plain fresh process {cold_plain:.1f} s; ratio {cold_flow / cold_plain:.1f}x",
+            cold_flow,
+            "s",
+            note=f"plain fresh process {cold_plain:.1f} s; ratio {cold_flow / cold_plain:.1f}x",
         )
     result.table(
         "All timings (s)",
-        ["items, embedder, settings", "batch_size", "task runs", "plain runs", "flow runs", "plain median",
-         "flow median", "overhead"],
         [
-            [c["label"], c["batch_size"], c["task_runs"], ", ".join(f"{x:.2f}" for x in c["plain_s"]),
-             ", ".join(f"{x:.2f}" for x in c["flow_s"]), f"{c['plain']:.2f}", f"{c['flow']:.2f}",
-             f"{100 * c['overhead']:+.0f} %"]
+            "items, embedder, settings",
+            "batch_size",
+            "task runs",
+            "plain runs",
+            "flow runs",
+            "plain median",
+            "flow median",
+            "overhead",
+        ],
+        [
+            [
+                c["label"],
+                c["batch_size"],
+                c["task_runs"],
+                ", ".join(f"{x:.2f}" for x in c["plain_s"]),
+                ", ".join(f"{x:.2f}" for x in c["flow_s"]),
+                f"{c['plain']:.2f}",
+                f"{c['flow']:.2f}",
+                f"{100 * c['overhead']:+.0f} %",
+            ]
             for c in runs.values()
         ],
     )

@@ -69,14 +69,20 @@ def build(home: Path, rows: int, dim: int) -> dict[str, Any]:
 
     settings = _settings(home, dim)
     embedder = shared_embedder(settings)
-    store = GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, embedder.fingerprint, dim,
-                         settings=settings.gallery, gallery=settings.gallery.name)
+    store = GalleryStore(
+        settings.gallery_uri,
+        settings.gallery.table_prefix,
+        embedder.fingerprint,
+        dim,
+        settings=settings.gallery,
+        gallery=settings.gallery.name,
+    )
     table = store.table()
     schema = gallery_schema(dim, embedder.fingerprint, settings.gallery.name)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     step = max(1, min(100_000, 2**27 // (dim * 4)))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for start in range(0, rows, step):
         n = min(step, rows - start)
         vectors = rng.standard_normal((n, dim), dtype=np.float32)
@@ -101,12 +107,20 @@ def _write_queries(folder: Path, rows: int, n: int) -> dict[str, Path]:
     rng = np.random.default_rng(1)
     sources = rng.choice(rows, size=n, replace=n > rows)
     text = folder / "text.jsonl"
-    text.write_text("".join(json.dumps({"id": f"t{i}", "text": f"a person does thing {i % 997} in place {i % 13}"}) + "\n"
-                            for i in range(n)))
+    text.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "text": f"a person does thing {i % 997} in place {i % 13}"}) + "\n"
+            for i in range(n)
+        )
+    )
     composed = folder / "composed.jsonl"
-    composed.write_text("".join(json.dumps({"id": f"c{i}", "source": f"item-{int(s):07d}",
-                                            "edit": f"make it happen near object {i % 89}"}) + "\n"
-                                for i, s in enumerate(sources)))
+    composed.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "source": f"item-{int(s):07d}", "edit": f"make it happen near object {i % 89}"})
+            + "\n"
+            for i, s in enumerate(sources)
+        )
+    )
     return {"text": text, "composed": composed}
 
 
@@ -147,10 +161,16 @@ def measure(home: Path, rows: int, dim: int, n: int) -> dict[str, Any]:
         states = retrieval.prepare(load_queries(path), gallery, settings)
         caches = {name: StageCache(scratch, name) for name in ("reasoning", "query-embedding", "frames")}
         retrieval.run_reasoning(states, shared_reasoner(settings), settings, caches["reasoning"], caches["frames"])
-        retrieval.embed_queries(states, shared_embedder(settings), settings, caches["query-embedding"],
-                                caches["frames"])
-        vectors = np.concatenate([np.vstack([s.base_vectors] + ([s.reasoning_vector[None, :]]
-                                             if s.reasoning_vector is not None else [])) for s in states if s.ok])
+        retrieval.embed_queries(
+            states, shared_embedder(settings), settings, caches["query-embedding"], caches["frames"]
+        )
+        vectors = np.concatenate(
+            [
+                np.vstack([s.base_vectors] + ([s.reasoning_vector[None, :]] if s.reasoning_vector is not None else []))
+                for s in states
+                if s.ok
+            ]
+        )
         started = time.perf_counter()
         retrieval.recall(states, gallery, settings)
         recall_s = time.perf_counter() - started
@@ -160,9 +180,13 @@ def measure(home: Path, rows: int, dim: int, n: int) -> dict[str, Any]:
         payload = query_batch(queries=str(path), home=str(home), overrides=_overrides(dim))
         batch_s = time.perf_counter() - started
         out[kind] = {
-            "query_vectors": int(len(vectors)), "recall_s": recall_s, "floor_s": floor_s, "batch_s": batch_s,
-            "flow_stage_s": payload.get("stage_seconds", {}), "failed": len(failed) + sum(
-                1 for r in payload["results"] if r["error"]), "first_error": failed[0] if failed else None,
+            "query_vectors": int(len(vectors)),
+            "recall_s": recall_s,
+            "floor_s": floor_s,
+            "batch_s": batch_s,
+            "flow_stage_s": payload.get("stage_seconds", {}),
+            "failed": len(failed) + sum(1 for r in payload["results"] if r["error"]),
+            "first_error": failed[0] if failed else None,
         }
     out["peak_rss_bytes"] = _proc_status()["VmHWM"]
     return out
@@ -175,17 +199,24 @@ def _child(ctx: Context, args: list[str], log: Path) -> dict[str, Any]:
         env["PREFECT_API_URL"] = ctx.api_url
     report = log.with_suffix(".json")
     with log.open("w") as handle:
-        subprocess.run([sys.executable, "-m", "benchmarks.query_batch", *args, "--report", str(report)],
-                       cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True,
-                       timeout=_CHILD_TIMEOUT_S)
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.query_batch", *args, "--report", str(report)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            check=True,
+            timeout=_CHILD_TIMEOUT_S,
+        )
     return json.loads(report.read_text())
 
 
 def run(ctx: Context) -> Result:
     result = Result("query_batch", TITLE)
     ctx.prefect_server()
-    sizes = SIZES_QUICK if ctx.quick else [tuple(s) for s in json.loads(os.environ.get("QB_SIZES", "null"))
-                                           or SIZES_FULL]
+    sizes = (
+        SIZES_QUICK if ctx.quick else [tuple(s) for s in json.loads(os.environ.get("QB_SIZES", "null")) or SIZES_FULL]
+    )
     runs = []
     for rows, dim in sizes:
         home = ctx.new_home(f"qb-{rows}-{dim}")
@@ -198,8 +229,10 @@ def run(ctx: Context) -> Result:
             runs.append(measured)
             for kind in ("text", "composed"):
                 m = measured[kind]
-                ctx.log(f"  {rows:,} x {dim} {kind}: recall {QUERIES / m['recall_s']:.0f} q/s, batch "
-                        f"{QUERIES / m['batch_s']:.0f} q/s, floor {QUERIES / m['floor_s']:.0f} q/s")
+                ctx.log(
+                    f"  {rows:,} x {dim} {kind}: recall {QUERIES / m['recall_s']:.0f} q/s, batch "
+                    f"{QUERIES / m['batch_s']:.0f} q/s, floor {QUERIES / m['floor_s']:.0f} q/s"
+                )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
             tail = (home / "measure.log").read_text()[-2000:] if (home / "measure.log").exists() else ""
             runs.append({"rows": rows, "dim": dim, "error": f"{type(error).__name__}: {tail or error}"})
@@ -232,31 +265,78 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
             k = m[kind]
             n = m["queries"]
             recall_ratio, batch_ratio = k["recall_s"] / k["floor_s"], k["batch_s"] / k["floor_s"]
-            result.row(f"recall stage / floor, {n:,} {kind} queries, {size}", recall_ratio, "x",
-                       f"≤ {RECALL_TARGET}x", recall_ratio <= RECALL_TARGET)
+            result.row(
+                f"recall stage / floor, {n:,} {kind} queries, {size}",
+                recall_ratio,
+                "x",
+                f"≤ {RECALL_TARGET}x",
+                recall_ratio <= RECALL_TARGET,
+            )
             at_100k = m["rows"] == 100_000
-            result.row(f"whole batch (Prefect flow) / floor, {n:,} {kind} queries, {size}", batch_ratio, "x",
-                       f"≤ {BATCH_TARGET}x at 100k rows" if at_100k else "",
-                       batch_ratio <= BATCH_TARGET if at_100k else None)
+            result.row(
+                f"whole batch (Prefect flow) / floor, {n:,} {kind} queries, {size}",
+                batch_ratio,
+                "x",
+                f"≤ {BATCH_TARGET}x at 100k rows" if at_100k else "",
+                batch_ratio <= BATCH_TARGET if at_100k else None,
+            )
             stages = k["flow_stage_s"]
             models = sum(stages.get(name, 0.0) for name in ("validate", "reasoning", "embedding"))
             rest = k["batch_s"] - sum(stages.values())  # pin, results and contact sheets, flow start and end
-            table.append([size, kind, k["query_vectors"], f"{n / k['floor_s']:,.0f}", f"{n / k['recall_s']:,.0f}",
-                          f"{recall_ratio:.2f}", f"{n / k['batch_s']:,.1f}", f"{batch_ratio:.0f}",
-                          f"{models:.1f}", f"{stages.get('recall', float('nan')):.2f}", f"{rest:.1f}", k["failed"]])
-        result.table(f"Peak memory, {size}", ["matrix", "peak RSS", "peak / matrix", "pin s", "load matrix s"],
-                     [[f"{m['matrix_bytes'] / 2**20:,.0f} MiB", f"{m['peak_rss_bytes'] / 2**20:,.0f} MiB",
-                       f"{m['peak_rss_bytes'] / m['matrix_bytes']:.2f}", f"{m['pin_s']:.2f}",
-                       f"{m['load_matrix_s']:.2f}"]])
-    result.table("Queries/s per batch of 1,000 (hashing embedder, echo reasoner, rerank off)",
-                 ["rows x dim", "queries", "query vectors", "floor q/s", "recall q/s", "recall / floor",
-                  "whole batch q/s", "batch / floor", "flow: validate + reasoning + embedding s",
-                  "flow: recall s", "flow: pin, results, sheets, start/end s", "failed"], table)
-    result.note("Floor: one float32 product of all query vectors (base + reasoning) with the unit gallery matrix, "
-                "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `retrieval.recall` on the whole "
-                "batch with the pinned gallery already in memory. Whole batch: `query_batch` through Prefect, "
-                "cold stage caches, including validation, the hashing embedder, the echo reasoner, results and "
-                "contact sheets. The embedder and reasoner are fakes so that the model does not dominate.")
+            table.append(
+                [
+                    size,
+                    kind,
+                    k["query_vectors"],
+                    f"{n / k['floor_s']:,.0f}",
+                    f"{n / k['recall_s']:,.0f}",
+                    f"{recall_ratio:.2f}",
+                    f"{n / k['batch_s']:,.1f}",
+                    f"{batch_ratio:.0f}",
+                    f"{models:.1f}",
+                    f"{stages.get('recall', float('nan')):.2f}",
+                    f"{rest:.1f}",
+                    k["failed"],
+                ]
+            )
+        result.table(
+            f"Peak memory, {size}",
+            ["matrix", "peak RSS", "peak / matrix", "pin s", "load matrix s"],
+            [
+                [
+                    f"{m['matrix_bytes'] / 2**20:,.0f} MiB",
+                    f"{m['peak_rss_bytes'] / 2**20:,.0f} MiB",
+                    f"{m['peak_rss_bytes'] / m['matrix_bytes']:.2f}",
+                    f"{m['pin_s']:.2f}",
+                    f"{m['load_matrix_s']:.2f}",
+                ]
+            ],
+        )
+    result.table(
+        "Queries/s per batch of 1,000 (hashing embedder, echo reasoner, rerank off)",
+        [
+            "rows x dim",
+            "queries",
+            "query vectors",
+            "floor q/s",
+            "recall q/s",
+            "recall / floor",
+            "whole batch q/s",
+            "batch / floor",
+            "flow: validate + reasoning + embedding s",
+            "flow: recall s",
+            "flow: pin, results, sheets, start/end s",
+            "failed",
+        ],
+        table,
+    )
+    result.note(
+        "Floor: one float32 product of all query vectors (base + reasoning) with the unit gallery matrix, "
+        "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `retrieval.recall` on the whole "
+        "batch with the pinned gallery already in memory. Whole batch: `query_batch` through Prefect, "
+        "cold stage caches, including validation, the hashing embedder, the echo reasoner, results and "
+        "contact sheets. The embedder and reasoner are fakes so that the model does not dominate."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

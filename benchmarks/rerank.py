@@ -72,11 +72,12 @@ def run(ctx: Context) -> Result:
     pool, source_text, edit, source_label = _candidates(100)
     cands = [RerankCandidate(item_id=i, text=t) for i, t in pool]
     q = settings.query
-    short = RerankQuery(text=f"{q.source_text_template.format(source_text=source_text)}\n{edit}",
-                        instruction=q.reranker_instruction)
+    short = RerankQuery(
+        text=f"{q.source_text_template.format(source_text=source_text)}\n{edit}", instruction=q.reranker_instruction
+    )
     long = RerankQuery(
         text=f"{q.source_text_template.format(source_text=source_text)}\n"
-             + q.reasoning_reranker_template.format(edit=edit, reasoning=REASONING),
+        + q.reasoning_reranker_template.format(edit=edit, reasoning=REASONING),
         instruction=q.reranker_instruction,
     )
     reranker.score(short, cands[:4])  # warm-up
@@ -97,44 +98,101 @@ def run(ctx: Context) -> Result:
             measured[f"{label}|{k}"] = walls
             measured[f"{label}|{k}|cpu"] = cpus
             best = min(walls)
-            table.append([label, k, f"{statistics.median(walls):.2f}", f"{best:.2f}", f"{min(cpus):.2f}",
-                          f"{1000 * best / k:.0f}", f"{k / best:.2f}", len(walls)])
-            ctx.log(f"  {label}, K={k}: min {best:.2f} s, median {statistics.median(walls):.2f} s "
-                    f"({1000 * best / k:.0f} ms/pair), CPU {min(cpus):.2f} s")
+            table.append(
+                [
+                    label,
+                    k,
+                    f"{statistics.median(walls):.2f}",
+                    f"{best:.2f}",
+                    f"{min(cpus):.2f}",
+                    f"{1000 * best / k:.0f}",
+                    f"{k / best:.2f}",
+                    len(walls),
+                ]
+            )
+            ctx.log(
+                f"  {label}, K={k}: min {best:.2f} s, median {statistics.median(walls):.2f} s "
+                f"({1000 * best / k:.0f} ms/pair), CPU {min(cpus):.2f} s"
+            )
     # Cost = fixed part per query (the shared prompt prefix, run once) + K x per-pair part. Fitted on the
     # fastest run of each K: on a shared machine the slower runs measure the neighbours' load.
     fixed, per_pair = _fit([(k, min(measured[f"without reasoning|{k}"])) for k in ks])
     fixed_long, per_pair_long = _fit([(k, min(measured[f"with reasoning paragraph|{k}"])) for k in (10, 50)])
     cpu_fixed, cpu_per_pair = _fit([(k, min(measured[f"without reasoning|{k}|cpu"])) for k in ks])
     tokens = _token_counts(reranker, short, long, cands[0])
-    result.data.update(walls=measured, cpu_fixed_s=cpu_fixed, cpu_per_pair_s=cpu_per_pair, fixed_s=fixed, per_pair_s=per_pair, fixed_long_s=fixed_long,
-                       per_pair_long_s=per_pair_long, load_s=load_s, tokens=tokens, model=model,
-                       candidates=source_label)
+    result.data.update(
+        walls=measured,
+        cpu_fixed_s=cpu_fixed,
+        cpu_per_pair_s=cpu_per_pair,
+        fixed_s=fixed,
+        per_pair_s=per_pair,
+        fixed_long_s=fixed_long,
+        per_pair_long_s=per_pair_long,
+        load_s=load_s,
+        tokens=tokens,
+        model=model,
+        candidates=source_label,
+    )
     for k in ks:
         wall = min(measured[f"without reasoning|{k}"])
-        result.row(f"rerank top-{k} for one query ({model}), fastest of {reps[k]}", wall, "s",
-                   note=f"{1000 * wall / k:.0f} ms per pair; median {statistics.median(measured[f'without reasoning|{k}']):.2f} s")
-    result.row("per-pair cost (slope of wall time over K = 10, 50, 100)", 1000 * per_pair, "ms",
-               note=f"plus {fixed:.2f} s per query for the shared prompt prefix (intercept); in CPU time "
-                    f"{1000 * cpu_per_pair:.0f} ms per pair + {cpu_fixed:.2f} s")
-    result.row("per-pair cost with the reasoning paragraph in the query (K = 10, 50)", 1000 * per_pair_long, "ms",
-               note=f"plus {fixed_long:.2f} s per query")
+        result.row(
+            f"rerank top-{k} for one query ({model}), fastest of {reps[k]}",
+            wall,
+            "s",
+            note=f"{1000 * wall / k:.0f} ms per pair; median {statistics.median(measured[f'without reasoning|{k}']):.2f} s",
+        )
+    result.row(
+        "per-pair cost (slope of wall time over K = 10, 50, 100)",
+        1000 * per_pair,
+        "ms",
+        note=f"plus {fixed:.2f} s per query for the shared prompt prefix (intercept); in CPU time "
+        f"{1000 * cpu_per_pair:.0f} ms per pair + {cpu_fixed:.2f} s",
+    )
+    result.row(
+        "per-pair cost with the reasoning paragraph in the query (K = 10, 50)",
+        1000 * per_pair_long,
+        "ms",
+        note=f"plus {fixed_long:.2f} s per query",
+    )
     exhaustive = []
     for n in (12_527, 100_000, 1_000_000):
         cost = fixed + per_pair * n
         k50 = fixed + per_pair * 50
-        exhaustive.append([f"{n:,}", f"{cost:,.0f}", f"{cost / 3600:,.2f}", f"{cost / k50:,.0f}x",
-                           f"{(fixed_long + per_pair_long * n) / 3600:,.2f}"])
-    result.row("exhaustive rerank of a 12,527-item gallery (EgoCVR size), one query, projected",
-               fixed + per_pair * 12_527, "s",
-               note=f"{(fixed + per_pair * 12_527) / (fixed + per_pair * 50):.0f}x the cost of K = 50")
+        exhaustive.append(
+            [
+                f"{n:,}",
+                f"{cost:,.0f}",
+                f"{cost / 3600:,.2f}",
+                f"{cost / k50:,.0f}x",
+                f"{(fixed_long + per_pair_long * n) / 3600:,.2f}",
+            ]
+        )
+    result.row(
+        "exhaustive rerank of a 12,527-item gallery (EgoCVR size), one query, projected",
+        fixed + per_pair * 12_527,
+        "s",
+        note=f"{(fixed + per_pair * 12_527) / (fixed + per_pair * 50):.0f}x the cost of K = 50",
+    )
     result.row("exhaustive rerank of 1M items, one query, projected", (fixed + per_pair * 1_000_000) / 3600, "h")
-    result.table("Measured wall time per query",
-                 ["query", "K", "median wall s", "min wall s", "min CPU s (both threads)", "ms per pair (min)",
-                  "pairs/s (min)", "runs"], table)
-    result.table("Exhaustive cost (every item reranked), projected: fixed + N x per-pair",
-                 ["gallery N", "s per query", "h per query", "x the cost of K = 50", "h per query with reasoning"],
-                 exhaustive)
+    result.table(
+        "Measured wall time per query",
+        [
+            "query",
+            "K",
+            "median wall s",
+            "min wall s",
+            "min CPU s (both threads)",
+            "ms per pair (min)",
+            "pairs/s (min)",
+            "runs",
+        ],
+        table,
+    )
+    result.table(
+        "Exhaustive cost (every item reranked), projected: fixed + N x per-pair",
+        ["gallery N", "s per query", "h per query", "x the cost of K = 50", "h per query with reasoning"],
+        exhaustive,
+    )
     if tokens:
         result.note(
             f"Candidates: {source_label}. Prompt tokens: the shared prefix (instruction, few-shot examples, "
@@ -143,9 +201,11 @@ def run(ctx: Context) -> Result:
             "continues each batch of candidates from its cached keys and values, so the per-pair part is the "
             "candidate's own tokens and the fixed part the prefix."
         )
-    result.note(f"The model is loaded once per process ({load_s:.1f} s here; the one-off GGUF conversion, "
-                "when not cached yet, is included). Wall times on this shared machine vary run to run; the "
-                "table shows median and minimum.")
+    result.note(
+        f"The model is loaded once per process ({load_s:.1f} s here; the one-off GGUF conversion, "
+        "when not cached yet, is included). Wall times on this shared machine vary run to run; the "
+        "table shows median and minimum."
+    )
     ctx.drop_home(home)
     return result
 

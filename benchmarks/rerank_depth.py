@@ -47,8 +47,9 @@ def run(ctx: Context) -> Result:
     if cached.is_file():
         gallery = np.load(cached)
     else:
-        gallery = embedder.embed_documents([EmbedInput(it.id, text=it.text) for it in bench.items],
-                                           q.document_instruction)
+        gallery = embedder.embed_documents(
+            [EmbedInput(it.id, text=it.text) for it in bench.items], q.document_instruction
+        )
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.save(cached, gallery)
     ctx.log(f"  gallery of {len(bench.items)} narrations ready in {time.perf_counter() - start:.0f} s")
@@ -57,13 +58,17 @@ def run(ctx: Context) -> Result:
     templates = query_templates(settings, embedder)
 
     # R^3's fixed depth (the query settings' default K), whatever depth the preset ships.
-    reference = RerankPolicy(depth=QuerySettings.model_fields["rerank_k"].default,
-                             embedding_weight=q.final_embedding_weight,
-                             reranker_weight=q.final_reranker_weight)
+    reference = RerankPolicy(
+        depth=QuerySettings.model_fields["rerank_k"].default,
+        embedding_weight=q.final_embedding_weight,
+        reranker_weight=q.final_reranker_weight,
+    )
     policies = {"fixed depth (reference)": reference, "offline preset policy": policy_from_settings(q)}
     per_policy: dict[str, dict[str, Any]] = {name: {"pairs": [], "seconds": [], "hits": 0} for name in policies}
-    reranker.score(RerankQuery(text="warm up", instruction=q.reranker_instruction, source_text="a", edit="b"),
-                   [RerankCandidate("w", text="warm up")])
+    reranker.score(
+        RerankQuery(text="warm up", instruction=q.reranker_instruction, source_text="a", edit="b"),
+        [RerankCandidate("w", text="warm up")],
+    )
     for query in queries:
         base = templates.base_template.format(edit=query.edit)
         text = f"{templates.source_text_template.format(source_text=query.source_text)}\n{base}"
@@ -73,7 +78,9 @@ def run(ctx: Context) -> Result:
         recalled = [(ids[i], float(scores[i])) for i in order]
         rerank_query = RerankQuery(
             text=f"{q.source_text_template.format(source_text=query.source_text)}\n{query.edit}",
-            instruction=q.reranker_instruction, source_text=query.source_text, edit=query.edit,
+            instruction=q.reranker_instruction,
+            source_text=query.source_text,
+            edit=query.edit,
         )
 
         def score(batch, rerank_query=rerank_query):
@@ -92,8 +99,9 @@ def run(ctx: Context) -> Result:
             stats["hits"] += outcome.ranked[0].id in bench.qrels.get(query.id, {})
             ctx.log(f"  {query.id} {name}: {outcome.pairs} pairs, {seconds:.1f} s, depth {outcome.depth}")
 
-    result.data.update(per_policy=per_policy, policy=vars(policies["offline preset policy"]),
-                       queries=[x.id for x in queries])
+    result.data.update(
+        per_policy=per_policy, policy=vars(policies["offline preset policy"]), queries=[x.id for x in queries]
+    )
     summarise(result, result.data, ctx.quick)
     return result
 
@@ -103,22 +111,44 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     per_policy, queries = data["per_policy"], data["queries"]
     table = []
     for name, stats in per_policy.items():
-        table.append([name, f"{np.mean(stats['pairs']):.1f}", f"{np.mean(stats['seconds']):.2f}",
-                      f"{100 * stats['hits'] / max(len(queries), 1):.1f}", len(queries)])
-    result.table(f"Live, EgoCVR global dev queries {queries[0]}-{queries[-1]} (annotation rows), no cache",
-                 ["policy", "pairs/query", "s/query", "R@1 (these queries)", "queries"], table)
+        table.append(
+            [
+                name,
+                f"{np.mean(stats['pairs']):.1f}",
+                f"{np.mean(stats['seconds']):.2f}",
+                f"{100 * stats['hits'] / max(len(queries), 1):.1f}",
+                len(queries),
+            ]
+        )
+    result.table(
+        f"Live, EgoCVR global dev queries {queries[0]}-{queries[-1]} (annotation rows), no cache",
+        ["policy", "pairs/query", "s/query", "R@1 (these queries)", "queries"],
+        table,
+    )
     ref, ada = per_policy["fixed depth (reference)"], per_policy["offline preset policy"]
     ratio = float(np.mean(ada["pairs"]) / max(np.mean(ref["pairs"]), 1e-9))
     result.row("reranker pairs per query, fixed depth K = 50", float(np.mean(ref["pairs"])), "pairs")
-    result.row("reranker pairs per query, offline preset policy", float(np.mean(ada["pairs"])), "pairs",
-               target="<= 0.5 x fixed depth", passed=ratio <= 0.5, note=f"{ratio:.2f} x fixed depth")
+    result.row(
+        "reranker pairs per query, offline preset policy",
+        float(np.mean(ada["pairs"])),
+        "pairs",
+        target="<= 0.5 x fixed depth",
+        passed=ratio <= 0.5,
+        note=f"{ratio:.2f} x fixed depth",
+    )
     result.row("rerank seconds per query, fixed depth K = 50", float(np.mean(ref["seconds"])), "s")
-    result.row("rerank seconds per query, offline preset policy", float(np.mean(ada["seconds"])), "s",
-               note=f"{np.mean(ada['seconds']) / max(np.mean(ref['seconds']), 1e-9):.2f} x fixed depth")
+    result.row(
+        "rerank seconds per query, offline preset policy",
+        float(np.mean(ada["seconds"])),
+        "s",
+        note=f"{np.mean(ada['seconds']) / max(np.mean(ref['seconds']), 1e-9):.2f} x fixed depth",
+    )
     _replayed(result)
-    result.note(f"Policy: {data['policy']}. Pairs are what each policy asks the reranker for; seconds are wall "
-                "time on this shared 2-core CPU (load average in the section header), so compare the two "
-                "policies within this run only.")
+    result.note(
+        f"Policy: {data['policy']}. Pairs are what each policy asks the reranker for; seconds are wall "
+        "time on this shared 2-core CPU (load average in the section header), so compare the two "
+        "policies within this run only."
+    )
 
 
 def _replayed(result: Result) -> None:
@@ -131,14 +161,29 @@ def _replayed(result: Result) -> None:
             continue
         ref, ada = sweep["reference"], sweep["settings' policy"]
         split = report.get("split", {})
-        rows.append([f"{report['benchmark']} {report['setting']}", split.get("role", "?"), report["queries"],
-                     f"{ref['metrics']['R@1']:.1f}", f"{ref['pairs_per_query']:.1f}",
-                     f"{ada['metrics']['R@1']:.1f}", f"{ada['pairs_per_query']:.1f}"])
-        result.row(f"R@1 offline preset policy - fixed depth, {report['benchmark']} {report['setting']} "
-                   f"({split.get('role', '?')}, {report['queries']} queries, replayed)",
-                   ada["metrics"]["R@1"] - ref["metrics"]["R@1"], "points", target=">= 0",
-                   passed=ada["metrics"]["R@1"] >= ref["metrics"]["R@1"],
-                   note=f"pairs/query {ada['pairs_per_query']:.1f} vs {ref['pairs_per_query']:.1f}")
+        rows.append(
+            [
+                f"{report['benchmark']} {report['setting']}",
+                split.get("role", "?"),
+                report["queries"],
+                f"{ref['metrics']['R@1']:.1f}",
+                f"{ref['pairs_per_query']:.1f}",
+                f"{ada['metrics']['R@1']:.1f}",
+                f"{ada['pairs_per_query']:.1f}",
+            ]
+        )
+        result.row(
+            f"R@1 offline preset policy - fixed depth, {report['benchmark']} {report['setting']} "
+            f"({split.get('role', '?')}, {report['queries']} queries, replayed)",
+            ada["metrics"]["R@1"] - ref["metrics"]["R@1"],
+            "points",
+            target=">= 0",
+            passed=ada["metrics"]["R@1"] >= ref["metrics"]["R@1"],
+            note=f"pairs/query {ada['pairs_per_query']:.1f} vs {ref['pairs_per_query']:.1f}",
+        )
     if rows:
-        result.table("Replayed from `r3 eval` reports (K = 50 scores stored once)",
-                     ["dataset", "split", "queries", "R@1 fixed", "pairs fixed", "R@1 policy", "pairs policy"], rows)
+        result.table(
+            "Replayed from `r3 eval` reports (K = 50 scores stored once)",
+            ["dataset", "split", "queries", "R@1 fixed", "pairs fixed", "R@1 policy", "pairs policy"],
+            rows,
+        )

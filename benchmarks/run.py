@@ -55,11 +55,19 @@ BENCHMARKS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",
-                        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k galleries, recall up to 100k rows)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: rebuild rows and notes from the stored measurements, and RESULTS.md")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rebuild rows and notes from the stored measurements, and RESULTS.md",
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         return render_only(args.only or list(BENCHMARKS))
@@ -83,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - one broken benchmark must not lose the others' results
                 failures += 1
                 traceback.print_exc()
-                payload = {"benchmark": name, "title": name, "rows": [], "tables": [], "notes": [], "data": {},
-                           "error": f"{type(exc).__name__}: {exc}"}
+                payload = {
+                    "benchmark": name,
+                    "title": name,
+                    "rows": [],
+                    "tables": [],
+                    "notes": [],
+                    "data": {},
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
             payload.update(
                 command=command_line(argv),
                 mode="quick" if args.quick else "full",

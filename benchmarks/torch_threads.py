@@ -11,7 +11,7 @@ a comparison would be the one penalised.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager

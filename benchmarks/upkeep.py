@@ -29,8 +29,18 @@ OUT = Path(__file__).parent / "results" / "upkeep.json"
 
 
 def _rows(ids: range | list[int], rng: np.random.Generator, round_: int) -> list[GalleryRow]:
-    return [GalleryRow(id=f"item-{i}", path=None, text=f"caption {i}", group=None, content_key=f"{i}-{round_}",
-                       num_frames=1, vector=rng.standard_normal(DIM).astype(np.float32)) for i in ids]
+    return [
+        GalleryRow(
+            id=f"item-{i}",
+            path=None,
+            text=f"caption {i}",
+            group=None,
+            content_key=f"{i}-{round_}",
+            num_frames=1,
+            vector=rng.standard_normal(DIM).astype(np.float32),
+        )
+        for i in ids
+    ]
 
 
 def _pin_seconds(uri: str) -> float:
@@ -63,11 +73,19 @@ def run_arm(root: Path, with_upkeep: bool) -> dict:
             upkeep(store, settings)
             upkeep_seconds += time.perf_counter() - t
     final = health(store)
-    return {"arm": "upkeep" if with_upkeep else "none", "refreshes": REFRESHES, "versions": final.versions,
-            "fragments": final.fragments, "small_fragments": final.small_fragments, "rows": final.rows,
-            "tags": len(final.tags), "pin_latest_s": round(_pin_seconds(uri), 4),
-            "disk_mb": round(_bytes(Path(uri)) / 2**20, 2), "total_s": round(time.perf_counter() - started, 2),
-            "upkeep_s_per_refresh": round(upkeep_seconds / REFRESHES, 4) if with_upkeep else None}
+    return {
+        "arm": "upkeep" if with_upkeep else "none",
+        "refreshes": REFRESHES,
+        "versions": final.versions,
+        "fragments": final.fragments,
+        "small_fragments": final.small_fragments,
+        "rows": final.rows,
+        "tags": len(final.tags),
+        "pin_latest_s": round(_pin_seconds(uri), 4),
+        "disk_mb": round(_bytes(Path(uri)) / 2**20, 2),
+        "total_s": round(time.perf_counter() - started, 2),
+        "upkeep_s_per_refresh": round(upkeep_seconds / REFRESHES, 4) if with_upkeep else None,
+    }
 
 
 def main() -> int:
@@ -78,9 +96,15 @@ def main() -> int:
         store = GalleryStore(str(root / "none"), "gallery", "bench-embedder-0001", DIM)
         upkeep(store, UpkeepSettings())
         late = health(store)
-        arms.append({"arm": "none, then one upkeep", "versions": late.versions, "fragments": late.fragments,
-                     "pin_latest_s": round(_pin_seconds(str(root / "none")), 4),
-                     "disk_mb": round(_bytes(root / "none") / 2**20, 2)})
+        arms.append(
+            {
+                "arm": "none, then one upkeep",
+                "versions": late.versions,
+                "fragments": late.fragments,
+                "pin_latest_s": round(_pin_seconds(str(root / "none")), 4),
+                "disk_mb": round(_bytes(root / "none") / 2**20, 2),
+            }
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     OUT.parent.mkdir(exist_ok=True)

@@ -32,13 +32,15 @@ def file_asset(path: str | Path, name: str | None = None) -> Asset:
 def gallery_asset(uri: str, table: str) -> Asset:
     scheme, _, rest = uri.partition("://") if "://" in uri else ("lancedb", "", str(Path(uri).resolve()))
     key = _key("lancedb" if scheme == "lancedb" else f"lancedb+{scheme.lower()}", f"{rest.rstrip('/')}/{table}")
-    return Asset(key=key, properties=AssetProperties(name=f"gallery {table}",
-                                                     description=f"LanceDB table {table} at {uri}"))
+    return Asset(
+        key=key, properties=AssetProperties(name=f"gallery {table}", description=f"LanceDB table {table} at {uri}")
+    )
 
 
 def embedder_asset(fingerprint: str) -> Asset:
-    return Asset(key=_key("r3", f"embedder/{fingerprint}"),
-                 properties=AssetProperties(name=f"embedder {fingerprint[:16]}"))
+    return Asset(
+        key=_key("r3", f"embedder/{fingerprint}"), properties=AssetProperties(name=f"embedder {fingerprint[:16]}")
+    )
 
 
 @materialize("r3://placeholder", name="materialize-asset", cache_policy=NONE)
@@ -54,18 +56,31 @@ def record_asset(asset: Asset, upstream: list[Asset], metadata: dict[str, Any]) 
 
 def record_gallery(summary: dict[str, Any], source: str, tag: str | None) -> None:
     gallery = gallery_asset(summary["table"]["uri"], summary["table"]["name"])
-    record_asset(gallery, [file_asset(source), embedder_asset(summary["embedder"])],
-                 {"version": summary["version"], "tag": tag, "added": summary["added"],
-                  "updated": summary["updated"], "removed": summary["removed"]})
+    record_asset(
+        gallery,
+        [file_asset(source), embedder_asset(summary["embedder"])],
+        {
+            "version": summary["version"],
+            "tag": tag,
+            "added": summary["added"],
+            "updated": summary["updated"],
+            "removed": summary["removed"],
+        },
+    )
 
 
 def record_results(out: str, queries: str, lineage: dict[str, Any]) -> None:
     ref = lineage["gallery"]
-    record_asset(file_asset(out), [gallery_asset(ref["uri"], ref["table"]), file_asset(queries)],
-                 {"gallery version": ref["version"], "embedder": lineage["embedder"],
-                  "settings hash": lineage["settings_hash"]})
+    record_asset(
+        file_asset(out),
+        [gallery_asset(ref["uri"], ref["table"]), file_asset(queries)],
+        {"gallery version": ref["version"], "embedder": lineage["embedder"], "settings hash": lineage["settings_hash"]},
+    )
 
 
 def record_report(out: str, gallery: dict[str, Any], dataset: str) -> None:
-    record_asset(file_asset(out), [gallery_asset(gallery["uri"], gallery["table"])],
-                 {"gallery version": gallery.get("version"), "dataset": dataset})
+    record_asset(
+        file_asset(out),
+        [gallery_asset(gallery["uri"], gallery["table"])],
+        {"gallery version": gallery.get("version"), "dataset": dataset},
+    )

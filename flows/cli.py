@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 EXIT_OK, EXIT_ITEM_FAILURES, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -55,16 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="index a folder of videos or a manifest into the LanceDB gallery")
     index.add_argument("source", help="folder of videos (NAME.txt beside a video is its caption) or CSV/JSONL manifest")
     index.add_argument("--strict", action="store_true", help="exit non-zero when any item failed")
-    _add_gallery(index, "default", "which gallery of the data home this source becomes (default: default); "
-                 "other galleries keep their rows")
+    _add_gallery(
+        index,
+        "default",
+        "which gallery of the data home this source becomes (default: default); other galleries keep their rows",
+    )
     _add_common(index)
 
     query = sub.add_parser("query", help="answer a batch of composed and text queries")
     query.add_argument("queries", help="JSONL, JSON or CSV queries (composed: id, source, edit; text: id, text)")
     query.add_argument("--out", required=True, help="where to write the results JSON")
     query.add_argument("--format", choices=["r3", "covrr"], default="r3", help="covrr also writes OUT.covrr.json")
-    query.add_argument("--gallery-version", type=_version_or_tag, default=None,
-                       help="pin this table version or tag, e.g. refresh-12 (default: latest)")
+    query.add_argument(
+        "--gallery-version",
+        type=_version_or_tag,
+        default=None,
+        help="pin this table version or tag, e.g. refresh-12 (default: latest)",
+    )
     query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
     _add_gallery(query, "default", "the gallery to search (default: default)")
     _add_common(query)
@@ -76,25 +84,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(preset="offline")
 
     evaluate = sub.add_parser("eval", help="ablation (base, +reasoning, +reasoning+rerank) on a benchmark")
-    evaluate.add_argument("dataset", help="egocvr, egocvr-local, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder")
+    evaluate.add_argument(
+        "dataset", help="egocvr, egocvr-local, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder"
+    )
     evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")
-    evaluate.add_argument("--skip", type=int, default=0,
-                          help="leave out the first N queries (a held-out split for tuning settings)")
-    evaluate.add_argument("--rerank-k", type=int, default=None,
-                          help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)")
-    evaluate.add_argument("--arms", default=None,
-                          help="comma-separated arms to run (default all): base, +rerank, +rerank (policy), "
-                          "+reasoning, +reasoning+rerank")
-    evaluate.add_argument("--fusion-grid", action="store_true",
-                          help="also run +reasoning under a grid of fusion settings (tau, w, rrf/max/mean)")
-    _add_gallery(evaluate, None, "the gallery the benchmark is indexed into (default: eval-<benchmark>-<setting>, "
-                 "so an evaluation never touches your own galleries)")
+    evaluate.add_argument(
+        "--skip", type=int, default=0, help="leave out the first N queries (a held-out split for tuning settings)"
+    )
+    evaluate.add_argument(
+        "--rerank-k",
+        type=int,
+        default=None,
+        help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)",
+    )
+    evaluate.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arms to run (default all): base, +rerank, +rerank (policy), "
+        "+reasoning, +reasoning+rerank",
+    )
+    evaluate.add_argument(
+        "--fusion-grid",
+        action="store_true",
+        help="also run +reasoning under a grid of fusion settings (tau, w, rrf/max/mean)",
+    )
+    _add_gallery(
+        evaluate,
+        None,
+        "the gallery the benchmark is indexed into (default: eval-<benchmark>-<setting>, "
+        "so an evaluation never touches your own galleries)",
+    )
     _add_common(evaluate)
 
     galleries = sub.add_parser("galleries", help="list the galleries of the data home with row counts and versions")
-    galleries.add_argument("--prune", action="store_true",
-                           help="drop GALLERY's tables of embedders other than the current preset's (retired models)")
+    galleries.add_argument(
+        "--prune",
+        action="store_true",
+        help="drop GALLERY's tables of embedders other than the current preset's (retired models)",
+    )
     _add_gallery(galleries, "default", "the gallery --prune works on (default: default)")
     _add_common(galleries)
 
@@ -197,8 +225,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     payload = _run_queries(Path(args.queries), out, args, covrr_out)
     failed = [r for r in payload["results"] if r["error"]]
     if args.json:
-        print(json.dumps({"out": str(out), "queries": len(payload["results"]), "failed": len(failed),
-                          "artifacts": payload["artifacts"]}))
+        print(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "queries": len(payload["results"]),
+                    "failed": len(failed),
+                    "artifacts": payload["artifacts"],
+                }
+            )
+        )
     else:
         print(terminal_table(payload["results"], _item_texts(payload, args), top=args.top))
         print(f"results: {out}\nreport and contact sheets: {payload['artifacts']}")
@@ -212,20 +248,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     demo = build_demo(settings.home / "demo", settings.data.opencv_samples_dir)
-    print(f"demo gallery {args.gallery!r}: {demo.gallery} "
-          f"(sample videos found: {', '.join(demo.samples_found) or 'none'})")
+    print(
+        f"demo gallery {args.gallery!r}: {demo.gallery} "
+        f"(sample videos found: {', '.join(demo.samples_found) or 'none'})"
+    )
     summary = index_gallery(source=str(demo.gallery), preset=args.preset, home=args.home, gallery=args.gallery)
     _print_index_summary(summary)
     out = settings.home / "demo" / "results.json"
     payload = _run_queries(demo.queries, out, args)
-    expected = {
-        row["id"]: row.get("expected") for row in map(json.loads, demo.queries.read_text().splitlines()) if row
-    }
+    expected = {row["id"]: row.get("expected") for row in map(json.loads, demo.queries.read_text().splitlines()) if row}
     print()
     print(terminal_table(payload["results"], _item_texts(payload, args), top=args.top))
     hits = [
-        r["id"] for r in payload["results"] if expected.get(r["id"]) and r["ranked"]
-        and r["ranked"][0]["id"] == expected[r["id"]]
+        r["id"]
+        for r in payload["results"]
+        if expected.get(r["id"]) and r["ranked"] and r["ranked"][0]["id"] == expected[r["id"]]
     ]
     n_composed = sum(1 for v in expected.values() if v)
     print(f"composed queries with the intended target at rank 1: {len(hits)}/{n_composed}")
@@ -240,8 +277,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from r3tasks.evaluation import markdown_table
 
     report = evaluate_benchmark(
-        dataset=args.dataset, out=str(Path(args.out).resolve()), preset=args.preset, home=args.home, limit=args.limit,
-        rerank_k=args.rerank_k, skip=args.skip, fusion_grid=args.fusion_grid, gallery=args.gallery,
+        dataset=args.dataset,
+        out=str(Path(args.out).resolve()),
+        preset=args.preset,
+        home=args.home,
+        limit=args.limit,
+        rerank_k=args.rerank_k,
+        skip=args.skip,
+        fusion_grid=args.fusion_grid,
+        gallery=args.gallery,
         arm_names=[n.strip() for n in args.arms.split(",")] if args.arms else None,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
@@ -257,13 +301,17 @@ def cmd_galleries(args: argparse.Namespace) -> int:
         from flows.index_flow import open_store
         from r3tasks.upkeep import drop_tables, retired_tables
 
-        store = open_store(settings.model_copy(update={"gallery": settings.gallery.model_copy(
-            update={"name": args.gallery})}))
+        store = open_store(
+            settings.model_copy(update={"gallery": settings.gallery.model_copy(update={"name": args.gallery})})
+        )
         dropped = drop_tables(store, retired_tables(store))
     found = list_galleries(settings)
     if args.json:
-        print(json.dumps({"uri": settings.gallery_uri, "galleries": [g.to_dict() for g in found],
-                          "dropped": dropped}, indent=2))
+        print(
+            json.dumps(
+                {"uri": settings.gallery_uri, "galleries": [g.to_dict() for g in found], "dropped": dropped}, indent=2
+            )
+        )
         return EXIT_OK
     if not found:
         print(f"no galleries in {settings.gallery_uri}: `r3 index SOURCE --gallery NAME` makes one")
@@ -279,8 +327,14 @@ def cmd_galleries(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"eval": cmd_eval, "index": cmd_index, "query": cmd_query, "demo": cmd_demo, "settings": cmd_settings,
-            "galleries": cmd_galleries}
+COMMANDS = {
+    "eval": cmd_eval,
+    "index": cmd_index,
+    "query": cmd_query,
+    "demo": cmd_demo,
+    "settings": cmd_settings,
+    "galleries": cmd_galleries,
+}
 
 
 def _one_line(error: Exception) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def add_upkeep_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -25,8 +26,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from flows.watch import drain_events, watch
 
     try:
-        watch(Path(args.inbox).resolve(), _settings(args).watch, Path(args.out_dir) if args.out_dir else None,
-              polls=args.polls)
+        watch(
+            Path(args.inbox).resolve(),
+            _settings(args).watch,
+            Path(args.out_dir) if args.out_dir else None,
+            polls=args.polls,
+        )
     except KeyboardInterrupt:
         pass
     finally:

@@ -15,8 +15,6 @@ from flows.common import flow_settings
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.datasets import Benchmark, load_benchmark
-from r3tasks.settings import QuerySettings
-from r3tasks.synthetic import generate_benchmark
 from r3tasks.evaluation import (
     arm_report,
     arms,
@@ -31,7 +29,8 @@ from r3tasks.evaluation import (
     write_benchmark_files,
 )
 from r3tasks.rerank_policy import policy_from_settings
-
+from r3tasks.settings import QuerySettings
+from r3tasks.synthetic import generate_benchmark
 
 GENERATED_QUERIES = 60
 
@@ -88,8 +87,12 @@ def evaluate_benchmark(
     gallery = gallery or eval_gallery_name(benchmark)
     index_gallery(source=str(manifest), preset=preset, home=home, overrides=overrides, gallery=gallery)
     report: dict[str, Any] = {
-        "benchmark": benchmark.name, "setting": benchmark.setting, "queries": len(benchmark.queries),
-        "gallery": len(benchmark.items), "preset": settings.models.preset, "arms": [],
+        "benchmark": benchmark.name,
+        "setting": benchmark.setting,
+        "queries": len(benchmark.queries),
+        "gallery": len(benchmark.items),
+        "preset": settings.models.preset,
+        "arms": [],
         "split": split_record(dataset, benchmark.setting, skip, limit, len(benchmark.queries)),
     }
     print(split_line(report["split"]))
@@ -105,12 +108,18 @@ def evaluate_benchmark(
         if arm.name == "+rerank":
             # One model pass at fixed depth K; every other policy is replayed from its stored scores.
             report["policy_sweep"] = policy_sweep(
-                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=k))
+                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=k)
+            )
     if fusion_grid:
         report["fusion_sweep"] = []
         for arm in fusion_grid_arms():
-            payload = query_batch(queries=str(queries), preset=preset, home=home,
-                                  overrides=_merge(overrides or {}, arm.overrides), gallery=gallery)
+            payload = query_batch(
+                queries=str(queries),
+                preset=preset,
+                home=home,
+                overrides=_merge(overrides or {}, arm.overrides),
+                gallery=gallery,
+            )
             report["fusion_sweep"].append(arm_report(arm.name, payload, benchmark.qrels))
             logger.info("%s: %s", arm.name, report["fusion_sweep"][-1]["metrics"])
     table = markdown_table(report)

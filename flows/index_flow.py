@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from itertools import islice
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -31,10 +32,9 @@ from flows.common import (
     retry_on_transient,
     stable_hash,
 )
+from r3tasks import validate
 from r3tasks.errors import R3Error
 from r3tasks.gallery import GalleryRow
-from r3tasks.stagecache import prune_older_than
-from r3tasks.store import open_store  # re-exported: callers import it from here
 from r3tasks.indexing import (
     EmbeddedBatch,
     IndexPlan,
@@ -49,9 +49,9 @@ from r3tasks.indexing import (
 )
 from r3tasks.models.registry import shared_embedder
 from r3tasks.settings import R3Settings
-from r3tasks import validate
-from r3tasks.sources import KeyedItem
-
+from r3tasks.sources import GalleryItem, KeyedItem
+from r3tasks.stagecache import prune_older_than
+from r3tasks.store import open_store  # re-exported: callers import it from here
 
 PROGRESS_SECONDS = 2.0
 
@@ -154,7 +154,9 @@ def upsert_task(embedded: EmbeddedBatch, settings: R3Settings) -> int:
         return store.upsert(embedded.rows)
 
 
-@task(name="remove-stale-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+@task(
+    name="remove-stale-rows", cache_policy=NONE, retries=3, retry_delay_seconds=2, retry_condition_fn=retry_on_transient
+)
 def remove_task(ids: list[str], settings: R3Settings) -> int:
     from flows.writers import writer_slot
 
@@ -238,8 +240,15 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
     failed: list[ItemFailure] = list(keying.failed)
     logger.info(
         "gallery %r from %s: %d items, %d to embed (%d new, %d changed), %d unchanged, %d to remove, %d unreadable",
-        settings.gallery.name, source, len(items), len(plan.to_embed), len(plan.to_add), len(plan.to_update),
-        len(plan.unchanged), len(plan.to_remove), len(keying.failed),
+        settings.gallery.name,
+        source,
+        len(items),
+        len(plan.to_embed),
+        len(plan.to_add),
+        len(plan.to_update),
+        len(plan.unchanged),
+        len(plan.to_remove),
+        len(keying.failed),
     )
 
     to_embed = batches(plan.to_embed, settings.index.batch_size)
@@ -247,8 +256,9 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
     io_retries = {"retries": settings.index.retries, "retry_delay_seconds": settings.index.retry_delay_seconds}
     expiry = settings.index.result_expiration_s
     prune_older_than(storage, expiry)  # expired batch results: the gallery table keeps the vectors
-    embed = embed_batch_task.with_options(result_storage=storage, **io_retries,
-                                          cache_expiration=dt.timedelta(seconds=expiry) if expiry else None)
+    embed = embed_batch_task.with_options(
+        result_storage=storage, **io_retries, cache_expiration=dt.timedelta(seconds=expiry) if expiry else None
+    )
     upsert = upsert_task.with_options(**io_retries)
     written_ids: set[str] = set()
     done = 0
@@ -285,8 +295,9 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
             try:
                 embedded = future.result()
             except TRANSIENT_ERRORS as error:
-                logger.warning("a batch of %d still fails after retries (%s): embedding its items singly",
-                               len(batch), error)
+                logger.warning(
+                    "a batch of %d still fails after retries (%s): embedding its items singly", len(batch), error
+                )
                 embedded = _embed_one_at_a_time(embed, batch, settings)
             del future  # the result is held below only until its rows are committed
             for next_batch in islice(queued, 1):
@@ -300,8 +311,9 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
                 # Each update is a round trip to the API: a few per minute show progress as well as one per batch.
                 update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
                 last_progress = time.monotonic()
-            logger.info("embedded %d/%d items (%.0f%%), %d stored", done, total, 100.0 * done / max(total, 1),
-                        len(written_ids))
+            logger.info(
+                "embedded %d/%d items (%.0f%%), %d stored", done, total, 100.0 * done / max(total, 1), len(written_ids)
+            )
     if total == 0:
         update_progress_artifact(progress_id, 100.0)
 

@@ -20,7 +20,7 @@ from prefect.cache_policies import NONE
 
 from flows.assets import record_results
 from flows.common import code_version, flow_settings, retry_on_transient
-from r3tasks import batch_output, retrieval, store, validate
+from r3tasks import batch_output, rerank_stage, retrieval, store, validate
 from r3tasks.batch_output import covrr_submission  # noqa: F401 - re-exported for callers of the old name
 from r3tasks.gallery import PinnedGallery
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
@@ -30,7 +30,6 @@ from r3tasks.retrieval import QueryState
 from r3tasks.settings import R3Settings
 from r3tasks.stagecache import StageCache
 
-
 # The running batch's stage caches by cache folder: one set per batch, so its hits and misses add up.
 _batch_caches: dict[str, dict[str, StageCache]] = {}
 
@@ -39,8 +38,9 @@ def _caches(settings: R3Settings) -> dict[str, StageCache]:
     root = settings.cache_dir
     if str(root) not in _batch_caches:
         bound = settings.query.stage_cache_max_bytes
-        _batch_caches[str(root)] = {name: StageCache(root, name, bound)
-                                    for name in ("frames", "reasoning", "query-embedding", "rerank")}
+        _batch_caches[str(root)] = {
+            name: StageCache(root, name, bound) for name in ("frames", "reasoning", "query-embedding", "rerank")
+        }
     return _batch_caches[str(root)]
 
 
@@ -65,7 +65,13 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
     )
 
 
-@task(name="pin-gallery-version", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
+@task(
+    name="pin-gallery-version",
+    cache_policy=NONE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient,
+)
 def pin_task(settings: R3Settings, version: int | str | None) -> int:
     from r3tasks.upkeep import resolve_version
 
@@ -113,8 +119,17 @@ def rerank_task(
 ) -> list[QueryState]:
     caches = _caches(settings)
     reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
-    retrieval.rerank(states, reranker, _pinned(settings, version), settings, caches["rerank"], caches["frames"],
-                     logger=get_run_logger(), done_before=done_before, total=total)
+    rerank_stage.rerank(
+        states,
+        reranker,
+        _pinned(settings, version),
+        settings,
+        caches["rerank"],
+        caches["frames"],
+        logger=get_run_logger(),
+        done_before=done_before,
+        total=total,
+    )
     _stage_lineage("rerank", reranker.fingerprint if reranker else None, caches["rerank"], version, len(states))
     return states
 
@@ -132,17 +147,20 @@ def results_task(
     lineage = {
         "gallery": {"uri": gallery.ref.uri, "table": gallery.ref.table, "version": gallery.ref.version},
         "embedder": shared_embedder(settings).fingerprint,
-        "reasoner": shared_reasoner(settings).fingerprint if settings.query.use_reasoning and any(
-            s.reasoning is not None for s in states) else None,
-        "reranker": shared_reranker(settings).fingerprint if settings.query.rerank_k > 0 and any(
-            s.ranked and s.ranked[0].reranker_score is not None for s in states) else None,
+        "reasoner": shared_reasoner(settings).fingerprint
+        if settings.query.use_reasoning and any(s.reasoning is not None for s in states)
+        else None,
+        "reranker": shared_reranker(settings).fingerprint
+        if settings.query.rerank_k > 0 and any(s.ranked and s.ranked[0].reranker_score is not None for s in states)
+        else None,
         "settings_hash": settings.settings_hash(),
         "code_version": code_version(),
         "cache": {name: cache.counts() for name, cache in _caches(settings).items()},
     }
-    run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
-    sheets = batch_output.contact_sheets(states, gallery, settings, run_dir, _caches(settings)["frames"],
-                                         get_run_logger())
+    run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ"))
+    sheets = batch_output.contact_sheets(
+        states, gallery, settings, run_dir, _caches(settings)["frames"], get_run_logger()
+    )
     results = [retrieval.result_of(state, lineage) for state in states]
     report = markdown_report(results, sheets)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +224,11 @@ def query_batch(
         step = size if settings.query.rerank_k > 0 else max(1, len(recalled))
         states: list[QueryState] = []
         for start in range(0, len(recalled), step):  # its progress line counts the whole batch
-            states.extend(timed("rerank", rerank_task, recalled[start : start + step], settings, version,
-                                len(states), len(loaded)))
+            states.extend(
+                timed(
+                    "rerank", rerank_task, recalled[start : start + step], settings, version, len(states), len(loaded)
+                )
+            )
             update_progress_artifact(progress, 50.0 + 50.0 * len(states) / max(1, len(loaded)))
             logger.info("answered %d/%d queries", len(states), len(loaded))
         payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
@@ -216,6 +237,10 @@ def query_batch(
         store.release(settings, version)  # the batch is over: its vector matrix need not stay in RAM
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
-        logger.warning("%d of %d queries failed: %s", len(failed), len(loaded),
-                       "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5]))
+        logger.warning(
+            "%d of %d queries failed: %s",
+            len(failed),
+            len(loaded),
+            "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5]),
+        )
     return payload

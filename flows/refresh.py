@@ -34,16 +34,24 @@ def upkeep_task(store: GalleryStore, settings: R3Settings) -> dict[str, Any]:
     report: UpkeepReport = upkeep(store, settings.upkeep)
     before, after = report.before, report.after
     create_table_artifact(
-        [{"when": "before", "version": before.version, "versions": before.versions, "fragments": before.fragments},
-         {"when": "after", "version": after.version, "versions": after.versions, "fragments": after.fragments}],
+        [
+            {"when": "before", "version": before.version, "versions": before.versions, "fragments": before.fragments},
+            {"when": "after", "version": after.version, "versions": after.versions, "fragments": after.fragments},
+        ],
         key="gallery-upkeep",
         description=f"Tag {report.tag or '-'}; versions and fragments before and after optimize().",
     )
     return report.to_dict()
 
 
-def after_refresh(summary: dict[str, Any], store: GalleryStore, settings: R3Settings, source: str,
-                  gallery: str, previous_version: int | None) -> dict[str, Any]:
+def after_refresh(
+    summary: dict[str, Any],
+    store: GalleryStore,
+    settings: R3Settings,
+    source: str,
+    gallery: str,
+    previous_version: int | None,
+) -> dict[str, Any]:
     """Upkeep, the gallery asset and the refreshed event; adds `tag` and `upkeep` to the summary."""
     if not changed(summary):
         summary.update(tag=None, upkeep=None)
@@ -54,12 +62,27 @@ def after_refresh(summary: dict[str, Any], store: GalleryStore, settings: R3Sett
     record_gallery(summary, source, report["tag"])
     emit_event(
         event=REFRESHED_EVENT,
-        resource={"prefect.resource.id": gallery_resource_id(gallery), "prefect.resource.name": gallery,
-                  "r3.table": store.name, "r3.uri": store.uri},
-        payload={"gallery": gallery, "version": summary["version"], "tag": report["tag"],
-                 "previous_version": previous_version, "added": summary["added"],
-                 "updated": summary["updated"], "removed": summary["removed"]},
+        resource={
+            "prefect.resource.id": gallery_resource_id(gallery),
+            "prefect.resource.name": gallery,
+            "r3.table": store.name,
+            "r3.uri": store.uri,
+        },
+        payload={
+            "gallery": gallery,
+            "version": summary["version"],
+            "tag": report["tag"],
+            "previous_version": previous_version,
+            "added": summary["added"],
+            "updated": summary["updated"],
+            "removed": summary["removed"],
+        },
     )
-    get_run_logger().info("gallery %s refreshed to version %s (tag %s): %s emitted", gallery, summary["version"],
-                          report["tag"], REFRESHED_EVENT)
+    get_run_logger().info(
+        "gallery %s refreshed to version %s (tag %s): %s emitted",
+        gallery,
+        summary["version"],
+        report["tag"],
+        REFRESHED_EVENT,
+    )
     return summary

@@ -38,9 +38,12 @@ def standing_queries(
     previous = _blank(previous_version)
     before = query_batch(**common, gallery_version=previous) if previous is not None else {"results": []}
     rows = topk_changes(before["results"], after["results"], top_k)
-    create_table_artifact(rows, key="standing-changes",
-                          description=f"Top-{top_k} changes between gallery versions {previous} and "
-                                      f"{after['lineage']['gallery']['version']}.")
+    create_table_artifact(
+        rows,
+        key="standing-changes",
+        description=f"Top-{top_k} changes between gallery versions {previous} and "
+        f"{after['lineage']['gallery']['version']}.",
+    )
     changed = [r for r in rows if r["changed"]]
     create_markdown_artifact(
         f"# Standing queries\n\n{len(changed)} of {len(rows)} queries changed their top-{top_k} "
@@ -48,5 +51,9 @@ def standing_queries(
         key="standing-summary",
     )
     get_run_logger().info("%d of %d standing queries changed their top-%d", len(changed), len(rows), top_k)
-    return {"changes": rows, "version": after["lineage"]["gallery"]["version"], "previous_version": previous,
-            "out": out}
+    return {
+        "changes": rows,
+        "version": after["lineage"]["gallery"]["version"],
+        "previous_version": previous,
+        "out": out,
+    }

@@ -7,8 +7,8 @@ Only the signal is ours; the run is Prefect's: the `query-batch-inbox` deploymen
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from r3tasks.errors import R3Error
 from r3tasks.inbox import InboxState, landed, list_inbox
@@ -33,8 +33,13 @@ def emit_landed(path: Path, out: Path) -> None:
         raise R3Error("r3 watch: Prefect is not sending events (no server): set PREFECT_API_URL to your server's API")
 
 
-def watch(inbox: Path, settings: WatchSettings, out_dir: Path | None = None, polls: int | None = None,
-          on_landed: Callable[[Path, Path], None] = emit_landed) -> int:
+def watch(
+    inbox: Path,
+    settings: WatchSettings,
+    out_dir: Path | None = None,
+    polls: int | None = None,
+    on_landed: Callable[[Path, Path], None] = emit_landed,
+) -> int:
     """Poll INBOX (`polls` times, forever when None); returns how many files were reported."""
     if not inbox.is_dir():
         raise R3Error(f"inbox {inbox}: not a folder")

@@ -24,9 +24,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from r3tasks.errors import R3Error
 from r3tasks.gallery import GalleryStore
@@ -85,8 +85,14 @@ def _file_lock(path: Path, wait: float, busy: str) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise WriterBusy(f"{busy}; " + (f"waited {wait:g} s (upkeep.writer_wait_seconds): try again "
-                                     "when it finishes" if wait else "not waiting (upkeep.writer_wait_seconds = 0)"))
+                    raise WriterBusy(
+                        f"{busy}; "
+                        + (
+                            f"waited {wait:g} s (upkeep.writer_wait_seconds): try again when it finishes"
+                            if wait
+                            else "not waiting (upkeep.writer_wait_seconds = 0)"
+                        )
+                    ) from None
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         yield
     finally:
@@ -108,7 +114,10 @@ def writer_slot(store: GalleryStore, settings: R3Settings) -> Iterator[str]:
         else:
             logging.getLogger(__name__).warning(
                 "gallery table %s at %s: no writer lock (a remote table needs a Prefect server, PREFECT_API_URL); "
-                "run one writer at a time", store.name, store.uri)
+                "run one writer at a time",
+                store.name,
+                store.uri,
+            )
         yield name
 
 
@@ -122,11 +131,20 @@ def _prefect_slot(name: str, wait: float, busy: str, settings: R3Settings) -> It
     held = ExitStack()
     try:
         # wait 0: no retry on the server's 423, so a busy table refuses at once.
-        held.enter_context(concurrency(name, occupy=1, timeout_seconds=wait or None,
-                                       max_retries=0 if wait == 0 else None, strict=True,
-                                       lease_duration=settings.upkeep.writer_lease_seconds))
+        held.enter_context(
+            concurrency(
+                name,
+                occupy=1,
+                timeout_seconds=wait or None,
+                max_retries=0 if wait == 0 else None,
+                strict=True,
+                lease_duration=settings.upkeep.writer_lease_seconds,
+            )
+        )
     except TimeoutError:
-        raise WriterBusy(f"{busy}; waited {wait:g} s (upkeep.writer_wait_seconds): try again when it finishes") from None
+        raise WriterBusy(
+            f"{busy}; waited {wait:g} s (upkeep.writer_wait_seconds): try again when it finishes"
+        ) from None
     except ConcurrencySlotAcquisitionError as error:
         cause = error.__cause__
         if not (isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from r3tasks import retrieval
 from r3tasks.gallery import PinnedGallery
@@ -14,8 +14,14 @@ from r3tasks.settings import R3Settings
 from r3tasks.stagecache import StageCache
 
 
-def contact_sheets(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings, run_dir: Path,
-                   frame_cache: StageCache, logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Path]:
+def contact_sheets(
+    states: Sequence[QueryState],
+    gallery: PinnedGallery,
+    settings: R3Settings,
+    run_dir: Path,
+    frame_cache: StageCache,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> dict[str, Path]:
     """One picture per answered query (its source and top-5); one that fails becomes the query's warning."""
     sheets = {}
     for state in states:
@@ -29,8 +35,9 @@ def contact_sheets(states: Sequence[QueryState], gallery: PinnedGallery, setting
     return sheets
 
 
-def _contact_sheet(state: QueryState, gallery: PinnedGallery, settings: R3Settings, run_dir: Path,
-                   frame_cache: StageCache) -> Path:
+def _contact_sheet(
+    state: QueryState, gallery: PinnedGallery, settings: R3Settings, run_dir: Path, frame_cache: StageCache
+) -> Path:
     source_frames: list = []
     source_label, source_caption = state.query.id, getattr(state.query, "text", None)
     if state.source is not None:

@@ -24,23 +24,43 @@ def _frames_part(backend: Any, settings: R3Settings, content_key: str | None) ->
     return (content_key, settings.settings_hash("frames"))
 
 
-def reasoning_key(reasoner: Any, source_text: str | None, content_key: str | None, edit: str,
-                  settings: R3Settings) -> str:
-    return stage_key("reasoning", source_text, edit, reasoner.fingerprint, reasoner.prompt_version,
-                     *_frames_part(reasoner, settings, content_key))
+def reasoning_key(
+    reasoner: Any, source_text: str | None, content_key: str | None, edit: str, settings: R3Settings
+) -> str:
+    return stage_key(
+        "reasoning",
+        source_text,
+        edit,
+        reasoner.fingerprint,
+        reasoner.prompt_version,
+        *_frames_part(reasoner, settings, content_key),
+    )
 
 
-def embedding_key(embedder: Any, texts: list[str], instruction: str, content_key: str | None,
-                  settings: R3Settings) -> str:
+def embedding_key(
+    embedder: Any, texts: list[str], instruction: str, content_key: str | None, settings: R3Settings
+) -> str:
     # A text-only embedder sees the source only through its caption, which is in `texts`.
-    return stage_key("query-embedding", texts, embedder.fingerprint, instruction,
-                     *_frames_part(embedder, settings, content_key))
+    return stage_key(
+        "query-embedding", texts, embedder.fingerprint, instruction, *_frames_part(embedder, settings, content_key)
+    )
 
 
-def rerank_key(reranker: Reranker, query: RerankQuery, source_content_key: str | None, candidate_content_key: str,
-               settings: R3Settings) -> str:
+def rerank_key(
+    reranker: Reranker,
+    query: RerankQuery,
+    source_content_key: str | None,
+    candidate_content_key: str,
+    settings: R3Settings,
+) -> str:
     declared = getattr(reranker, "query_key", None)
-    reads = tuple(declared(query)) if callable(declared) else (query.text, query.instruction,
-                                                               settings.models.rerank_rule)
-    return stage_key("rerank", reads, candidate_content_key, reranker.fingerprint,
-                     *_frames_part(reranker, settings, source_content_key))
+    reads = (
+        tuple(declared(query)) if callable(declared) else (query.text, query.instruction, settings.models.rerank_rule)
+    )
+    return stage_key(
+        "rerank",
+        reads,
+        candidate_content_key,
+        reranker.fingerprint,
+        *_frames_part(reranker, settings, source_content_key),
+    )

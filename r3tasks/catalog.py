@@ -62,7 +62,8 @@ def local_gallery_tables(settings: R3Settings, gallery: str) -> list[str] | None
         return []
     stem = f"{settings.gallery.table_prefix}_{gallery}_"
     return sorted(
-        p.name.removesuffix(".lance") for p in folder.glob(f"{stem}*.lance")
+        p.name.removesuffix(".lance")
+        for p in folder.glob(f"{stem}*.lance")
         # `default_x` is its own gallery: the rest after the stem is the fingerprint (no further `_`)
-        if "_" not in p.name.removesuffix(".lance")[len(stem):]
+        if "_" not in p.name.removesuffix(".lance")[len(stem) :]
     )

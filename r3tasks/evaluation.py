@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,12 @@ class Arm:
 
 
 # The reference rerank policy (R^3: all K at once, scores always used), for the arm that scores pairs once.
-REFERENCE_POLICY = {"rerank_start_depth": None, "rerank_widen_margin": None, "rerank_recall_margin_gate": None,
-                    "rerank_flat_gate": None}
+REFERENCE_POLICY = {
+    "rerank_start_depth": None,
+    "rerank_widen_margin": None,
+    "rerank_recall_margin_gate": None,
+    "rerank_flat_gate": None,
+}
 ARM_NAMES = ("base", "+rerank", "+rerank (policy)", "+reasoning", "+reasoning+rerank")
 
 
@@ -48,7 +53,8 @@ def arms(rerank_k: int, names: Sequence[str] | None = None, policy_is_reference:
         Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
     ]
     return [
-        arm for arm in out
+        arm
+        for arm in out
         if (names is None or arm.name in names)
         and not (rerank_k == 0 and "rerank" in arm.name)
         and not (arm.name == "+rerank (policy)" and policy_is_reference)
@@ -59,15 +65,22 @@ def split_record(dataset: str, setting: str, skip: int, limit: int | None, queri
     """Which queries a report used: a run with `--skip` is a dev split, held out from the first `skip`
     queries that reported figures use; one without is the reported (test) split."""
     return {
-        "dataset": dataset, "setting": setting, "skip": skip, "limit": limit, "queries": queries,
-        "first_query": skip, "last_query": skip + queries - 1,
+        "dataset": dataset,
+        "setting": setting,
+        "skip": skip,
+        "limit": limit,
+        "queries": queries,
+        "first_query": skip,
+        "last_query": skip + queries - 1,
         "role": "dev" if skip else "reported",
     }
 
 
 def split_line(split: dict) -> str:
-    return (f"split: {split['role']} -- {split['dataset']} ({split['setting']}), queries #{split['first_query']}"
-            f"-#{split['last_query']} ({split['queries']}; skip {split['skip']}, limit {split['limit']})")
+    return (
+        f"split: {split['role']} -- {split['dataset']} ({split['setting']}), queries #{split['first_query']}"
+        f"-#{split['last_query']} ({split['queries']}; skip {split['skip']}, limit {split['limit']})"
+    )
 
 
 def fusion_grid_arms() -> list[Arm]:
@@ -76,16 +89,27 @@ def fusion_grid_arms() -> list[Arm]:
 
     Each costs one cached query batch; run it on a held-out split.
     """
-    grid = [
-        (f"w={weight} tau={tau}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": tau})
-        for weight in (0.1, 0.25, 0.5)
-        for tau in (0.5, 0.9, 0.95)
-    ] + [
-        (f"w={weight} copy gate {copy}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": 0.5,
-                                         "copy_gate_threshold": copy})
-        for weight in (0.25, 0.5)
-        for copy in (0.8, 0.9)
-    ] + [(mode, {"fusion": mode}) for mode in ("rrf", "max", "mean")]
+    grid = (
+        [
+            (f"w={weight} tau={tau}", {"fusion": "gated_residual", "fusion_weight": weight, "gate_threshold": tau})
+            for weight in (0.1, 0.25, 0.5)
+            for tau in (0.5, 0.9, 0.95)
+        ]
+        + [
+            (
+                f"w={weight} copy gate {copy}",
+                {
+                    "fusion": "gated_residual",
+                    "fusion_weight": weight,
+                    "gate_threshold": 0.5,
+                    "copy_gate_threshold": copy,
+                },
+            )
+            for weight in (0.25, 0.5)
+            for copy in (0.8, 0.9)
+        ]
+        + [(mode, {"fusion": mode}) for mode in ("rrf", "max", "mean")]
+    )
     return [Arm(f"+reasoning {name}", {"query": {"use_reasoning": True, "rerank_k": 0, **cfg}}) for name, cfg in grid]
 
 
@@ -103,8 +127,13 @@ def write_benchmark_files(benchmark: Benchmark, folder: Path) -> tuple[Path, Pat
     with queries.open("w") as handle:
         for query in benchmark.queries:
             if isinstance(query, ComposedQuery):
-                row = {"id": query.id, "source": query.source, "edit": query.edit,
-                       "source_text": query.source_text, "gallery_group": query.gallery_group}
+                row = {
+                    "id": query.id,
+                    "source": query.source,
+                    "edit": query.edit,
+                    "source_text": query.source_text,
+                    "gallery_group": query.gallery_group,
+                }
             else:
                 row = {"id": query.id, "text": query.text, "gallery_group": query.gallery_group}
             handle.write(json.dumps(row) + "\n")
@@ -155,9 +184,7 @@ def reranker_weight_sweep(
             recalled = sorted(((r["id"], r["embedding_score"]) for r in ranked), key=lambda x: -x[1])
             scores = {r["id"]: r["reranker_score"] for r in ranked if r["reranker_score"] is not None}
             reordered = rerank_topk(recalled, scores, len(scores), 1.0 - weight, weight) if scores else []
-            run[result["id"]] = {item.id: item.score for item in reordered} or {
-                r["id"]: r["score"] for r in ranked
-            }
+            run[result["id"]] = {item.id: item.score for item in reordered} or {r["id"]: r["score"] for r in ranked}
         sweep.append({"reranker_weight": weight, "metrics": evaluate(run, qrels)})
     return sweep
 
@@ -185,24 +212,44 @@ def policy_sweep(
             pairs += outcome.pairs
             gated += outcome.gate is not None
         n = max(len(results), 1)
-        rows.append({"policy": name, "settings": _policy_settings(policy), "metrics": evaluate(run, qrels),
-                     "pairs_per_query": pairs / n, "kept_recall_order": gated / n})
+        rows.append(
+            {
+                "policy": name,
+                "settings": _policy_settings(policy),
+                "metrics": evaluate(run, qrels),
+                "pairs_per_query": pairs / n,
+                "kept_recall_order": gated / n,
+            }
+        )
     return rows
 
 
 def _policy_settings(policy: RerankPolicy) -> dict:
-    return {"rerank_k": policy.depth, "rerank_start_depth": policy.start_depth,
-            "rerank_widen_margin": policy.widen_margin, "rerank_depth_growth": policy.growth,
-            "rerank_recall_margin_gate": policy.recall_margin_gate, "rerank_flat_gate": policy.flat_gate}
+    return {
+        "rerank_k": policy.depth,
+        "rerank_start_depth": policy.start_depth,
+        "rerank_widen_margin": policy.widen_margin,
+        "rerank_depth_growth": policy.growth,
+        "rerank_recall_margin_gate": policy.recall_margin_gate,
+        "rerank_flat_gate": policy.flat_gate,
+    }
 
 
-def policy_grid(results: Sequence[dict], current: RerankPolicy, depth: int | None = None) -> list[tuple[str, RerankPolicy]]:
+def policy_grid(
+    results: Sequence[dict], current: RerankPolicy, depth: int | None = None
+) -> list[tuple[str, RerankPolicy]]:
     """Policies worth replaying: fixed depths, adaptive depth from 5, the recall-margin and flat-score gates,
     and the settings' own policy. Margins are quantiles of this run's own scores (the reranker's units
     differ per reranker), printed as absolute values to put in the settings."""
     # The reference at the depth the scores were stored at (`depth`, default the settings' own).
-    base = replace(current, depth=current.depth if depth is None else depth, start_depth=None, widen_margin=None,
-                   recall_margin_gate=None, flat_gate=None)
+    base = replace(
+        current,
+        depth=current.depth if depth is None else depth,
+        start_depth=None,
+        widen_margin=None,
+        recall_margin_gate=None,
+        flat_gate=None,
+    )
     gaps5, recall_gaps, spreads = [], [], []
     for result in results:
         recalled, score, depth = stored_scorer(result["ranked"])
@@ -225,15 +272,23 @@ def policy_grid(results: Sequence[dict], current: RerankPolicy, depth: int | Non
         m = q(gaps5, p)
         grid.append((f"adaptive 5, widen margin {m} (q{int(p * 100)})", replace(base, start_depth=5, widen_margin=m)))
         # Rerank the top 5; only an uncertain query pays for the full depth.
-        grid.append((f"adaptive 5 -> {base.depth}, widen margin {m} (q{int(p * 100)})",
-                     replace(base, start_depth=5, widen_margin=m, growth=float(base.depth))))
+        grid.append(
+            (
+                f"adaptive 5 -> {base.depth}, widen margin {m} (q{int(p * 100)})",
+                replace(base, start_depth=5, widen_margin=m, growth=float(base.depth)),
+            )
+        )
     for p in (0.5, 0.75, 0.9):
         g = q(recall_gaps, p)
         if g <= 0:
             continue  # ties at the top: a zero gate would keep every query's recall order
         grid.append((f"recall gate {g} (q{int(p * 100)})", replace(base, recall_margin_gate=g)))
-        grid.append((f"adaptive 5 (q50) + recall gate {g}",
-                     replace(base, start_depth=5, widen_margin=q(gaps5, 0.5), recall_margin_gate=g)))
+        grid.append(
+            (
+                f"adaptive 5 (q50) + recall gate {g}",
+                replace(base, start_depth=5, widen_margin=q(gaps5, 0.5), recall_margin_gate=g),
+            )
+        )
     for p in (0.1, 0.25):
         f = q(spreads, p)
         grid.append((f"flat gate {f} (q{int(p * 100)})", replace(base, flat_gate=f)))
@@ -252,29 +307,47 @@ def markdown_table(report: dict) -> str:
     ]
     for arm in report["arms"]:
         seconds = sum(arm["seconds_per_query"].values())
-        lines.append(f"| {arm['arm']} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} | "
-                     f"{arm.get('pairs_per_query', 0.0):.1f} | {seconds:.2f} | "
-                     f"{arm['seconds_per_query'].get('rerank', 0.0):.2f} |")
+        lines.append(
+            f"| {arm['arm']} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} | "
+            f"{arm.get('pairs_per_query', 0.0):.1f} | {seconds:.2f} | "
+            f"{arm['seconds_per_query'].get('rerank', 0.0):.2f} |"
+        )
     if report.get("fusion_sweep"):
-        lines += ["", "+reasoning under other fusion settings (no rerank):", "",
-                  "| setting | " + " | ".join(METRIC_KEYS) + " | gate pass |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
+        lines += [
+            "",
+            "+reasoning under other fusion settings (no rerank):",
+            "",
+            "| setting | " + " | ".join(METRIC_KEYS) + " | gate pass |",
+            "|---|" + "---:|" * (len(METRIC_KEYS) + 1),
+        ]
         for arm in report["fusion_sweep"]:
             name = arm["arm"].removeprefix("+reasoning ")
             lines.append(f"| {name} | {_metric_cells(arm['metrics'])} | {_gate_cell(arm)} |")
     sweep = report.get("reranker_weight_sweep")
     if sweep:
-        lines += ["", "Rerank arm re-fused with other reranker weights (stored scores, no model run):", "",
-                  "| reranker weight | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
+        lines += [
+            "",
+            "Rerank arm re-fused with other reranker weights (stored scores, no model run):",
+            "",
+            "| reranker weight | " + " | ".join(METRIC_KEYS) + " |",
+            "|---|" + "---:|" * len(METRIC_KEYS),
+        ]
         for row in sweep:
             lines.append(f"| {row['reranker_weight']:.1f} | {_metric_cells(row['metrics'])} |")
     policies = report.get("policy_sweep")
     if policies:
-        lines += ["", "Rerank policies replayed on the +rerank arm's stored scores (no model run):", "",
-                  "| policy | " + " | ".join(METRIC_KEYS) + " | pairs/query | recall order kept |",
-                  "|---|" + "---:|" * (len(METRIC_KEYS) + 2)]
+        lines += [
+            "",
+            "Rerank policies replayed on the +rerank arm's stored scores (no model run):",
+            "",
+            "| policy | " + " | ".join(METRIC_KEYS) + " | pairs/query | recall order kept |",
+            "|---|" + "---:|" * (len(METRIC_KEYS) + 2),
+        ]
         for row in policies:
-            lines.append(f"| {row['policy']} | {_metric_cells(row['metrics'])} | {row['pairs_per_query']:.1f} | "
-                         f"{row['kept_recall_order']:.2f} |")
+            lines.append(
+                f"| {row['policy']} | {_metric_cells(row['metrics'])} | {row['pairs_per_query']:.1f} | "
+                f"{row['kept_recall_order']:.2f} |"
+            )
     return "\n".join(lines)
 
 

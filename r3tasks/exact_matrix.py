@@ -84,7 +84,6 @@ def best(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
     return dict(zip(ids[order].tolist(), scores[order].tolist()))
 
 
-
 def read_vectors(column: pa.ChunkedArray | pa.Array, dim: int, out: np.ndarray | None = None) -> np.ndarray:
     """A fixed-size-list vector column as an (n, dim) float32 array (written into `out` when given).
 
@@ -109,5 +108,3 @@ def read_vectors(column: pa.ChunkedArray | pa.Array, dim: int, out: np.ndarray |
             out[at : at + m][chunk.is_null().to_numpy(zero_copy_only=False)] = 0.0
         at += m
     return out
-
-

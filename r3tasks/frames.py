@@ -179,9 +179,7 @@ class SampledFrames:
     truncated: bool = False
 
 
-def policy_from_settings(
-    frames: FrameSettings, purpose: Literal["gallery", "reasoning", "rerank"]
-) -> SamplingPolicy:
+def policy_from_settings(frames: FrameSettings, purpose: Literal["gallery", "reasoning", "rerank"]) -> SamplingPolicy:
     """The sampling policy the settings ask for, per stage (the reranker has its own cap)."""
     floor = frames.min_decode_pixels
     if purpose in ("gallery", "reasoning"):
@@ -455,9 +453,7 @@ def _sample_fps(count: int, total: int, video_fps: float) -> float:
     return count / max(total, 1) * video_fps
 
 
-def _read(
-    path: str | Path, max_side: int | None, choose: IndexChooser, min_pixels: int | None = None
-) -> SampledFrames:
+def _read(path: str | Path, max_side: int | None, choose: IndexChooser, min_pixels: int | None = None) -> SampledFrames:
     path = Path(path)
     _check_file(path)
     header = _probe_header(path)

@@ -221,9 +221,7 @@ def fuse(
     return FusionResult(fused, True, agreement)
 
 
-def top_k(
-    scores: np.ndarray, ids: Sequence[str], k: int, exclude: Collection[str] = ()
-) -> list[tuple[str, float]]:
+def top_k(scores: np.ndarray, ids: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
     """The `k` best ``(id, score)`` pairs, best first.
 
     Ties keep input order (the earlier id ranks higher). Ids in `exclude` (the
@@ -359,9 +357,7 @@ def rerank_topk(
         reranker_weight,
     )
     block_order = sorted(range(len(scored)), key=lambda m: -fused[m])  # stable: ties keep recall order
-    out = [
-        RankedItem(head[scored[m]][0], float(fused[m]), head[scored[m]][1], raw[scored[m]]) for m in block_order
-    ]
+    out = [RankedItem(head[scored[m]][0], float(fused[m]), head[scored[m]][1], raw[scored[m]]) for m in block_order]
     tail = [(head[j], raw[j]) for j in range(n) if raw[j] is None] + [(it, None) for it in items[n:]]
     if tail:
         floor = float(fused.min()) - 1.0

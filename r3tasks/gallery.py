@@ -15,8 +15,9 @@ import datetime as dt
 import hashlib
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -52,9 +53,7 @@ def legacy_table_name(prefix: str, embedder_fingerprint: str) -> str:
 
 def gallery_schema(dim: int, embedder_fingerprint: str, gallery: str = DEFAULT_GALLERY) -> pa.Schema:
     fields = [*METADATA_FIELDS, pa.field("vector", pa.list_(pa.float32(), dim))]
-    return pa.schema(
-        fields, metadata={b"r3.embedder": embedder_fingerprint.encode(), b"r3.gallery": gallery.encode()}
-    )
+    return pa.schema(fields, metadata={b"r3.embedder": embedder_fingerprint.encode(), b"r3.gallery": gallery.encode()})
 
 
 def stored_path(text: str | None, raw: bytes | None) -> str | None:
@@ -153,7 +152,7 @@ class GalleryStore:
         table = self.table().search().select(["id", "content_key"]).limit(None).to_arrow()
         return dict(zip(table.column("id").to_pylist(), table.column("content_key").to_pylist()))
 
-    def pin(self, version: int | str | None = None, settings: GallerySettings | None = None) -> "PinnedGallery":
+    def pin(self, version: int | str | None = None, settings: GallerySettings | None = None) -> PinnedGallery:
         """A read-only view of one table version (the latest when None); later writes do not change it.
 
         `version` is a version number or a tag name (each refresh tags its version). `settings`
@@ -166,7 +165,7 @@ class GalleryStore:
             table.checkout(int(table.version))
         return PinnedGallery(self, table, settings)
 
-    def snapshot(self, version: int | str | None = None) -> "GallerySnapshot":
+    def snapshot(self, version: int | str | None = None) -> GallerySnapshot:
         """All rows at one table version (the latest when None), for a query batch to pin."""
         table = self._open_existing()
         if version is not None:
@@ -177,8 +176,10 @@ class GalleryStore:
         return GallerySnapshot(
             ref=GalleryRef(uri=self.uri, table=self.name, version=read_version),
             ids=data.column("id").to_pylist(),
-            paths=[stored_path(t, b) for t, b in zip(data.column("path").to_pylist(),
-                                                      data.column("path_bytes").to_pylist())],
+            paths=[
+                stored_path(t, b)
+                for t, b in zip(data.column("path").to_pylist(), data.column("path_bytes").to_pylist())
+            ],
             texts=data.column("text").to_pylist(),
             groups=data.column("group").to_pylist(),
             vectors=vectors,
@@ -187,10 +188,18 @@ class GalleryStore:
     def _open_existing(self) -> Any:
         # Reading a gallery that was never indexed is the user's mistake; creating an empty table would hide it.
         if not self.exists():
-            hint = (f" (table {self.legacy_name} is from before named galleries: rebuild it with "
-                    f"`r3 index SOURCE --gallery {self.gallery}`)") if self.legacy_name in self._db.list_tables().tables else ""
-            raise R3Error(f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
-                          f"(no table {self.name}): run `r3 index` on its source with `--gallery {self.gallery}` first{hint}")
+            hint = (
+                (
+                    f" (table {self.legacy_name} is from before named galleries: rebuild it with "
+                    f"`r3 index SOURCE --gallery {self.gallery}`)"
+                )
+                if self.legacy_name in self._db.list_tables().tables
+                else ""
+            )
+            raise R3Error(
+                f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
+                f"(no table {self.name}): run `r3 index` on its source with `--gallery {self.gallery}` first{hint}"
+            )
         return self._db.open_table(self.name)
 
     # -- writing -----------------------------------------------------------------------------
@@ -204,13 +213,7 @@ class GalleryStore:
             if not np.all(np.isfinite(row.vector)):
                 raise R3Error(f"item {row.id}: vector has non-finite values")
         batch = self._to_arrow(rows)
-        (
-            self.table()
-            .merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(batch)
-        )
+        (self.table().merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(batch))
         return self.version()
 
     def delete_ids(self, ids: Iterable[str]) -> int:
@@ -223,7 +226,7 @@ class GalleryStore:
         return self.version()
 
     def _to_arrow(self, rows: Sequence[GalleryRow]) -> pa.Table:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         vectors = np.stack([row.vector.astype(np.float32) for row in rows])
         columns = {
             "id": pa.array([r.id for r in rows], pa.string()),
@@ -272,8 +275,11 @@ class PinnedGallery:
         self.ref = GalleryRef(uri=store.uri, table=store.name, version=int(table.version))
         # Only the metadata columns: the vectors are read once, on the first in-memory search.
         meta = (
-            table.search().select(["id", "path", "path_bytes", "text", "group", "content_key"])
-            .limit(None).to_arrow().to_pylist()
+            table.search()
+            .select(["id", "path", "path_bytes", "text", "group", "content_key"])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
         )
         self.records: dict[str, ItemRecord] = {}
         for row in meta:
@@ -304,18 +310,14 @@ class PinnedGallery:
         """Cosine similarity of the best `limit` items (all when <= 0), best first, optionally within one group."""
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.store.dim,):
-            raise R3Error(
-                f"query vector for {self.store.name}: shape {query.shape}, expected ({self.store.dim},)"
-            )
+            raise R3Error(f"query vector for {self.store.name}: shape {query.shape}, expected ({self.store.dim},)")
         return self.search_many(query[None, :], limit, group)[0]
 
     def search_many(self, vectors: np.ndarray, limit: int = 0, group: str | None = None) -> list[dict[str, float]]:
         """`search` for each row of a (queries, dim) array; in memory it is one matrix product for all."""
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.store.dim:
-            raise R3Error(
-                f"query vectors for {self.store.name}: shape {queries.shape}, expected (n, {self.store.dim})"
-            )
+            raise R3Error(f"query vectors for {self.store.name}: shape {queries.shape}, expected (n, {self.store.dim})")
         if not np.all(np.isfinite(queries)):
             raise R3Error(f"query vectors for {self.store.name}: non-finite values")
         route = self.route(limit)
@@ -343,13 +345,13 @@ class PinnedGallery:
                 out[position] = _best(row, ids, limit)
         return out
 
-    def exact_matrix(self) -> "_ExactMatrix | None":
+    def exact_matrix(self) -> _ExactMatrix | None:
         """The in-memory matrix that scores every row of this version (loaded on first use), or None when
         the version is over `exact_search_max_bytes` and LanceDB searches it instead."""
         return self._matrix() if self.route(0) == "memory" else None
 
     # -- internals -----------------------------------------------------------------------------
-    def _matrix(self) -> "_ExactMatrix":
+    def _matrix(self) -> _ExactMatrix:
         if self._exact is None:
             with self._lock:  # threads of one batch load it once
                 if self._exact is None:
@@ -385,9 +387,7 @@ class PinnedGallery:
         hits = search.select(["id", "_distance"]).to_arrow()
         distances = hits.column("_distance").to_numpy(zero_copy_only=False)
         return {
-            item_id: 1.0 - float(d)
-            for item_id, d in zip(hits.column("id").to_pylist(), distances)
-            if np.isfinite(d)
+            item_id: 1.0 - float(d) for item_id, d in zip(hits.column("id").to_pylist(), distances) if np.isfinite(d)
         }
 
 

@@ -6,15 +6,15 @@ change of a few files, or a removal does exactly the missing work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from r3tasks.errors import ItemError
 from r3tasks.frames import policy_from_settings, read_frames
 from r3tasks.gallery import GalleryRow
-from r3tasks.models.base import EmbedInput, Embedder
+from r3tasks.models.base import Embedder, EmbedInput
 from r3tasks.settings import R3Settings
 from r3tasks.sources import GalleryItem, KeyedItem, content_key
 
@@ -85,9 +85,7 @@ def key_items(items: Sequence[GalleryItem], settings: R3Settings) -> KeyingResul
     return result
 
 
-def plan_index(
-    keyed: Sequence[KeyedItem], failed_ids: Sequence[str], stored_keys: dict[str, str]
-) -> IndexPlan:
+def plan_index(keyed: Sequence[KeyedItem], failed_ids: Sequence[str], stored_keys: dict[str, str]) -> IndexPlan:
     """Diff the source against the table.
 
     Items that failed keying keep their stored row (nothing already stored is
@@ -111,9 +109,7 @@ def plan_index(
 def commit_due(pending_rows: int, seconds_since_commit: float, settings: R3Settings) -> bool:
     """Whether embedded rows waiting to be stored should be committed now (besides at the end): enough
     rows, or enough time that a crash would lose more work than `index.commit_seconds`."""
-    return (
-        pending_rows >= settings.index.commit_max_rows or seconds_since_commit >= settings.index.commit_seconds
-    )
+    return pending_rows >= settings.index.commit_max_rows or seconds_since_commit >= settings.index.commit_seconds
 
 
 def batches(items: Sequence[KeyedItem], size: int) -> list[list[KeyedItem]]:
@@ -215,4 +211,3 @@ def _row(keyed_item: KeyedItem, embed_input: EmbedInput, vector: np.ndarray) -> 
         num_frames=int(embed_input.frames.shape[0]) if embed_input.frames is not None else None,
         vector=np.asarray(vector, dtype=np.float32),
     )
-

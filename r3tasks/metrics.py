@@ -91,9 +91,7 @@ def per_query(
     }
 
 
-def evaluate(
-    run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]
-) -> dict[str, float]:
+def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
     """Mean metrics over the evaluated queries; keys ``R@1 R@5 R@10 R@50 R_mean MRR nDCG@10``.
 
     Returns zeros for every key when no query can be evaluated.

@@ -8,9 +8,9 @@ is kept with its error so the rest of the batch completes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from r3tasks.errors import SourceError
 from r3tasks.records import QueryRow, Where, parse_row, read_json, read_records, where

@@ -11,7 +11,8 @@ vectors the batch path refuses, so one bad vector still costs only its own query
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 SCORE_CHUNK_FLOATS = 2**24
 
 
-def recall(states: Sequence["QueryState"], gallery: PinnedGallery, settings: R3Settings) -> None:
+def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
     """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K."""
     todo = [s for s in states if s.ok and s.base_vectors is not None]
     exact = gallery.exact_matrix() if settings.query.candidate_pool == 0 and todo else None
@@ -57,7 +58,7 @@ def recall(states: Sequence["QueryState"], gallery: PinnedGallery, settings: R3S
             state.error = f"recall failed: {reason_of(error)}"
 
 
-def _check_vectors(state: "QueryState", dim: int, table: str) -> None:
+def _check_vectors(state: QueryState, dim: int, table: str) -> None:
     """What `PinnedGallery.search` refuses, refused here with its words (and only for this query)."""
     vectors = [np.asarray(v, dtype=np.float32) for v in state.base_vectors]  # type: ignore[union-attr]
     if state.reasoning_vector is not None:
@@ -69,7 +70,7 @@ def _check_vectors(state: "QueryState", dim: int, table: str) -> None:
             raise R3Error(f"query vectors for {table}: non-finite values")
 
 
-def _unit_rows(state: "QueryState") -> np.ndarray:
+def _unit_rows(state: QueryState) -> np.ndarray:
     """The query's vectors (base..., reasoning) as unit float32 rows; a zero vector stays zero (no cosine)."""
     rows = [np.asarray(v, dtype=np.float32) for v in state.base_vectors]  # type: ignore[union-attr]
     if state.reasoning_vector is not None:
@@ -79,7 +80,7 @@ def _unit_rows(state: "QueryState") -> np.ndarray:
     return np.divide(matrix, norms[:, None], out=np.zeros_like(matrix), where=norms[:, None] > 0)
 
 
-def _recall_group(members: list["QueryState"], exact: ExactMatrix, group: str | None, settings: R3Settings) -> None:
+def _recall_group(members: list[QueryState], exact: ExactMatrix, group: str | None, settings: R3Settings) -> None:
     block, ids, column_order = exact.block(group)
     if len(block) == 0:
         for state in members:  # an empty group: what the per-query path gives for it
@@ -112,7 +113,7 @@ def _recall_group(members: list["QueryState"], exact: ExactMatrix, group: str | 
                 _fuse_into(state, rows[:nb], rows[nb], ids, settings)
 
 
-def _base_only(state: "QueryState", rows: np.ndarray, ids: np.ndarray, settings: R3Settings) -> None:
+def _base_only(state: QueryState, rows: np.ndarray, ids: np.ndarray, settings: R3Settings) -> None:
     """No reasoning vector: the fused scores are the base scores (max over base rows), so the top-K is taken
     on the float32 product itself; widening to float64 changes neither the order nor any value."""
     scores = rows[0] if len(rows) == 1 else rows.max(axis=0)
@@ -143,12 +144,13 @@ def _top(scores: np.ndarray, ids: np.ndarray, k: int, exclude: set[str]) -> list
     return out
 
 
-def _width(state: "QueryState") -> int:
+def _width(state: QueryState) -> int:
     return len(state.base_vectors) + (state.reasoning_vector is not None)  # type: ignore[arg-type]
 
 
-def _fuse_into(state: "QueryState", base_matrix: np.ndarray, reasoning_scores: np.ndarray | None, ids,
-               settings: R3Settings) -> None:
+def _fuse_into(
+    state: QueryState, base_matrix: np.ndarray, reasoning_scores: np.ndarray | None, ids, settings: R3Settings
+) -> None:
     """Gate, fuse and take the top-K of one query's score rows (aligned with `ids`) into `state`."""
     q = settings.query
     base_scores = fuse_base_queries(base_matrix) if len(ids) else np.zeros(0)
@@ -176,7 +178,7 @@ def _fuse_into(state: "QueryState", base_matrix: np.ndarray, reasoning_scores: n
     state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
 
 
-def _recall_one(state: "QueryState", gallery: PinnedGallery, settings: R3Settings) -> None:
+def _recall_one(state: QueryState, gallery: PinnedGallery, settings: R3Settings) -> None:
     """One query through `PinnedGallery.search`: a candidate pool, LanceDB routes, or a lone retry."""
     q = settings.query
     group = state.query.gallery_group

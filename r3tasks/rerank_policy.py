@@ -20,8 +20,9 @@ scores), so the evaluation can replay any policy on scores stored once at the la
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from r3tasks.fusion import RankedItem, rerank_topk
 

@@ -57,8 +57,12 @@ PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         # Protected rerank, chosen on dev data (EgoCVR global and local queries #500-#515, K = 50 scores
         # replayed): depth 20 and the recall-margin gate 0.08 keep dev R@1 at or above fixed K = 50 on both
         # settings with 0.35x / 0.68x the pairs; a smaller gate lost R@1 on the local setting.
-        "query": {"use_reasoning": False, "copy_gate_threshold": 0.8, "rerank_k": 20,
-                  "rerank_recall_margin_gate": 0.08},
+        "query": {
+            "use_reasoning": False,
+            "copy_gate_threshold": 0.8,
+            "rerank_k": 20,
+            "rerank_recall_margin_gate": 0.08,
+        },
     },
 }
 
@@ -113,13 +117,16 @@ class ModelSettings(_Section):
     )
     device: str = Field("auto", description="Torch device: `auto`, `cpu`, `cuda`, `cuda:1`, ...")
     attn_implementation: str | None = Field(
-        None, description="transformers attention implementation (`sdpa`, `flash_attention_2`, `eager`); None is the default."
+        None,
+        description="transformers attention implementation (`sdpa`, `flash_attention_2`, `eager`); None is the default.",
     )
     embed_batch_size: int = Field(8, ge=1, description="Items per embedder forward pass.")
     rerank_batch_size: int = Field(4, ge=1, description="(query, candidate) pairs per reranker forward pass.")
     video_min_tokens: int = Field(
-        128, ge=1, description="Qwen3-VL video frames are resized to at least this many visual tokens (32x32 px "
-        "each before merging), as qwen-vl-utils' VIDEO_MIN_TOKEN_NUM (the reference)."
+        128,
+        ge=1,
+        description="Qwen3-VL video frames are resized to at least this many visual tokens (32x32 px "
+        "each before merging), as qwen-vl-utils' VIDEO_MIN_TOKEN_NUM (the reference).",
     )
     video_max_tokens: int = Field(
         768, ge=1, description="...and at most this many per frame, qwen-vl-utils' VIDEO_MAX_TOKEN_NUM (the reference)."
@@ -131,8 +138,10 @@ class ModelSettings(_Section):
         "The reference (qwen-vl-utils for a video file) is 0.9 x MODEL_SEQ_LEN = 0.9 x 128,000.",
     )
     embed_max_length: int = Field(
-        8192, ge=16, description="Embedder token limit (Qwen3-VL-Embedding's MAX_LENGTH): longer inputs lose text "
-        "from the end of the prompt, never visual tokens nor the template's closing tokens (the pooled one)."
+        8192,
+        ge=16,
+        description="Embedder token limit (Qwen3-VL-Embedding's MAX_LENGTH): longer inputs lose text "
+        "from the end of the prompt, never visual tokens nor the template's closing tokens (the pooled one).",
     )
     rerank_max_length: int = Field(
         10240, ge=16, description="Reranker token limit (Qwen3-VL-Reranker's MAX_LENGTH), truncated the same way."
@@ -286,9 +295,7 @@ class IndexSettings(_Section):
 
 
 class QuerySettings(_Section):
-    base_template: str = Field(
-        "Reference video after edit instruction: {edit}", description="R^3 base query template."
-    )
+    base_template: str = Field("Reference video after edit instruction: {edit}", description="R^3 base query template.")
     reasoning_template: str = Field(
         "Reference video after edit instruction: {edit}\nReasoned target video description: {reasoning}",
         description="R^3 reasoning-augmented query template.",
@@ -432,7 +439,7 @@ class R3Settings(BaseSettings):
         return tuple(sources)
 
     @model_validator(mode="after")
-    def _apply_preset_defaults(self) -> "R3Settings":
+    def _apply_preset_defaults(self) -> R3Settings:
         # A preset's measured defaults apply only where the user set nothing (see PRESET_DEFAULTS).
         for section_name, values in PRESET_DEFAULTS.get(self.models.preset, {}).items():
             section = getattr(self, section_name)
@@ -442,7 +449,7 @@ class R3Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_final_weights(self) -> "R3Settings":
+    def _check_final_weights(self) -> R3Settings:
         q = self.query
         if q.final_embedding_weight + q.final_reranker_weight <= 0:
             raise ValueError("query.final_embedding_weight + query.final_reranker_weight must be > 0")

@@ -34,30 +34,40 @@ class UpkeepSettings(_Section):
     """Gallery upkeep after each refresh: tags, compaction, version retention, one writer per table."""
 
     tag_refreshes: bool = Field(
-        True, description="Tag the table version each refresh that changed something leaves (`refresh-<version>`), "
-        "so a query batch can pin it by name."
+        True,
+        description="Tag the table version each refresh that changed something leaves (`refresh-<version>`), "
+        "so a query batch can pin it by name.",
     )
     keep_refresh_tags: int = Field(
-        10, ge=0, description="Refresh tags kept (newest first); older `refresh-*` tags are deleted. Tags of other "
-        "names are the user's and never deleted."
+        10,
+        ge=0,
+        description="Refresh tags kept (newest first); older `refresh-*` tags are deleted. Tags of other "
+        "names are the user's and never deleted.",
     )
     optimize_after_refresh: bool = Field(
-        True, description="After a refresh that changed something: compact fragments, update indices and prune "
-        "old versions (LanceDB `optimize()`)."
+        True,
+        description="After a refresh that changed something: compact fragments, update indices and prune "
+        "old versions (LanceDB `optimize()`).",
     )
     keep_versions: int = Field(
-        20, ge=1, description="Untagged table versions kept, newest first; older ones are pruned by the upkeep. "
-        "A tagged version is never pruned, nor anything newer than the oldest tag (LanceDB prunes by age)."
+        20,
+        ge=1,
+        description="Untagged table versions kept, newest first; older ones are pruned by the upkeep. "
+        "A tagged version is never pruned, nor anything newer than the oldest tag (LanceDB prunes by age).",
     )
     id_index: bool = Field(True, description="Keep a BTREE scalar index on `id` (upserts and deletes match on it).")
     writer_wait_seconds: float = Field(
-        600.0, ge=0, description="How long a write (index run, refresh, eval indexing) waits for another writer of "
+        600.0,
+        ge=0,
+        description="How long a write (index run, refresh, eval indexing) waits for another writer of "
         "the same table to finish; 0 refuses at once. Enforced by a lock file beside a local table, and for a remote "
-        "(s3://) table by a Prefect global concurrency limit on the configured server (flows/writers.py)."
+        "(s3://) table by a Prefect global concurrency limit on the configured server (flows/writers.py).",
     )
     writer_lease_seconds: float = Field(
-        60.0, ge=60, description="Lease of the writer slot, renewed while the writer runs: a writer killed "
-        "without cleanup (kill -9) blocks the table for about this long. Prefect's minimum is 60 s."
+        60.0,
+        ge=60,
+        description="Lease of the writer slot, renewed while the writer runs: a writer killed "
+        "without cleanup (kill -9) blocks the table for about this long. Prefect's minimum is 60 s.",
     )
 
 

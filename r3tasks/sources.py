@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from r3tasks.errors import SourceError, VideoReadError
 from r3tasks.records import ID_MAX_CHARS, ManifestRow, parse_row, read_records, where

@@ -20,14 +20,16 @@ def topk_changes(before: list[dict[str, Any]], after: list[dict[str, Any]], k: i
         entered = [i for i in now if i not in was]
         left = [i for i in was if i not in now]
         moved = [i for i in now if i in was and now.index(i) != was.index(i)]
-        rows.append({
-            "query": result["id"],
-            "changed": bool(entered or left or moved),
-            "entered": ", ".join(entered) or "-",
-            "left": ", ".join(left) or "-",
-            "moved": ", ".join(moved) or "-",
-            "top-1 before": was[0] if was else "-",
-            "top-1 after": now[0] if now else "-",
-            "error": result.get("error") or "-",
-        })
+        rows.append(
+            {
+                "query": result["id"],
+                "changed": bool(entered or left or moved),
+                "entered": ", ".join(entered) or "-",
+                "left": ", ".join(left) or "-",
+                "moved": ", ".join(moved) or "-",
+                "top-1 before": was[0] if was else "-",
+                "top-1 after": now[0] if now else "-",
+                "error": result.get("error") or "-",
+            }
+        )
     return rows

@@ -17,7 +17,7 @@ from r3tasks.models.registry import shared_embedder
 from r3tasks.settings import R3Settings
 
 MAX_PINNED = 2
-_pinned: "OrderedDict[tuple, PinnedGallery]" = OrderedDict()
+_pinned: OrderedDict[tuple, PinnedGallery] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -36,8 +36,13 @@ def open_store(settings: R3Settings) -> GalleryStore:
 
 
 def _key(settings: R3Settings, version: int) -> tuple:
-    return (settings.gallery_uri, settings.gallery.name, shared_embedder(settings).fingerprint, version,
-            settings.settings_hash("gallery"))
+    return (
+        settings.gallery_uri,
+        settings.gallery.name,
+        shared_embedder(settings).fingerprint,
+        version,
+        settings.settings_hash("gallery"),
+    )
 
 
 def pinned(settings: R3Settings, version: int | str | None) -> PinnedGallery:

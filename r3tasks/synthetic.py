@@ -73,8 +73,10 @@ class ClipSpec:
 
     def caption(self) -> str:
         """E.g. "Two red circles move to the right over a dark night background." """
-        subject = f"A {self.colour} {self.shape}" if self.count == 1 else (
-            f"{_NUMBER[self.count].capitalize()} {self.colour} {_PLURAL[self.shape]}"
+        subject = (
+            f"A {self.colour} {self.shape}"
+            if self.count == 1
+            else (f"{_NUMBER[self.count].capitalize()} {self.colour} {_PLURAL[self.shape]}")
         )
         if self.motion == "still":
             verb = "stays still" if self.count == 1 else "stay still"
@@ -141,12 +143,14 @@ def edit_instruction(source: ClipSpec, target: ClipSpec) -> str:
     clauses: list[str] = []
     for name in changed:
         if name == "background":
-            clauses.append({
-                "day": "make it daytime",
-                "night": "make it night",
-                "grass": "put the scene on grass",
-                "sand": "put the scene on sand",
-            }[target.background])
+            clauses.append(
+                {
+                    "day": "make it daytime",
+                    "night": "make it night",
+                    "grass": "put the scene on grass",
+                    "sand": "put the scene on sand",
+                }[target.background]
+            )
         elif name == "shape":
             if source.count == 1:
                 clauses.append(f"change the {source.shape} to a {target.shape}")
@@ -174,9 +178,7 @@ def edit_instruction(source: ClipSpec, target: ClipSpec) -> str:
 # Rendering and writing
 
 
-def render_frames(
-    spec: ClipSpec, *, num_frames: int, size: tuple[int, int] = (96, 128), seed: int = 0
-) -> np.ndarray:
+def render_frames(spec: ClipSpec, *, num_frames: int, size: tuple[int, int] = (96, 128), seed: int = 0) -> np.ndarray:
     """The clip's frames, ``uint8 (T, H, W, 3)`` RGB, before encoding."""
     height, width = size
     rng = np.random.default_rng(seed)

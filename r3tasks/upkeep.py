@@ -44,8 +44,12 @@ class UpkeepReport:
     deleted_tags: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "tag": self.tag,
-                "deleted_tags": self.deleted_tags}
+        return {
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "tag": self.tag,
+            "deleted_tags": self.deleted_tags,
+        }
 
 
 def health(store: GalleryStore) -> TableHealth:
@@ -90,8 +94,10 @@ def resolve_version(store: GalleryStore, ref: int | str | None) -> int | str | N
     if text.isdigit():
         return int(text)
     if text not in tags_of(store):
-        raise R3Error(f"gallery table {store.name} at {store.uri} has no tag {text!r} (tags: "
-                      f"{', '.join(sorted(tags_of(store))) or 'none'})")
+        raise R3Error(
+            f"gallery table {store.name} at {store.uri} has no tag {text!r} (tags: "
+            f"{', '.join(sorted(tags_of(store))) or 'none'})"
+        )
     return text
 
 
@@ -110,8 +116,9 @@ def ensure_id_index(store: GalleryStore) -> bool:
 
 def prune_refresh_tags(store: GalleryStore, keep: int) -> list[str]:
     """Delete all but the newest `keep` refresh tags; other tags are the user's and stay."""
-    refresh = sorted(((v, name) for name, v in tags_of(store).items() if name.startswith(REFRESH_TAG_PREFIX)),
-                     reverse=True)
+    refresh = sorted(
+        ((v, name) for name, v in tags_of(store).items() if name.startswith(REFRESH_TAG_PREFIX)), reverse=True
+    )
     doomed = [name for _, name in refresh[keep:]]
     tags = store.table().tags
     for name in doomed:

@@ -11,7 +11,7 @@ from r3tasks.models.registry import clear_loaded_models, register_backend
 from r3tasks.settings import R3Settings, load_settings
 
 # Before anything imports prefect: keep its home and telemetry out of the user's.
-_PREFECT_HOME = Path(os.environ.get("R3_TEST_PREFECT_HOME", "/tmp/r3-test-prefect-home-%d" % os.getpid()))
+_PREFECT_HOME = Path(os.environ.get("R3_TEST_PREFECT_HOME", f"/tmp/r3-test-prefect-home-{os.getpid()}"))
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

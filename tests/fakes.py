@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -115,8 +115,12 @@ class FaultyReranker(FakeReranker):
 
     fingerprint = "fake-reranker-faulty-1"
 
-    def __init__(self, fail_ids: Sequence[str] = (), fail_query_words: Sequence[str] = (),
-                 make_error: Callable[[str], Exception] | None = None) -> None:
+    def __init__(
+        self,
+        fail_ids: Sequence[str] = (),
+        fail_query_words: Sequence[str] = (),
+        make_error: Callable[[str], Exception] | None = None,
+    ) -> None:
         super().__init__()
         self.fail_ids = set(fail_ids)
         self.fail_query_words = set(fail_query_words)
@@ -155,8 +159,9 @@ class FaultyReasoner(FakeReasoner):
 
     fingerprint = "fake-reasoner-faulty-1"
 
-    def __init__(self, fail_words: Sequence[str] = (), error: type[Exception] = MemoryError,
-                 special_words: Sequence[str] = ()) -> None:
+    def __init__(
+        self, fail_words: Sequence[str] = (), error: type[Exception] = MemoryError, special_words: Sequence[str] = ()
+    ) -> None:
         super().__init__()
         self.fail_words = set(fail_words)
         self.special_words = set(special_words)
@@ -172,6 +177,7 @@ class FaultyReasoner(FakeReasoner):
         out = super().reason(requests)
         return [
             Reasoning(text=f"{o.text} <|im_end|><|video_pad|><end_of_turn>", raw=o.raw, thinking=o.thinking)
-            if any(word in r.edit for word in self.special_words) else o
+            if any(word in r.edit for word in self.special_words)
+            else o
             for r, o in zip(requests, out)
         ]

@@ -63,8 +63,9 @@ def _states(store: GalleryStore, with_bad: bool = False) -> list[QueryState]:
 
 
 def _answers(states: list[QueryState]) -> list[tuple]:
-    return [(s.query.id, s.error, [i for i, _ in s.recalled], s.gate_used, s.agreement, s.source_similarity)
-            for s in states]
+    return [
+        (s.query.id, s.error, [i for i, _ in s.recalled], s.gate_used, s.agreement, s.source_similarity) for s in states
+    ]
 
 
 def _scores(states: list[QueryState]) -> list[float]:
@@ -72,8 +73,9 @@ def _scores(states: list[QueryState]) -> list[float]:
 
 
 @pytest.mark.parametrize("fusion", ["gated_residual", "rrf", "max"])
-def test_batch_recall_gives_the_per_query_rankings_and_scores_ties_included(store: GalleryStore, fusion: str,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_recall_gives_the_per_query_rankings_and_scores_ties_included(
+    store: GalleryStore, fusion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = load_settings(preset="tiny", query={"recall_k": 40, "fusion": fusion, "copy_gate_threshold": None})
     pinned = store.pin()
     batch, alone = _states(store), _states(store)

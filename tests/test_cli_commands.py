@@ -53,8 +53,9 @@ def test_query_format_covrr_writes_the_submission_layout_beside_the_results(
     assert cli_main(["index", str(manifest), "--home", str(r3_home)]) == 0
     rows = [dict(QUERIES[0], section="ego"), QUERIES[1], QUERIES[2]]
     out = tmp_path / "res" / "results.json"
-    code = cli_main(["query", str(write_queries(tmp_path, rows)), "--out", str(out), "--format", "covrr",
-                     "--home", str(r3_home)])
+    code = cli_main(
+        ["query", str(write_queries(tmp_path, rows)), "--out", str(out), "--format", "covrr", "--home", str(r3_home)]
+    )
     assert code == 0
     results = {r["id"]: r for r in json.loads(out.read_text())["results"]}
     covrr = json.loads(out.with_suffix(".covrr.json").read_text())
@@ -82,8 +83,9 @@ def test_eval_on_the_generated_benchmark_reports_each_ablation(
     tmp_path: Path, r3_home: Path, fakes: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval" / "report.json"
-    code = cli_main(["eval", "generated", "--out", str(out), "--limit", "4", "--rerank-k", "3", "--home", str(r3_home),
-                     "--json"])
+    code = cli_main(
+        ["eval", "generated", "--out", str(out), "--limit", "4", "--rerank-k", "3", "--home", str(r3_home), "--json"]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == printed

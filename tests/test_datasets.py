@@ -105,7 +105,9 @@ def test_clean_narration() -> None:
     assert clean_narration("#C is cutting") == "The camera wearer is cutting"
     assert clean_narration("#O man Y applies gel on nails of C") == "Man Y applies gel on nails of the camera wearer"
     assert clean_narration("#C C picks a tissue paper. #unsure") == "The camera wearer picks a tissue paper."
-    assert clean_narration("#C C covers the lid in his \nleft hand") == "The camera wearer covers the lid in his left hand"
+    assert (
+        clean_narration("#C C covers the lid in his \nleft hand") == "The camera wearer covers the lid in his left hand"
+    )
 
 
 # --------------------------------------------------------------------------- EgoCVR, small fixtures
@@ -116,15 +118,27 @@ def _egocvr_fixture(folder: Path, targets: str = "['v1_2']") -> Path:
     _write_csv(
         folder / "egocvr_data.csv",
         ["clip_name", "narration_text", "video_uid"],
-        [["v1_1", "#C C opens the door", "v1"], ["v1_2", "#C C closes the door", "v1"],
-         ["v2_1", "#C C waters a plant", "v2"], ["v1_1", "#C C opens the door", "v1"]],
+        [
+            ["v1_1", "#C C opens the door", "v1"],
+            ["v1_2", "#C C closes the door", "v1"],
+            ["v2_1", "#C C waters a plant", "v2"],
+            ["v1_1", "#C C opens the door", "v1"],
+        ],
     )
     _write_csv(
         folder / "egocvr_annotations.csv",
-        ["video_clip_id", "target_clip_ids", "video_clip_narration", "target_clip_narration", "instruction",
-         "modified_captions"],
-        [["v1_1", targets, "#C C opens the door", "x", "Close it.", "y"],
-         ["v2_1", "['nope']", "#C C waters a plant", "x", "Stop.", "y"]],
+        [
+            "video_clip_id",
+            "target_clip_ids",
+            "video_clip_narration",
+            "target_clip_narration",
+            "instruction",
+            "modified_captions",
+        ],
+        [
+            ["v1_1", targets, "#C C opens the door", "x", "Close it.", "y"],
+            ["v2_1", "['nope']", "#C C waters a plant", "x", "Stop.", "y"],
+        ],
     )
     return folder
 
@@ -158,9 +172,11 @@ def _webvid_fixture(tmp_path: Path) -> Path:
     return _write_csv(
         tmp_path / "webvid8m-covr_test.csv",
         ["pth1", "pth2", "edit", "txt1", "txt2"],
-        [["07/1001", "08/2001", "make it red", "a blue car", "a red car"],
-         ["07/1002", "08/2002", "add a dog", "a park", "a park with a dog"],
-         ["08/2001", "08/2002", "swap", "a red car", "a park with a dog"]],
+        [
+            ["07/1001", "08/2001", "make it red", "a blue car", "a red car"],
+            ["07/1002", "08/2002", "add a dog", "a park", "a park with a dog"],
+            ["08/2001", "08/2002", "swap", "a red car", "a park with a dog"],
+        ],
     )
 
 
@@ -207,11 +223,17 @@ def test_webvid_csv_malformed(tmp_path: Path) -> None:
 
 def test_covrr_sectioned_file_with_labels_and_scanned_gallery(tmp_path: Path) -> None:
     data = [
-        {"webvid": [
-            {"id": 0, "video_source": "112/1016223889", "modification_text": "make it green",
-             "video_target": "112/555"},
-            {"id": 1, "video_source": "14/5369546", "modification_text": "remove the gifts"},
-        ]},
+        {
+            "webvid": [
+                {
+                    "id": 0,
+                    "video_source": "112/1016223889",
+                    "modification_text": "make it green",
+                    "video_target": "112/555",
+                },
+                {"id": 1, "video_source": "14/5369546", "modification_text": "remove the gifts"},
+            ]
+        },
         {"ss2": [{"id": 0, "video_source": 74225, "modification_text": "a highlighter", "video_target": [117935]}]},
     ]
     path = tmp_path / "val.json"
@@ -234,10 +256,14 @@ def test_covrr_sectioned_file_with_labels_and_scanned_gallery(tmp_path: Path) ->
 
 def test_covrr_flat_file_and_limit(tmp_path: Path) -> None:
     path = tmp_path / "flat.json"
-    path.write_text(json.dumps([
-        {"id": 5, "video_source": "a.mp4", "video_target": "b", "modification_text": "x"},
-        {"id": 6, "video_source": "c", "video_target": "a", "modification_text": "y"},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"id": 5, "video_source": "a.mp4", "video_target": "b", "modification_text": "x"},
+                {"id": 6, "video_source": "c", "video_target": "a", "modification_text": "y"},
+            ]
+        )
+    )
     b = load_covrr_json(path, limit=1)
     assert [(q.id, q.source, q.gallery_group) for q in b.queries if isinstance(q, ComposedQuery)] == [("5", "a", None)]
     assert b.qrels == {"5": {"b": 1}}
@@ -245,9 +271,11 @@ def test_covrr_flat_file_and_limit(tmp_path: Path) -> None:
 
 def test_held_out_split_leaves_out_the_reported_queries(tmp_path: Path) -> None:
     path = tmp_path / "flat.json"
-    path.write_text(json.dumps([
-        {"id": i, "video_source": f"s{i}", "video_target": f"t{i}", "modification_text": "x"} for i in range(5)
-    ]))
+    path.write_text(
+        json.dumps(
+            [{"id": i, "video_source": f"s{i}", "video_target": f"t{i}", "modification_text": "x"} for i in range(5)]
+        )
+    )
     whole = load_covrr_json(path)
     held_out = whole.queries_from(3)
     assert [q.id for q in held_out.queries] == ["3", "4"]
@@ -271,8 +299,14 @@ def test_covrr_malformed(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="duplicate query id '1'"):
         load_covrr_json(dup)
     clash = tmp_path / "clash.json"
-    clash.write_text(json.dumps([{"webvid": [{"id": 0, "video_source": "7", "modification_text": "x"}]},
-                                 {"ss2": [{"id": 0, "video_source": 7, "modification_text": "y"}]}]))
+    clash.write_text(
+        json.dumps(
+            [
+                {"webvid": [{"id": 0, "video_source": "7", "modification_text": "x"}]},
+                {"ss2": [{"id": 0, "video_source": 7, "modification_text": "y"}]},
+            ]
+        )
+    )
     with pytest.raises(SourceError, match="appears in sections"):
         load_covrr_json(clash)
 
@@ -283,12 +317,18 @@ def test_covrr_malformed(tmp_path: Path) -> None:
 def test_generic_csv_manifest_jsonl_queries_trec_qrels(tmp_path: Path) -> None:
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "a.mp4").write_bytes(b"x")
-    _write_csv(tmp_path / "manifest.csv", ["id", "path", "text"],
-               [["a", "clips/a.mp4", ""], ["b", "", "a dog runs"], ["c", "/abs/c.mp4", "cat"]])
+    _write_csv(
+        tmp_path / "manifest.csv",
+        ["id", "path", "text"],
+        [["a", "clips/a.mp4", ""], ["b", "", "a dog runs"], ["c", "/abs/c.mp4", "cat"]],
+    )
     (tmp_path / "queries.jsonl").write_text(
-        json.dumps({"id": "t1", "text": "a running dog"}) + "\n\n"
-        + json.dumps({"id": "c1", "source": "a", "edit": "make it a cat"}) + "\n"
-        + json.dumps({"id": "c2", "source": "clips/a.mp4", "edit": "x", "source_text": "s"}) + "\n"
+        json.dumps({"id": "t1", "text": "a running dog"})
+        + "\n\n"
+        + json.dumps({"id": "c1", "source": "a", "edit": "make it a cat"})
+        + "\n"
+        + json.dumps({"id": "c2", "source": "clips/a.mp4", "edit": "x", "source_text": "s"})
+        + "\n"
     )
     (tmp_path / "qrels.txt").write_text("t1 0 b 2\nt1 0 c 0\n# comment\nc1 0 c 1\nzz 0 nope 1\n")
     b = load_benchmark(str(tmp_path))

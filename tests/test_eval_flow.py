@@ -56,8 +56,15 @@ def test_eval_reports_three_arms_with_metrics_gate_rate_and_plot(tmp_path: Path,
 
 def test_eval_on_a_held_out_split_with_the_fusion_grid_and_no_rerank_arm(tmp_path: Path, r3_home: Path) -> None:
     out = tmp_path / "dev.json"
-    report = evaluate_benchmark(dataset=str(_bench(tmp_path)), out=str(out), home=str(r3_home), overrides=FAKES,
-                                skip=1, rerank_k=0, fusion_grid=True)
+    report = evaluate_benchmark(
+        dataset=str(_bench(tmp_path)),
+        out=str(out),
+        home=str(r3_home),
+        overrides=FAKES,
+        skip=1,
+        rerank_k=0,
+        fusion_grid=True,
+    )
 
     assert report["queries"] == 1 and [a["arm"] for a in report["arms"]] == ["base", "+reasoning"]
     assert report["split"]["role"] == "dev" and report["split"]["first_query"] == 1

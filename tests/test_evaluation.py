@@ -18,8 +18,12 @@ def _result(query_id: str, embedding: dict[str, float], reranker: dict[str, floa
 def test_sweep_reproduces_the_arm_and_shows_what_the_reranker_adds() -> None:
     # The embedding puts the relevant item ("hit") 3rd; the reranker knows it; a 5th item was never reranked.
     results = [
-        _result(f"q{n}", {"a": 0.9, "b": 0.8, "hit": 0.7 - n * 0.01, "c": 0.6, "tail": 0.5},
-                {"a": 0.1, "b": 0.2, "hit": 5.0, "c": 0.0}, k=4)
+        _result(
+            f"q{n}",
+            {"a": 0.9, "b": 0.8, "hit": 0.7 - n * 0.01, "c": 0.6, "tail": 0.5},
+            {"a": 0.1, "b": 0.2, "hit": 5.0, "c": 0.0},
+            k=4,
+        )
         for n in range(3)
     ]
     qrels = {f"q{n}": {"hit": 1} for n in range(3)}

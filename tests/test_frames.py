@@ -116,8 +116,15 @@ def test_unusable_frame_count_is_a_clear_error(count):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(fps=0), dict(fps=-1.0), dict(fps=float("nan")), dict(max_frames=0), dict(num_frames=0), dict(min_frames=0),
-     dict(frame_factor=0)],
+    [
+        dict(fps=0),
+        dict(fps=-1.0),
+        dict(fps=float("nan")),
+        dict(max_frames=0),
+        dict(num_frames=0),
+        dict(min_frames=0),
+        dict(frame_factor=0),
+    ],
 )
 def test_invalid_policy_is_refused(kwargs):
     with pytest.raises(ValueError):
@@ -135,9 +142,16 @@ def test_policy_from_settings_uses_the_stage_cap():
 
 @pytest.mark.parametrize(
     "size,max_side,expected",
-    [((1280, 720), 448, (448, 252)), ((720, 1280), 448, (252, 448)), ((176, 144), 448, (176, 144)),
-     ((177, 145), 448, (176, 144)), ((7680, 4320), 448, (448, 252)), ((4000, 10), 448, (448, 2)),
-     ((1280, 720), None, (1280, 720)), ((640, 640), 101, (100, 100))],
+    [
+        ((1280, 720), 448, (448, 252)),
+        ((720, 1280), 448, (252, 448)),
+        ((176, 144), 448, (176, 144)),
+        ((177, 145), 448, (176, 144)),
+        ((7680, 4320), 448, (448, 252)),
+        ((4000, 10), 448, (448, 2)),
+        ((1280, 720), None, (1280, 720)),
+        ((640, 640), 101, (100, 100)),
+    ],
 )
 def test_target_size_keeps_aspect_and_even_sides(size, max_side, expected):
     width, height = target_size(*size, max_side)

@@ -81,8 +81,9 @@ def test_gate_needs_an_agreement_unless_turned_off() -> None:
 
 def test_fuse_takes_several_base_queries() -> None:
     base = np.array([[0.1, 0.8], [0.6, 0.2]])
-    res = fuse(base, np.array([0.0, 0.0]), mode="gated_residual", weight=0.5, rrf_k=60, agreement=0.9,
-               gate_threshold=0.5)
+    res = fuse(
+        base, np.array([0.0, 0.0]), mode="gated_residual", weight=0.5, rrf_k=60, agreement=0.9, gate_threshold=0.5
+    )
     np.testing.assert_allclose(res.scores, [0.3, 0.4])
 
 
@@ -211,7 +212,7 @@ def test_rerank_random_lists_are_monotone_and_block_order_is_the_fused_order() -
             fused = 0.4 * en + 0.6 * rn
             want = [f"v{block[i]}" for i in sorted(range(len(block)), key=lambda i: (-fused[i], i))]
             assert [x.id for x in ranked[: len(block)]] == want
-        rest = [x.id for x in ranked[len(block):]]
+        rest = [x.id for x in ranked[len(block) :]]
         assert rest == [f"v{j}" for j in range(n) if j >= m or f"v{j}" not in rr or not block]
 
 

@@ -128,8 +128,10 @@ def test_a_table_from_before_named_galleries_is_listed_as_legacy_with_the_fix(tm
 
     settings = fake_settings(r3_home)
     store = open_store(settings)
-    old = pa.schema([pa.field("id", pa.string()), pa.field("vector", pa.list_(pa.float32(), store.dim))],
-                    metadata={b"r3.embedder": store.embedder_fingerprint.encode()})
+    old = pa.schema(
+        [pa.field("id", pa.string()), pa.field("vector", pa.list_(pa.float32(), store.dim))],
+        metadata={b"r3.embedder": store.embedder_fingerprint.encode()},
+    )
     lancedb.connect(settings.gallery_uri).create_table(store.legacy_name, schema=old)
     assert [(g.gallery, g.table) for g in list_galleries(settings)] == [("(legacy)", store.legacy_name)]
     with pytest.raises(R3Error, match=r"before named galleries: rebuild it with `r3 index SOURCE --gallery default`"):

@@ -109,10 +109,12 @@ def test_pinned_gallery_does_not_see_later_upserts(store: GalleryStore) -> None:
     before = _lance_flat(store, query, 0, None)
     pinned = store.pin()
     # After the pin: one new row that would rank first, and an existing row changed to rank last.
-    store.upsert([
-        GalleryRow("new", None, None, "kitchen", "key-new", 8, query * 3),
-        GalleryRow("v5", None, None, "kitchen", "key-v5b", 8, -query),
-    ])
+    store.upsert(
+        [
+            GalleryRow("new", None, None, "kitchen", "key-new", 8, query * 3),
+            GalleryRow("v5", None, None, "kitchen", "key-v5b", 8, -query),
+        ]
+    )
     latest = store.pin()
     assert latest.search(query, 1) == {"new": pytest.approx(1.0, abs=1e-5)}
     assert latest.search(-query, 1) == {"v5": pytest.approx(1.0, abs=1e-5)}

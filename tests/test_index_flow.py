@@ -233,9 +233,7 @@ def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path
         if process.poll() is None:
             process.kill()
 
-    completed = subprocess.run(
-        [sys.executable, str(script), str(manifest), str(r3_home)], env=env, timeout=300
-    )
+    completed = subprocess.run([sys.executable, str(script), str(manifest), str(r3_home)], env=env, timeout=300)
     assert completed.returncode == 0
     import lancedb
 
@@ -303,8 +301,12 @@ def test_slow_embedder_keeps_batches_in_flight_bounded_and_commits_rarely(
     manifest = tmp_path / "gallery.jsonl"
     manifest.write_text("\n".join(json.dumps({"id": f"item-{i:02d}", "text": f"caption {i}"}) for i in range(40)))
     # Upkeep off: its index build and compaction add versions of their own; this test counts the run's commits.
-    summary = run_index(manifest, r3_home, index={"batch_size": 2, "max_batches_in_flight": 2},
-                        upkeep={"optimize_after_refresh": False, "id_index": False})
+    summary = run_index(
+        manifest,
+        r3_home,
+        index={"batch_size": 2, "max_batches_in_flight": 2},
+        upkeep={"optimize_after_refresh": False, "id_index": False},
+    )
 
     assert summary["added"] == 40 and stored_ids(r3_home) == sorted(f"item-{i:02d}" for i in range(40))
     assert probe.calls == 20 and probe.most <= 2

@@ -11,12 +11,12 @@ import pytest
 
 from r3tasks.errors import MissingTextError
 from r3tasks.models.base import (
-    EmbedInput,
     Embedder,
+    EmbedInput,
     Reasoner,
     ReasonInput,
-    Reranker,
     RerankCandidate,
+    Reranker,
     RerankQuery,
 )
 from r3tasks.models.registry import load_embedder, load_reasoner, load_reranker

@@ -101,11 +101,15 @@ def test_bad_queries_carry_their_error_and_the_rest_complete(tmp_path, r3_home, 
     assert "100000 characters" in errors["huge-edit"]
     assert errors["outside"] is not None
 
-    for name, value in {"R3_MODELS__EMBEDDER": "fake-text", "R3_MODELS__REASONER": "fake",
-                        "R3_MODELS__RERANKER": "fake"}.items():
+    for name, value in {
+        "R3_MODELS__EMBEDDER": "fake-text",
+        "R3_MODELS__REASONER": "fake",
+        "R3_MODELS__RERANKER": "fake",
+    }.items():
         monkeypatch.setenv(name, value)
-    code = cli_main(["query", str(tmp_path / "queries.jsonl"), "--out", str(tmp_path / "o.json"),
-                     "--home", str(r3_home)])
+    code = cli_main(
+        ["query", str(tmp_path / "queries.jsonl"), "--out", str(tmp_path / "o.json"), "--home", str(r3_home)]
+    )
     assert code == 1
     assert "ERROR empty edit instruction" in capsys.readouterr().out
 
@@ -147,9 +151,9 @@ def test_copy_gate_leaves_out_reasoning_that_restates_the_source(tmp_path, r3_ho
     # tau = -1: the agreement gate passes everything, so only the copy gate decides.
     strict = run(queries, r3_home, query={"rerank_k": 0, "gate_threshold": -1.0, "copy_gate_threshold": 0.6})
     loose = run(queries, r3_home, query={"rerank_k": 0, "gate_threshold": -1.0, "copy_gate_threshold": 0.95})
-    for b, s, l in zip(base, strict["results"], loose["results"]):
+    for b, s, lo in zip(base, strict["results"], loose["results"]):
         assert 0.6 <= s["gate"]["source_similarity"] < 0.95
-        assert s["gate"]["used"] is False and l["gate"]["used"] is True
+        assert s["gate"]["used"] is False and lo["gate"]["used"] is True
         assert [i["id"] for i in s["ranked"]] == [i["id"] for i in b["ranked"]]  # recall as with no reasoning
         assert [i["score"] for i in s["ranked"]] == pytest.approx([i["score"] for i in b["ranked"]])
 
@@ -172,8 +176,9 @@ def test_batch_pinned_to_a_version_ignores_a_refresh(tmp_path, r3_home, indexed)
 
 def test_query_against_an_empty_gallery_is_a_clear_error(tmp_path, r3_home, capsys, monkeypatch) -> None:
     monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake-text")
-    code = cli_main(["query", str(write_queries(tmp_path, QUERIES)), "--out", str(tmp_path / "o.json"),
-                     "--home", str(r3_home)])
+    code = cli_main(
+        ["query", str(write_queries(tmp_path, QUERIES)), "--out", str(tmp_path / "o.json"), "--home", str(r3_home)]
+    )
     assert code == 2
     assert "run `r3 index`" in capsys.readouterr().err
 
@@ -195,10 +200,13 @@ def test_tiny_preset_end_to_end_on_generated_videos(tmp_path, r3_home) -> None:
     summary = index_gallery(source=str(gallery), preset="tiny", home=str(r3_home), overrides=overrides)
     assert summary["added"] == 3 and summary["failed"] == []
 
-    queries = write_queries(tmp_path, [
-        {"id": "night", "source": specs[0].clip_id(), "edit": edit_instruction(specs[0], specs[1])},
-        {"id": "squares", "text": "blue squares moving left"},
-    ])
+    queries = write_queries(
+        tmp_path,
+        [
+            {"id": "night", "source": specs[0].clip_id(), "edit": edit_instruction(specs[0], specs[1])},
+            {"id": "squares", "text": "blue squares moving left"},
+        ],
+    )
     payload = query_batch(queries=str(queries), preset="tiny", home=str(r3_home), overrides=overrides)
 
     night, squares = payload["results"]

@@ -85,16 +85,22 @@ def home(tmp_path: Path, r3_home: Path) -> Path:
 
 def run(tmp_path: Path, home: Path, rows: list[dict], name: str, **models: str) -> dict:
     out = tmp_path / f"{name}.json"
-    payload = query_batch(queries=str(write_jsonl(tmp_path / f"{name}-queries.jsonl", rows)), out=str(out),
-                          home=str(home), overrides={"models": {**MODELS, **models}, "query": {"use_reasoning": True}})
+    payload = query_batch(
+        queries=str(write_jsonl(tmp_path / f"{name}-queries.jsonl", rows)),
+        out=str(out),
+        home=str(home),
+        overrides={"models": {**MODELS, **models}, "query": {"use_reasoning": True}},
+    )
     written = json.loads(out.read_text())  # the results file is written whatever single queries did
     assert [r["id"] for r in written["results"]] == [r["id"] for r in rows]
     return {r["id"]: r for r in payload["results"]}
 
 
 def answers(results: dict, ids: list[str]) -> list[tuple]:
-    return [(i, [(x["id"], x["score"], x["reranker_score"]) for x in results[i]["ranked"]], results[i]["error"])
-            for i in ids]
+    return [
+        (i, [(x["id"], x["score"], x["reranker_score"]) for x in results[i]["ranked"]], results[i]["error"])
+        for i in ids
+    ]
 
 
 @pytest.mark.parametrize("reranker", ["faulty-cat", "faulty-oom-cat"])
@@ -114,7 +120,8 @@ def test_a_candidate_the_reranker_refuses_is_left_unscored_and_its_query_keeps_i
         # Every other candidate got the score it gets without the fault.
         before = {item["id"]: item["reranker_score"] for item in plain[query_id]["ranked"]}
         assert {i["id"]: i["reranker_score"] for i in result["ranked"] if i["id"] != "cat-sofa"} == {
-            k: v for k, v in before.items() if k != "cat-sofa"}
+            k: v for k, v in before.items() if k != "cat-sofa"
+        }
         assert any("cat-sofa" in w and "unscored" in w for w in result["warnings"]), result["warnings"]
 
 
@@ -195,8 +202,13 @@ def tiny_home(tmp_path: Path, r3_home: Path) -> tuple[Path, list]:
 
 def tiny_run(tmp_path: Path, home: Path, rows: list[dict], **query: object) -> dict:
     out = tmp_path / "tiny.json"
-    payload = query_batch(queries=str(write_jsonl(tmp_path / "tiny-queries.jsonl", rows)), out=str(out),
-                          preset="tiny", home=str(home), overrides={"query": {"rerank_k": 2, **query}})
+    payload = query_batch(
+        queries=str(write_jsonl(tmp_path / "tiny-queries.jsonl", rows)),
+        out=str(out),
+        preset="tiny",
+        home=str(home),
+        overrides={"query": {"rerank_k": 2, **query}},
+    )
     assert json.loads(out.read_text())["results"]
     return {r["id"]: r for r in payload["results"]}
 
@@ -235,13 +247,21 @@ def test_tiny_batch_with_reasoning_on_answers_every_query(
     # The random tiny reasoner writes whatever tokens it likes into the next prompts; `special-text` writes
     # `<|im_end|><|video_pad|><end_of_turn>` into every "night" reasoning, so the case is always exercised.
     home, specs = tiny_home
-    rows = [{"id": f"q{i}", "source": specs[i % 2].clip_id(), "edit": edit}
-            for i, edit in enumerate(["make it night", "make it day", "two blue squares instead"])]
+    rows = [
+        {"id": f"q{i}", "source": specs[i % 2].clip_id(), "edit": edit}
+        for i, edit in enumerate(["make it night", "make it day", "two blue squares instead"])
+    ]
     out = tmp_path / "tiny-reasoning.json"
-    payload = query_batch(queries=str(write_jsonl(tmp_path / "tiny-reasoning.jsonl", rows)), out=str(out),
-                          preset="tiny", home=str(home),
-                          overrides={"models": {"reasoner": reasoner, "reasoning_max_new_tokens": 48},
-                                     "query": {"rerank_k": 2, "use_reasoning": True}})
+    payload = query_batch(
+        queries=str(write_jsonl(tmp_path / "tiny-reasoning.jsonl", rows)),
+        out=str(out),
+        preset="tiny",
+        home=str(home),
+        overrides={
+            "models": {"reasoner": reasoner, "reasoning_max_new_tokens": 48},
+            "query": {"rerank_k": 2, "use_reasoning": True},
+        },
+    )
     assert len(json.loads(out.read_text())["results"]) == 3
     for result in payload["results"]:
         assert result["error"] is None, (result["id"], result["error"])

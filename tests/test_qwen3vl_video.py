@@ -38,7 +38,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
-    out = {name: write_indexed_video(root / f"{name}.mp4", n, fps=fps, size=size) for name, (n, fps, size) in CLIPS.items()}
+    out = {
+        name: write_indexed_video(root / f"{name}.mp4", n, fps=fps, size=size) for name, (n, fps, size) in CLIPS.items()
+    }
     # Long: 200 s at 1 fps, 640x360, sampled to 200 frames under a 20,000-token budget (the budget bites).
     out["long"] = write_indexed_video(root / "long.mp4", 200, fps=1, size=(360, 640))
     return out
@@ -71,8 +73,13 @@ def _official_inputs(processor, conversation: list[dict]) -> dict:
     )
     videos, metadata = zip(*videos)
     return processor(
-        text=text, videos=list(videos), video_metadata=list(metadata), padding=True, do_resize=False,
-        return_tensors="pt", **kwargs,
+        text=text,
+        videos=list(videos),
+        video_metadata=list(metadata),
+        padding=True,
+        do_resize=False,
+        return_tensors="pt",
+        **kwargs,
     )
 
 
@@ -85,7 +92,9 @@ def _official_embedding(embedder: qwen3vl.Qwen3VLEmbedder, path: Path, max_frame
     inputs = _official_inputs(loaded.processor, conversation)
     with torch.inference_mode():
         hidden = loaded.model(**inputs).last_hidden_state
-    vector = torch.nn.functional.normalize(hidden[:, -1].float(), dim=-1)  # one row: the last token is the last real one
+    vector = torch.nn.functional.normalize(
+        hidden[:, -1].float(), dim=-1
+    )  # one row: the last token is the last real one
     return vector[0].numpy()
 
 
@@ -121,7 +130,8 @@ def test_frame_sizes_indices_and_tokens_match_qwen_vl_utils(
 ) -> None:
     if clip == "long":
         settings = load_settings(
-            home=home, models={"preset": "tiny", "device": "cpu", "video_total_tokens": 20_000},
+            home=home,
+            models={"preset": "tiny", "device": "cpu", "video_total_tokens": 20_000},
             frames={"max_frames": 200},
         )
         backend = qwen3vl.load_embedder(settings)
@@ -131,7 +141,9 @@ def test_frame_sizes_indices_and_tokens_match_qwen_vl_utils(
         element = _video_element(clips[clip], settings.frames.max_frames)
     prompt = backend.prompt(_r3_item(clips[clip], settings), INSTRUCTION)
     (plan,) = prompt.videos
-    (video, metadata), _ = fetch_video(element, image_patch_size=16, return_video_sample_fps=True, return_video_metadata=True)
+    (video, metadata), _ = fetch_video(
+        element, image_patch_size=16, return_video_sample_fps=True, return_video_metadata=True
+    )
     assert (len(plan.positions), plan.height, plan.width) == tuple(video.shape[:1] + video.shape[2:])
     assert plan.indices == list(metadata["frames_indices"]) and plan.fps == pytest.approx(metadata["fps"])
     grid_t, grid_h, grid_w = plan.grid

@@ -73,8 +73,14 @@ def test_a_bad_field_names_the_line_and_field(tmp_path: Path) -> None:
 
 def _cli(*argv: str, home: Path) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "R3_HOME": str(home)}
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", *argv], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "flows.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def test_a_malformed_queries_file_is_one_line_and_exit_2_without_prefect(tmp_path: Path) -> None:
@@ -95,8 +101,17 @@ def test_a_malformed_manifest_and_an_unindexed_gallery_fail_before_any_flow(tmp_
     assert done.returncode == 2 and f"{manifest}:2: item has no `id`" in done.stderr
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"id": "a", "text": "x"}\n')
-    done = _cli("query", str(queries), "--out", str(tmp_path / "o.json"), "--gallery", "mine", "--preset", "tiny",
-                home=tmp_path / "h")
+    done = _cli(
+        "query",
+        str(queries),
+        "--out",
+        str(tmp_path / "o.json"),
+        "--gallery",
+        "mine",
+        "--preset",
+        "tiny",
+        home=tmp_path / "h",
+    )
     assert done.returncode == 2 and "gallery 'mine' has not been indexed" in done.stderr
     assert "prefect" not in {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
 

@@ -13,8 +13,8 @@ import pathlib
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
@@ -288,7 +288,11 @@ def write_queries(path: Path, rows: list[dict]) -> Path:
     [
         ("broken.jsonl", '{"id": "a", "text": "x"}\n{"id": "b", "text": \n', "broken.jsonl:2: bad JSON line"),
         ("latin1.jsonl", b'{"id": "a", "text": "caf\xe9"}\n', "latin1.jsonl:1: not UTF-8"),
-        ("latin1-late.jsonl", b'{"id": "a", "text": "x"}\n\n{"id": "b", "text": "caf\xe9"}\n', "latin1-late.jsonl:3: not UTF-8"),
+        (
+            "latin1-late.jsonl",
+            b'{"id": "a", "text": "x"}\n\n{"id": "b", "text": "caf\xe9"}\n',
+            "latin1-late.jsonl:3: not UTF-8",
+        ),
         ("latin1.csv", b"id,text\na,x\nb,caf\xe9\n", "latin1.csv:3: not UTF-8"),
         ("wide.csv", "id,text\na,x,y\n", "wide.csv:2: more fields than the header's 2"),
         ("typed.jsonl", '{"id": "a", "source": "s", "edit": {"do": "x"}}\n', "typed.jsonl:1: 'edit' must be a string"),
@@ -361,8 +365,9 @@ def roots(tmp_path: Path) -> dict[str, Path]:
 def test_bad_queries_are_refused_one_by_one_and_the_rest_answered(
     tmp_path: Path, r3_home: Path, roots: dict[str, Path]
 ) -> None:
-    index_gallery(source=str(write_caption_gallery(tmp_path / "g")), home=str(r3_home),
-                  overrides={"models": FAKE_QUERY_MODELS})
+    index_gallery(
+        source=str(write_caption_gallery(tmp_path / "g")), home=str(r3_home), overrides={"models": FAKE_QUERY_MODELS}
+    )
     root, outside_clip = roots["root"], roots["outside_clip"]
     rows = [
         {"id": "ok-by-id", "source": "dog-park-day", "edit": "make it night"},

@@ -19,12 +19,18 @@ from pathlib import Path
 
 import pytest
 
-import tests.fakes as fakes
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
-from r3tasks.errors import TransientError
-from r3tasks.models.registry import register_backend
-from tests.test_reliability import CAPTIONS, FAKE_QUERY_MODELS, FlakyEmbedder, GatedReranker, REPO, table_ids, write_caption_gallery, write_queries
+from tests.test_reliability import (
+    CAPTIONS,
+    FAKE_QUERY_MODELS,
+    REPO,
+    FlakyEmbedder,
+    GatedReranker,
+    table_ids,
+    write_caption_gallery,
+    write_queries,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -93,8 +99,12 @@ def test_repeated_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothin
     # between commits and inside them, however fast this machine is.
     for attempt in range(5):
         before = _lance_ids(r3_home)
-        process = subprocess.Popen([sys.executable, str(script), str(manifest), str(r3_home)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(manifest), str(r3_home)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if attempt == 0:
                 point = f"{rng.uniform(0.5, 3.0):.2f} s after launch"
@@ -124,8 +134,9 @@ def test_repeated_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothin
     assert len(killed_mid_run) == 4, f"a run finished before its kill: {kills}"
 
     rows_before = len(_lance_ids(r3_home))
-    completed = subprocess.run([sys.executable, str(script), str(manifest), str(r3_home)], env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, str(script), str(manifest), str(r3_home)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     summary = json.loads(completed.stdout)
     assert summary["added"] == n_items - rows_before and summary["unchanged"] == rows_before
@@ -142,19 +153,27 @@ def test_a_refresh_during_a_query_batch_does_not_change_its_results(tmp_path: Pa
     models = {**FAKE_QUERY_MODELS, "reranker": "gated"}
     manifest = write_caption_gallery(tmp_path / "g")
     index_gallery(source=str(manifest), home=str(r3_home), overrides={"models": models})
-    queries = write_queries(tmp_path / "queries.jsonl", [
-        {"id": "q-night", "source": "dog-park-day", "edit": "make it night"},
-        {"id": "q-cat", "source": "car-road", "edit": "a cat sleeps on a sofa instead"},
-        {"id": "t-dog", "text": "a dog at night in a park"},
-    ])
+    queries = write_queries(
+        tmp_path / "queries.jsonl",
+        [
+            {"id": "q-night", "source": "dog-park-day", "edit": "make it night"},
+            {"id": "q-cat", "source": "car-road", "edit": "a cat sleeps on a sofa instead"},
+            {"id": "t-dog", "text": "a dog at night in a park"},
+        ],
+    )
     run = lambda: query_batch(queries=str(queries), home=str(r3_home), overrides={"models": models})  # noqa: E731
     alone = run()
     version = alone["results"][0]["lineage"]["gallery"]["version"]
 
     # The refresh removes a top result and adds better matches for every query.
     refreshed = {k: v for k, v in CAPTIONS.items() if k != "dog-park-night"}
-    refreshed.update({"night-dog": "a dog runs in a park at night, make it night",
-                      "sofa-cat": "a cat sleeps on a sofa instead", "dog-2": "a dog at night in a park"})
+    refreshed.update(
+        {
+            "night-dog": "a dog runs in a park at night, make it night",
+            "sofa-cat": "a cat sleeps on a sofa instead",
+            "dog-2": "a dog at night in a park",
+        }
+    )
     shutil.rmtree(r3_home / "cache", ignore_errors=True)  # the concurrent batch must really call its models
     GatedReranker.entered.clear()
     GatedReranker.release.clear()
@@ -172,8 +191,11 @@ def test_a_refresh_during_a_query_batch_does_not_change_its_results(tmp_path: Pa
         thread.start()
         assert GatedReranker.entered.wait(120), "the batch never reached its rerank stage"
         # The batch has pinned its version and is mid-way: refresh the gallery under it.
-        refresh = index_gallery(source=str(write_caption_gallery(tmp_path / "g", refreshed)), home=str(r3_home),
-                                overrides={"models": models})
+        refresh = index_gallery(
+            source=str(write_caption_gallery(tmp_path / "g", refreshed)),
+            home=str(r3_home),
+            overrides={"models": models},
+        )
         assert refresh["added"] == 3 and refresh["removed"] == 1 and refresh["version"] > version
     finally:
         GatedReranker.release.set()
@@ -212,8 +234,7 @@ def test_a_transient_model_failure_is_retried_and_the_batch_indexes(tmp_path: Pa
 def test_a_model_call_that_always_fails_ends_only_its_item(tmp_path: Path, r3_home: Path) -> None:
     FlakyEmbedder.calls, FlakyEmbedder.always = 0, {"cat-sofa"}
     manifest = write_caption_gallery(tmp_path / "g")
-    overrides = {"models": {"embedder": "flaky"},
-                 "index": {"batch_size": 2, "retries": 2, "retry_delay_seconds": 0}}
+    overrides = {"models": {"embedder": "flaky"}, "index": {"batch_size": 2, "retries": 2, "retry_delay_seconds": 0}}
 
     summary = index_gallery(source=str(manifest), home=str(r3_home), overrides=overrides)
 
@@ -226,7 +247,10 @@ def test_a_model_call_that_always_fails_ends_only_its_item(tmp_path: Path, r3_ho
     # A permanent, item-level refusal (ItemError) fails that item at once, without retries.
     other_home = tmp_path / "home2"
     other_home.mkdir()
-    summary = index_gallery(source=str(manifest), home=str(other_home),
-                            overrides={"models": {"embedder": "refusing"}, "index": {"batch_size": 2}})
+    summary = index_gallery(
+        source=str(manifest),
+        home=str(other_home),
+        overrides={"models": {"embedder": "refusing"}, "index": {"batch_size": 2}},
+    )
     assert [(f["id"], f["reason"]) for f in summary["failed"]] == [("car-road", "injected embedder failure")]
     assert table_ids(other_home, "refusing") == sorted(set(CAPTIONS) - {"car-road"})

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -70,8 +70,13 @@ def free_port() -> int:
 def stored(home: Path, **overrides) -> dict[str, np.ndarray]:
     settings = fake_settings(home, models={"embedder": "fake-text"}, **overrides)
     model = shared_embedder(settings)
-    store = GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, model.fingerprint, model.dim,
-                         storage_options=settings.gallery.storage_options)
+    store = GalleryStore(
+        settings.gallery_uri,
+        settings.gallery.table_prefix,
+        model.fingerprint,
+        model.dim,
+        storage_options=settings.gallery.storage_options,
+    )
     snapshot = store.snapshot()
     assert len(snapshot.ids) == len(set(snapshot.ids))
     return dict(zip(snapshot.ids, snapshot.vectors))
@@ -155,14 +160,15 @@ def test_index_on_a_local_dask_cluster_of_two_process_workers(tmp_path: Path, r3
     threads_home = tmp_path / "threads-home"
     threads_home.mkdir()
     index = {"batch_size": 2}
-    on_threads = index_gallery(source=str(manifest), home=str(threads_home),
-                               overrides={"models": {"embedder": "fake-text"}, "index": index})
+    on_threads = index_gallery(
+        source=str(manifest), home=str(threads_home), overrides={"models": {"embedder": "fake-text"}, "index": index}
+    )
 
     started = time.monotonic()
     state = index_gallery(
-        source=str(manifest), home=str(r3_home),
-        overrides={"models": {"embedder": "where"},
-                   "index": {**index, "task_runner": "dask", "dask_workers": 2}},
+        source=str(manifest),
+        home=str(r3_home),
+        overrides={"models": {"embedder": "where"}, "index": {**index, "task_runner": "dask", "dask_workers": 2}},
         return_state=True,
     )
     elapsed = time.monotonic() - started
@@ -203,9 +209,12 @@ def test_index_on_an_existing_dask_scheduler_then_query(tmp_path: Path, r3_home:
     # In-process workers (threads): the cluster a user already runs, reached by its address.
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         summary = index_gallery(
-            source=str(manifest), home=str(r3_home),
-            overrides={"models": {"embedder": "where"},
-                       "index": {"batch_size": 2, "task_runner": "dask", "dask_address": cluster.scheduler_address}},
+            source=str(manifest),
+            home=str(r3_home),
+            overrides={
+                "models": {"embedder": "where"},
+                "index": {"batch_size": 2, "task_runner": "dask", "dask_address": cluster.scheduler_address},
+            },
         )
         worker_addresses = {worker.address for worker in cluster.workers.values()}
     assert summary["added"] == len(CAPTIONS)
@@ -214,9 +223,12 @@ def test_index_on_an_existing_dask_scheduler_then_query(tmp_path: Path, r3_home:
 
     # A rerun embeds nothing, so it needs no cluster at all (none is reachable any more).
     again = index_gallery(
-        source=str(manifest), home=str(r3_home),
-        overrides={"models": {"embedder": "where"},
-                   "index": {"task_runner": "dask", "dask_address": "tcp://127.0.0.1:9"}},
+        source=str(manifest),
+        home=str(r3_home),
+        overrides={
+            "models": {"embedder": "where"},
+            "index": {"task_runner": "dask", "dask_address": "tcp://127.0.0.1:9"},
+        },
     )
     assert again["unchanged"] == len(CAPTIONS) and again["added"] == 0
 
@@ -232,7 +244,8 @@ def s3_server() -> Iterator[dict[str, str]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -270,9 +283,13 @@ def s3_options(server: dict[str, str]) -> dict[str, str]:
 def bucket_keys(server: dict[str, str], prefix: str) -> list[str]:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=server["endpoint"], region_name="us-east-1",
-                          aws_access_key_id=server["aws_access_key_id"],
-                          aws_secret_access_key=server["aws_secret_access_key"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=server["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=server["aws_access_key_id"],
+        aws_secret_access_key=server["aws_secret_access_key"],
+    )
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=server["bucket"], Prefix=prefix)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
@@ -286,7 +303,9 @@ def test_gallery_store_on_s3_lists_creates_and_reopens_tables(s3_server: dict[st
     assert again.exists() and again.version() == created_at and again.count() == 0
     other = GalleryStore(uri, "gallery", "another-model", 16, storage_options=s3_options(s3_server))
     assert not other.exists()
-    assert any(key.startswith("store-check/gallery_default_fake-16-0.lance/") for key in bucket_keys(s3_server, "store-check"))
+    assert any(
+        key.startswith("store-check/gallery_default_fake-16-0.lance/") for key in bucket_keys(s3_server, "store-check")
+    )
 
 
 def test_index_and_query_end_to_end_on_s3(tmp_path: Path, r3_home: Path, s3_server: dict[str, str]) -> None:
@@ -305,28 +324,38 @@ def test_index_and_query_end_to_end_on_s3(tmp_path: Path, r3_home: Path, s3_serv
     captions = {k: v for k, v in CAPTIONS.items() if k != "boat-lake"}
     captions["cat-sofa"] = "a cat sleeps on a red sofa"
     captions["cat-2"] = "a cat sleeping in the sun"
-    second = index_gallery(source=str(write_gallery(tmp_path / "g", captions)), home=str(r3_home),
-                           overrides=overrides)
+    second = index_gallery(source=str(write_gallery(tmp_path / "g", captions)), home=str(r3_home), overrides=overrides)
     assert (second["added"], second["updated"], second["removed"]) == (1, 1, 1)
     assert sorted(stored(r3_home, gallery=gallery)) == sorted(captions)
 
     out = tmp_path / "results.json"
-    payload = query_batch(queries=str(write_queries(tmp_path / "q.jsonl")), out=str(out), home=str(r3_home),
-                          overrides=overrides)
+    payload = query_batch(
+        queries=str(write_queries(tmp_path / "q.jsonl")), out=str(out), home=str(r3_home), overrides=overrides
+    )
     by_id = {r["id"]: r for r in payload["results"]}
     assert all(r["error"] is None for r in payload["results"])
-    assert by_id["q-night"]["lineage"]["gallery"] == {"uri": uri, "table": summary["table"]["name"],
-                                                      "version": second["version"]}
+    assert by_id["q-night"]["lineage"]["gallery"] == {
+        "uri": uri,
+        "table": summary["table"]["name"],
+        "version": second["version"],
+    }
     assert "dog-park-day" not in [i["id"] for i in by_id["q-night"]["ranked"]]
     assert by_id["t-cat"]["ranked"][0]["id"] in {"cat-sofa", "cat-2"}
     # Pinned to the first version, the batch still sees the removed item (LanceDB time travel on S3).
-    old = query_batch(queries=str(write_queries(tmp_path / "q.jsonl")), home=str(r3_home), overrides=overrides,
-                      gallery_version=summary["version"])
+    old = query_batch(
+        queries=str(write_queries(tmp_path / "q.jsonl")),
+        home=str(r3_home),
+        overrides=overrides,
+        gallery_version=summary["version"],
+    )
     assert "boat-lake" in [i["id"] for i in old["results"][2]["ranked"]]
 
 
 def test_cli_reads_the_s3_gallery_from_the_environment(
-    tmp_path: Path, r3_home: Path, s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    r3_home: Path,
+    s3_server: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
     uri = f"s3://{s3_server['bucket']}/galleries/from-env"
@@ -339,8 +368,12 @@ def test_cli_reads_the_s3_gallery_from_the_environment(
     summary = json.loads(capsys.readouterr().out)
     assert summary["table"]["uri"] == uri and summary["added"] == len(CAPTIONS)
     out = tmp_path / "results.json"
-    assert cli_main(["query", str(write_queries(tmp_path / "q.jsonl")), "--out", str(out),
-                     "--home", str(r3_home), "--json"]) == 0
+    assert (
+        cli_main(
+            ["query", str(write_queries(tmp_path / "q.jsonl")), "--out", str(out), "--home", str(r3_home), "--json"]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["results"]
     assert [r["id"] for r in results] == [q["id"] for q in QUERIES]
     assert all(r["ranked"] and r["lineage"]["gallery"]["uri"] == uri for r in results)

@@ -117,8 +117,15 @@ def test_fingerprint_names_unusable_files(tmp_path: Path, make, reason: str) -> 
 def _rows(ids: list[str], dim: int = 4) -> list[GalleryRow]:
     rng = np.random.default_rng(0)
     return [
-        GalleryRow(id=i, path=None, text=f"text {i}", group=None, content_key=f"k-{i}", num_frames=None,
-                   vector=rng.standard_normal(dim).astype(np.float32))
+        GalleryRow(
+            id=i,
+            path=None,
+            text=f"text {i}",
+            group=None,
+            content_key=f"k-{i}",
+            num_frames=None,
+            vector=rng.standard_normal(dim).astype(np.float32),
+        )
         for i in ids
     ]
 

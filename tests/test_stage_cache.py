@@ -39,20 +39,26 @@ def _likelihood_reranker() -> Gemma3Reranker:
 def test_text_only_backends_do_not_key_on_frame_settings_and_video_backends_do() -> None:
     a, b = load_settings(preset="tiny", **FRAMES_A), load_settings(preset="tiny", **FRAMES_B)
     for backend, same in ((_TextOnly(), True), (_Video(), False)):
-        assert (cachekeys.embedding_key(backend, ["t"], "i", "content", a)
-                == cachekeys.embedding_key(backend, ["t"], "i", "content", b)) is same
-        assert (cachekeys.reasoning_key(backend, "cap", "content", "edit", a)
-                == cachekeys.reasoning_key(backend, "cap", "content", "edit", b)) is same
+        assert (
+            cachekeys.embedding_key(backend, ["t"], "i", "content", a)
+            == cachekeys.embedding_key(backend, ["t"], "i", "content", b)
+        ) is same
+        assert (
+            cachekeys.reasoning_key(backend, "cap", "content", "edit", a)
+            == cachekeys.reasoning_key(backend, "cap", "content", "edit", b)
+        ) is same
     # A text-only embedder sees the caption, not the video: another video with the same caption is a hit.
-    assert (cachekeys.embedding_key(_TextOnly(), ["t"], "i", "video-1", a)
-            == cachekeys.embedding_key(_TextOnly(), ["t"], "i", "video-2", a))
+    assert cachekeys.embedding_key(_TextOnly(), ["t"], "i", "video-1", a) == cachekeys.embedding_key(
+        _TextOnly(), ["t"], "i", "video-2", a
+    )
 
 
 def test_edit_likelihood_rerank_key_ignores_the_reasoning_but_not_the_edit() -> None:
     settings = load_settings(preset="offline")
     reranker = _likelihood_reranker()
-    with_reasoning = RerankQuery(text="make it night\n\nReasoned: dark park", instruction="i", source_text="a dog",
-                                 edit="make it night")
+    with_reasoning = RerankQuery(
+        text="make it night\n\nReasoned: dark park", instruction="i", source_text="a dog", edit="make it night"
+    )
     plain = RerankQuery(text="make it night", instruction="i", source_text="a dog", edit="make it night")
     other_edit = RerankQuery(text="make it night", instruction="i", source_text="a dog", edit="make it rain")
     key = lambda q: cachekeys.rerank_key(reranker, q, "src", "cand", settings)  # noqa: E731

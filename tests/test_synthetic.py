@@ -55,8 +55,14 @@ def test_all_specs_can_be_restricted():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(shape="hexagon"), dict(colour="purple"), dict(motion="sideways"), dict(background="space"), dict(count=4),
-     dict(count=0)],
+    [
+        dict(shape="hexagon"),
+        dict(colour="purple"),
+        dict(motion="sideways"),
+        dict(background="space"),
+        dict(count=4),
+        dict(count=0),
+    ],
 )
 def test_unknown_attribute_values_are_refused(kwargs):
     base = dict(shape="circle", colour="red", motion="left", background="day", count=1)
@@ -227,7 +233,8 @@ def test_gallery_holds_hard_distractors(bench):
         wrong = [s for s in specs if differing_attributes(source, s) == [q.attribute] and s != target]
         # The edit done but the context lost: the target with one other attribute changed.
         lost = [
-            s for s in specs
+            s
+            for s in specs
             if len(differing_attributes(target, s)) == 1 and differing_attributes(target, s) != [q.attribute]
         ]
         assert wrong and lost

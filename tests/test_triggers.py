@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -30,8 +30,12 @@ register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")
 register_backend("reasoner", "fake", "tests.fakes:load_fake_reasoner")
 register_backend("reranker", "fake", "tests.fakes:load_fake_reranker")
 """
-CAPTIONS = {"dog-day": "a dog runs in a park during the day", "cat-sofa": "a cat sleeps on a sofa",
-            "car-road": "a car drives on a road", "bird-sky": "a bird flies across the sky"}
+CAPTIONS = {
+    "dog-day": "a dog runs in a park during the day",
+    "cat-sofa": "a cat sleeps on a sofa",
+    "car-road": "a car drives on a road",
+    "bird-sky": "a bird flies across the sky",
+}
 QUERIES = [{"id": "t-cat", "text": "a cat sleeping"}, {"id": "t-dog", "text": "a dog at night"}]
 
 
@@ -83,16 +87,24 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     home = root / "r3-home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "R3_SERVER_DIR": str(root / "server"), "PREFECT_HOME": str(root / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
-        "R3_HOME": str(home), "R3_MODELS__EMBEDDER": "fake-text", "R3_MODELS__REASONER": "fake",
-        "R3_MODELS__RERANKER": "fake",
-        # The fake reranker (word overlap) decides the top-1 this test checks; the offline preset's recall-margin
-        # gate would keep the fake embedder's order instead.
-        "R3_QUERY__RERANK_RECALL_MARGIN_GATE": "null", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-    })
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "R3_SERVER_DIR": str(root / "server"),
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
+            "R3_HOME": str(home),
+            "R3_MODELS__EMBEDDER": "fake-text",
+            "R3_MODELS__REASONER": "fake",
+            "R3_MODELS__RERANKER": "fake",
+            # The fake reranker (word overlap) decides the top-1 this test checks; the offline preset's recall-margin
+            # gate would keep the fake embedder's order instead.
+            "R3_QUERY__RERANK_RECALL_MARGIN_GATE": "null",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        }
+    )
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=240)
     assert started.returncode == 0, started.stderr
@@ -103,14 +115,30 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         manifest = write_manifest(root / "gallery.jsonl", CAPTIONS)
         standing = root / "standing.jsonl"
         standing.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
-        deploy_env = {**env, "R3DEPLOY_GALLERY": str(manifest), "R3DEPLOY_CRON": "0 0 1 1 *",
-                      "R3DEPLOY_PRESET": "offline", "R3DEPLOY_STANDING_QUERIES": str(standing),
-                      "R3DEPLOY_PREFECT": str(BIN / "prefect")}
-        deployed_ = subprocess.run(["bash", str(REPO / "scripts" / "deploy.sh")], env=deploy_env, cwd=REPO,
-                                   capture_output=True, text=True, timeout=300)
+        deploy_env = {
+            **env,
+            "R3DEPLOY_GALLERY": str(manifest),
+            "R3DEPLOY_CRON": "0 0 1 1 *",
+            "R3DEPLOY_PRESET": "offline",
+            "R3DEPLOY_STANDING_QUERIES": str(standing),
+            "R3DEPLOY_PREFECT": str(BIN / "prefect"),
+        }
+        deployed_ = subprocess.run(
+            ["bash", str(REPO / "scripts" / "deploy.sh")],
+            env=deploy_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert deployed_.returncode == 0, deployed_.stdout[-2000:] + deployed_.stderr[-3000:]
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "r3-local"], env=env,
-                                  cwd=REPO, stdout=(root / "worker.log").open("w"), stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "r3-local"],
+            env=env,
+            cwd=REPO,
+            stdout=(root / "worker.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         yield {"url": url, "env": env, "root": root, "home": home, "manifest": manifest}
     finally:
         if worker is not None:
@@ -129,8 +157,13 @@ def completed(url: str, deployment: str, n: int = 1) -> list[dict] | None:
 def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: dict) -> None:
     url, env, root = deployed["url"], deployed["env"], deployed["root"]
     # 1. By hand, as from the UI form: the refresh, then a batch pinned to the refresh's tag.
-    ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ran.returncode == 0, ran.stderr
     refresh = until("the refresh to complete", lambda: completed(url, "gallery-refresh"))[0]
     # 2. The refresh changed the gallery: the standing queries ran by themselves, with their changes artifact.
@@ -142,10 +175,24 @@ def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: 
     assert standing[0]["parameters"]["gallery_version"].startswith("refresh-")
 
     out = root / "by-hand.json"
-    ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", "query-batch/query-batch",
-                          "-p", f"queries={root / 'standing.jsonl'}", "-p", f"out={out}",
-                          "-p", f"gallery_version={standing[0]['parameters']['gallery_version']}"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            "query-batch/query-batch",
+            "-p",
+            f"queries={root / 'standing.jsonl'}",
+            "-p",
+            f"out={out}",
+            "-p",
+            f"gallery_version={standing[0]['parameters']['gallery_version']}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ran.returncode == 0, ran.stderr
     until("the hand-started batch", lambda: completed(url, "query-batch"))
     results = json.loads(out.read_text())["results"]
@@ -153,8 +200,14 @@ def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: 
     del refresh
 
     # An unchanged refresh emits nothing: still one standing run.
-    subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
-                   capture_output=True, text=True, timeout=120, check=True)
+    subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     until("the second refresh", lambda: completed(url, "gallery-refresh", 2))
     time.sleep(5)  # give a (wrong) trigger time to fire; not a timing assertion
     assert len(runs_of(url, "standing-queries")) == 1
@@ -163,13 +216,25 @@ def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: 
 def test_a_file_dropped_in_the_inbox_runs_one_batch(deployed: dict) -> None:
     url, env, root = deployed["url"], deployed["env"], deployed["root"]
     if not completed(url, "gallery-refresh"):
-        subprocess.run([str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"], env=env,
-                       capture_output=True, text=True, timeout=120, check=True)
+        subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         until("a refresh", lambda: completed(url, "gallery-refresh"))
     inbox = root / "inbox"
     inbox.mkdir()
-    watcher = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(inbox), "--polls", "40"], env=env,
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "watch", str(inbox), "--polls", "40"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         target = inbox / "mine.jsonl"
         with target.open("w") as handle:  # written in pieces
@@ -198,16 +263,33 @@ def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
 
     with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: f"{url}/api"}):
         with writer_slot(open_store(settings), settings):  # this test is the writer now
-            refused = subprocess.run([sys.executable, "-m", "flows.cli", "index", str(manifest)],
-                                     env={**env, "R3_UPKEEP__WRITER_WAIT_SECONDS": "0"}, cwd=REPO,
-                                     capture_output=True, text=True, timeout=240)
+            refused = subprocess.run(
+                [sys.executable, "-m", "flows.cli", "index", str(manifest)],
+                env={**env, "R3_UPKEEP__WRITER_WAIT_SECONDS": "0"},
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
             assert refused.returncode == 2
             assert "is being written by another run" in refused.stderr and "not waiting" in refused.stderr
-            waiting = subprocess.Popen([sys.executable, "-m", "flows.cli", "index", str(manifest), "--json"],
-                                       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            until("the second writer's flow run to start",
-                  lambda: [r for r in api(url, "flow_runs/filter", {"flows": {"name": {"any_": ["index-gallery"]}}})
-                           if r["state_type"] == "RUNNING"], timeout=180)
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "index", str(manifest), "--json"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            until(
+                "the second writer's flow run to start",
+                lambda: [
+                    r
+                    for r in api(url, "flow_runs/filter", {"flows": {"name": {"any_": ["index-gallery"]}}})
+                    if r["state_type"] == "RUNNING"
+                ],
+                timeout=180,
+            )
             time.sleep(3)
             assert waiting.poll() is None  # still waiting for the slot this test holds
             store = open_store(settings)

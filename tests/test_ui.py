@@ -15,8 +15,8 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -101,22 +101,30 @@ def test_ui_shows_the_last_index_run_and_its_artifacts(
 
     url, env = prefect_server
     gallery = tmp_path / "gallery"
-    for spec in [ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
-                 ClipSpec(shape="square", colour="blue", motion="left", background="night", count=2)]:
+    for spec in [
+        ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
+        ClipSpec(shape="square", colour="blue", motion="left", background="night", count=2),
+    ]:
         write_clip(gallery / f"{spec.clip_id()}.mp4", spec, seconds=1.0, caption_sidecar=True)
     (gallery / "not-a-video.mp4").write_text("a shopping list\n" * 20)
     script = tmp_path / "index.py"
     script.write_text(INDEX_SCRIPT)
     run_env = {**env, "PYTHONPATH": str(REPO), "PREFECT_API_URL": f"{url}/api", "R3_MODELS__EMBEDDER": "fake"}
     for _ in range(2):  # two runs: the UI must show the last one
-        indexed = subprocess.run([sys.executable, str(script), str(gallery), str(tmp_path / "r3-home")],
-                                 env=run_env, capture_output=True, text=True, timeout=300)
+        indexed = subprocess.run(
+            [sys.executable, str(script), str(gallery), str(tmp_path / "r3-home")],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert indexed.returncode == 0, indexed.stderr[-3000:]
     summary = json.loads(indexed.stdout)
     assert summary["unchanged"] == 2 and [f["id"] for f in summary["failed"]] == ["not-a-video"]
 
-    runs = api(url, "flow_runs/filter",
-               {"flows": {"name": {"any_": ["index-gallery"]}}, "sort": "START_TIME_DESC", "limit": 5})
+    runs = api(
+        url, "flow_runs/filter", {"flows": {"name": {"any_": ["index-gallery"]}}, "sort": "START_TIME_DESC", "limit": 5}
+    )
     assert len(runs) == 2 and runs[0]["state_type"] == "COMPLETED"
     last = runs[0]
     artifacts = api(url, "artifacts/filter", {"flow_runs": {"id": {"any_": [last["id"]]}}})
@@ -126,7 +134,8 @@ def test_ui_shows_the_last_index_run_and_its_artifacts(
     screenshot = tmp_path / "ui-index-run.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=chromium_path(), headless=True,
+            executable_path=chromium_path(),
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],  # root in a container
         )
         try:

@@ -19,9 +19,19 @@ def _refresh(store: GalleryStore, n: int, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     version = store.version()
     for i in range(n):
-        version = store.upsert([GalleryRow(id=f"item-{i % 5}", path=None, text=f"text {i}", group=None,
-                                           content_key=f"k{i}", num_frames=1,
-                                           vector=rng.random(8).astype(np.float32))])
+        version = store.upsert(
+            [
+                GalleryRow(
+                    id=f"item-{i % 5}",
+                    path=None,
+                    text=f"text {i}",
+                    group=None,
+                    content_key=f"k{i}",
+                    num_frames=1,
+                    vector=rng.random(8).astype(np.float32),
+                )
+            ]
+        )
     return version
 
 
@@ -113,19 +123,24 @@ def test_inbox_reports_a_file_once_when_its_size_stopped_changing(tmp_path: Path
 
 
 def test_topk_changes_name_what_entered_left_and_moved() -> None:
-    before = [{"id": "q1", "ranked": [{"id": "a"}, {"id": "b"}, {"id": "c"}]},
-              {"id": "q2", "ranked": [{"id": "x"}, {"id": "y"}]}]
-    after = [{"id": "q1", "ranked": [{"id": "b"}, {"id": "a"}, {"id": "d"}]},
-             {"id": "q2", "ranked": [{"id": "x"}, {"id": "y"}]},
-             {"id": "q3", "ranked": [{"id": "z"}]}]
+    before = [
+        {"id": "q1", "ranked": [{"id": "a"}, {"id": "b"}, {"id": "c"}]},
+        {"id": "q2", "ranked": [{"id": "x"}, {"id": "y"}]},
+    ]
+    after = [
+        {"id": "q1", "ranked": [{"id": "b"}, {"id": "a"}, {"id": "d"}]},
+        {"id": "q2", "ranked": [{"id": "x"}, {"id": "y"}]},
+        {"id": "q3", "ranked": [{"id": "z"}]},
+    ]
     rows = {r["query"]: r for r in topk_changes(before, after, 3)}
     assert rows["q1"]["entered"] == "d" and rows["q1"]["left"] == "c" and rows["q1"]["moved"] == "b, a"
     assert rows["q1"]["top-1 before"] == "a" and rows["q1"]["top-1 after"] == "b"
     assert not rows["q2"]["changed"] and rows["q3"]["entered"] == "z"
 
 
-def test_cli_galleries_lists_and_prunes_retired_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_cli_galleries_lists_and_prunes_retired_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import json
 
     from flows.cli import main as cli_main
@@ -143,8 +158,9 @@ def test_cli_galleries_lists_and_prunes_retired_tables(tmp_path: Path, monkeypat
     assert pruned["dropped"] == ["gallery_default_retired-model-00"] and pruned["galleries"] == []
 
 
-def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import signal
     import subprocess
     import sys
@@ -156,7 +172,11 @@ def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
     monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no server: the file lock alone
     settings = fake_settings(tmp_path, upkeep={"writer_wait_seconds": 0})
     store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from flows.writers import writer_slot
         from r3tasks.gallery import GalleryStore
@@ -166,7 +186,11 @@ def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
         with writer_slot(store, fake_settings(Path({str(tmp_path)!r}))):
             print("held", flush=True)
             time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WriterBusy, match="being written by another run.*not waiting"):

@@ -24,8 +24,64 @@ average, command, code), so some cases can be re-measured alone:
 
 from __future__ import annotations
 
-from benchmarks.recall.data import BATCH, DIMS, GiB, K, NAME, SEED, TABLE_VERSION, TITLE, _open_or_write, numpy_topk, unit_rows  # noqa: F401
-from benchmarks.recall.search import ANN_KINDS, Builds, MAX_BUILD_S, _ann_config, _ann_grid, _ann_kinds, _configure, _ids_to_rows, _lance_batch, _lance_single, _latencies, _measure_ann, _pinned_ann, _projected_skip, _recall, _setting  # noqa: F401
-from benchmarks.recall.cases import DATA, FULL_PLAN, QUICK_PLAN, _command_line, _git, _key, _pinned, _stored_builds, case, case_label, clustered_rows, merge_cases, run, stored_cases  # noqa: F401
-from benchmarks.recall.summary import ANN_TARGET_S, _ann_target_row, _best_ann, _missing_reason, _ms, _p, _pinned_rows, _rows, _secs, _write_partial, summarise  # noqa: F401
+from benchmarks.recall.cases import (  # noqa: F401
+    DATA,
+    FULL_PLAN,
+    QUICK_PLAN,
+    _command_line,
+    _git,
+    _key,
+    _pinned,
+    _stored_builds,
+    case,
+    case_label,
+    clustered_rows,
+    merge_cases,
+    run,
+    stored_cases,
+)
 from benchmarks.recall.cli import main, parse_case  # noqa: F401
+from benchmarks.recall.data import (  # noqa: F401
+    BATCH,
+    DIMS,
+    NAME,
+    SEED,
+    TABLE_VERSION,
+    TITLE,
+    GiB,
+    K,
+    _open_or_write,
+    numpy_topk,
+    unit_rows,
+)
+from benchmarks.recall.search import (  # noqa: F401
+    ANN_KINDS,
+    MAX_BUILD_S,
+    Builds,
+    _ann_config,
+    _ann_grid,
+    _ann_kinds,
+    _configure,
+    _ids_to_rows,
+    _lance_batch,
+    _lance_single,
+    _latencies,
+    _measure_ann,
+    _pinned_ann,
+    _projected_skip,
+    _recall,
+    _setting,
+)
+from benchmarks.recall.summary import (  # noqa: F401
+    ANN_TARGET_S,
+    _ann_target_row,
+    _best_ann,
+    _missing_reason,
+    _ms,
+    _p,
+    _pinned_rows,
+    _rows,
+    _secs,
+    _write_partial,
+    summarise,
+)

@@ -13,8 +13,18 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, Context, Result, mem_available_bytes, now_iso, pct
-from benchmarks.recall.data import BATCH, GiB, K, NAME, SEED, TITLE, _open_or_write, numpy_topk, unit_rows
-from benchmarks.recall.search import Builds, _ann_kinds, _lance_batch, _lance_single, _latencies, _measure_ann, _projected_skip, _recall
+from benchmarks.recall.data import BATCH, NAME, SEED, TITLE, GiB, K, _open_or_write, numpy_topk, unit_rows
+from benchmarks.recall.search import (
+    Builds,
+    _ann_kinds,
+    _lance_batch,
+    _lance_single,
+    _latencies,
+    _measure_ann,
+    _projected_skip,
+    _recall,
+)
+
 
 def clustered_rows(rng: np.random.Generator, centres: np.ndarray, n: int, chunk: int = 50_000) -> np.ndarray:
     """Unit vectors around random centres (cosine ~0.7 to their centre): a control with neighbourhood structure."""
@@ -31,7 +41,8 @@ def clustered_rows(rng: np.random.Generator, centres: np.ndarray, n: int, chunk:
 
 def case_label(n: int, d: int, data: str) -> str:
     return (f"{n // 1000:,}k x {d}" if n < 1_000_000 else f"{n // 1_000_000}M x {d}") + (
-        "" if data == "random" else f" ({data})")
+        "" if data == "random" else f" ({data})"
+    )
 
 
 def case(ctx: Context, n: int, d: int, builds: Builds, data: str = "random") -> dict[str, Any]:
@@ -41,8 +52,10 @@ def case(ctx: Context, n: int, d: int, builds: Builds, data: str = "random") -> 
     # X in RAM, the file in the page cache while writing/reading, the index, and headroom.
     available = mem_available_bytes()
     if 1.6 * need + 1.5 * GiB > available:
-        reason = (f"skipped: needs ~{(1.6 * need + 1.5 * GiB) / GiB:.1f} GiB (vectors {need / GiB:.1f} GiB) and "
-                  f"{available / GiB:.1f} GiB is available now")
+        reason = (
+            f"skipped: needs ~{(1.6 * need + 1.5 * GiB) / GiB:.1f} GiB (vectors {need / GiB:.1f} GiB) and "
+            f"{available / GiB:.1f} GiB is available now"
+        )
         ctx.log(f"  {label}: {reason}")
         return {"label": label, "n": n, "d": d, "data": data, "skipped": reason}
     if data != "random":  # only ANN is measured on this data: no point writing the table if no index gets built
@@ -63,8 +76,14 @@ def case(ctx: Context, n: int, d: int, builds: Builds, data: str = "random") -> 
         X = clustered_rows(rng, centres, n)
         queries = clustered_rows(np.random.default_rng([SEED, n, d, 8]), centres, nq + 2 * BATCH)
     singles, batches = queries[:nq], [queries[nq : nq + BATCH], queries[nq + BATCH :]]
-    out: dict[str, Any] = {"label": label, "n": n, "d": d, "data": data, "queries": nq,
-                           "load_average": os.getloadavg()[0]}
+    out: dict[str, Any] = {
+        "label": label,
+        "n": n,
+        "d": d,
+        "data": data,
+        "queries": nq,
+        "load_average": os.getloadavg()[0],
+    }
 
     # numpy floor (and the exact ground truth)
     np_single, truth_single = _latencies(lambda q: numpy_topk(X @ q)[0], singles)
@@ -83,21 +102,27 @@ def case(ctx: Context, n: int, d: int, builds: Builds, data: str = "random") -> 
         # vectors the same way; and the bare cost of reading the vector column once.
         ex_single, ex_found = _latencies(_lance_single(table, exact=True), singles[:nq_exact])
         ex_batch, _ = _latencies(_lance_batch(table, exact=True), np.stack(batches[: 1 if big else 2]))
-        out["lance_exact"] = {"single": ex_single, "batch": ex_batch,
-                              "agreement_with_numpy": _recall(ex_found, truth_single[:nq_exact])}
+        out["lance_exact"] = {
+            "single": ex_single,
+            "batch": ex_batch,
+            "agreement_with_numpy": _recall(ex_found, truth_single[:nq_exact]),
+        }
         for metric in ("dot", "l2"):
             lat, _ = _latencies(_lance_single(table, exact=True, metric=metric), singles[: min(nq_exact, 5)])
             out["lance_exact"][metric] = lat
         scan, _ = _latencies(lambda _q: table.search().select(["vector"]).limit(n).to_arrow(), singles[:3])
         out["lance_exact"]["scan"] = scan
-        ctx.log(f"  {label}: LanceDB exact p50 {1000 * pct(ex_single, 50):.0f} ms/query, "
-                f"{1000 * pct(ex_batch, 50):.0f} ms/batch; agreement {out['lance_exact']['agreement_with_numpy']:.3f}; "
-                f"reading the vectors once {1000 * pct(scan, 50):.0f} ms")
+        ctx.log(
+            f"  {label}: LanceDB exact p50 {1000 * pct(ex_single, 50):.0f} ms/query, "
+            f"{1000 * pct(ex_batch, 50):.0f} ms/batch; agreement {out['lance_exact']['agreement_with_numpy']:.3f}; "
+            f"reading the vectors once {1000 * pct(scan, 50):.0f} ms"
+        )
         # The query flow's call on the same table (no index on it, so exact).
         out["pinned"] = _pinned(ctx, store, singles[: 3 if big else 10], batches[: 1 if big else 2], n, d)
     out["ann"] = {
-        kind: _measure_ann(ctx, store, table, kind, n, d, data, singles, batches, truth_single, truth_batch, label,
-                           builds)
+        kind: _measure_ann(
+            ctx, store, table, kind, n, d, data, singles, batches, truth_single, truth_batch, label, builds
+        )
         for kind in _ann_kinds(n, d, ctx.quick)
     }
     del store, table
@@ -105,8 +130,7 @@ def case(ctx: Context, n: int, d: int, builds: Builds, data: str = "random") -> 
     return out
 
 
-def _pinned(ctx: Context, store: Any, queries: np.ndarray, batches: list[np.ndarray], n: int,
-            d: int) -> dict[str, Any]:
+def _pinned(ctx: Context, store: Any, queries: np.ndarray, batches: list[np.ndarray], n: int, d: int) -> dict[str, Any]:
     # Per-row records, and the vector matrix next to the Arrow column it is read from while loading.
     if n * 600 + n * d * 4 * 2.2 + GiB > mem_available_bytes():
         return {"skipped": "not enough memory for the pinned view's records and vector matrix"}
@@ -143,10 +167,12 @@ def _pinned(ctx: Context, store: Any, queries: np.ndarray, batches: list[np.ndar
         lat, _ = _latencies(lambda q: pinned.search(q, limit), queries)
         out[f"limit{limit}"] = lat
     out["batch"], _ = _latencies(lambda b: pinned.search_many(b, K), np.stack(batches))
-    ctx.log(f"  PinnedGallery ({out['route']['top']}): pin {pin_s:.2f} s + first search {out['first_search_s']:.2f} s; "
-            f"search(all) p50 {1000 * pct(out['limit0'], 50):.1f} ms; search(50) p50 {1000 * pct(out['limit50'], 50):.1f} ms; "
-            f"search_many(32 x 50) p50 {1000 * pct(out['batch'], 50):.0f} ms; content_keys {out['content_keys_s']:.2f} s "
-            f"vs projected {out['projected_keys_s']:.2f} s; snapshot {out['snapshot_s'] if out['snapshot_s'] is None else round(out['snapshot_s'], 1)} s")
+    ctx.log(
+        f"  PinnedGallery ({out['route']['top']}): pin {pin_s:.2f} s + first search {out['first_search_s']:.2f} s; "
+        f"search(all) p50 {1000 * pct(out['limit0'], 50):.1f} ms; search(50) p50 {1000 * pct(out['limit50'], 50):.1f} ms; "
+        f"search_many(32 x 50) p50 {1000 * pct(out['batch'], 50):.0f} ms; content_keys {out['content_keys_s']:.2f} s "
+        f"vs projected {out['projected_keys_s']:.2f} s; snapshot {out['snapshot_s'] if out['snapshot_s'] is None else round(out['snapshot_s'], 1)} s"
+    )
     del pinned
     return out
 
@@ -154,8 +180,13 @@ def _pinned(ctx: Context, store: Any, queries: np.ndarray, batches: list[np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
-QUICK_PLAN = [(10_000, 384, "random"), (10_000, 2048, "random"), (100_000, 384, "random"),
-              (100_000, 2048, "random"), (100_000, 384, "clustered")]
+QUICK_PLAN = [
+    (10_000, 384, "random"),
+    (10_000, 2048, "random"),
+    (100_000, 384, "random"),
+    (100_000, 2048, "random"),
+    (100_000, 384, "clustered"),
+]
 # Largest last.
 FULL_PLAN = QUICK_PLAN + [(1_000_000, 384, "random"), (1_000_000, 384, "clustered"), (1_000_000, 2048, "random")]
 DATA = ("random", "clustered")
@@ -174,10 +205,15 @@ def run(ctx: Context, cases: list[tuple[int, int, str]] | None = None, command: 
     for n, d, data in plan:
         started, load, start = now_iso(), os.getloadavg(), time.perf_counter()
         measured = case(ctx, n, d, builds, data)
-        measured["run"] = {"started": started, "duration_s": time.perf_counter() - start,
-                           "load_average_start": [round(x, 2) for x in load],
-                           "load_average_end": [round(x, 2) for x in os.getloadavg()],
-                           "mode": "quick" if ctx.quick else "full", "command": command, "git": _git()}
+        measured["run"] = {
+            "started": started,
+            "duration_s": time.perf_counter() - start,
+            "load_average_start": [round(x, 2) for x in load],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "mode": "quick" if ctx.quick else "full",
+            "command": command,
+            "git": _git(),
+        }
         done.append(measured)
         _write_partial(ctx, done)
     result.data["cases"] = merge_cases(stored, done)
@@ -212,11 +248,20 @@ def stored_cases(path: Path | None = None) -> list[dict[str, Any]]:
     machine = payload.get("machine") or {}
     for c in cases:
         # Cases measured before per-case metadata: the whole run's, with the 1-minute load at the case's start.
-        c.setdefault("run", {"started": payload.get("started"), "duration_s": None,
-                             "load_average_start": [c["load_average"]] if "load_average" in c
-                             else machine.get("load_average_at_start"),
-                             "load_average_end": None, "mode": payload.get("mode"),
-                             "command": payload.get("command"), "git": machine.get("git")})
+        c.setdefault(
+            "run",
+            {
+                "started": payload.get("started"),
+                "duration_s": None,
+                "load_average_start": [c["load_average"]]
+                if "load_average" in c
+                else machine.get("load_average_at_start"),
+                "load_average_end": None,
+                "mode": payload.get("mode"),
+                "command": payload.get("command"),
+                "git": machine.get("git"),
+            },
+        )
     return cases
 
 

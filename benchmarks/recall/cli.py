@@ -9,7 +9,7 @@ import time
 
 from benchmarks.common import RESULTS_DIR, Context, now_iso
 from benchmarks.recall.cases import DATA, run
-from benchmarks.recall.data import K, NAME
+from benchmarks.recall.data import NAME, K
 
 
 def parse_case(spec: str) -> tuple[int, int, str]:
@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=main.__doc__)
-    parser.add_argument("--cases", nargs="+", type=parse_case, required=True, metavar="ROWSxDIM[:DATA]",
-                        help="e.g. 1Mx384:clustered 1Mx384:random 100kx2048 (data: random, the default, or clustered)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        type=parse_case,
+        required=True,
+        metavar="ROWSxDIM[:DATA]",
+        help="e.g. 1Mx384:clustered 1Mx384:random 100kx2048 (data: random, the default, or clustered)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer queries per case (20 instead of 40)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m benchmarks.recall", *argv])
@@ -51,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     payload = result.to_dict()
     # The section header describes this run; each case keeps its own run in data.cases[].run.
-    payload.update(command=command, mode="quick" if args.quick else "full", started=started,
-                   duration_s=time.perf_counter() - start, machine=machine)
+    payload.update(
+        command=command,
+        mode="quick" if args.quick else "full",
+        started=started,
+        duration_s=time.perf_counter() - start,
+        machine=machine,
+    )
     write_json(RESULTS_DIR / f"{NAME}.json", payload)
     for row in payload["rows"]:
         status = "" if row["passed"] is None else ("  PASS" if row["passed"] else "  MISS")

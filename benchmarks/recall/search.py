@@ -10,6 +10,7 @@ import numpy as np
 from benchmarks.common import Context, pct
 from benchmarks.recall.data import K
 
+
 def _latencies(fn: Any, queries: np.ndarray) -> tuple[list[float], list[Any]]:
     fn(queries[0])  # warm-up (first read of the file, thread pools)
     times, outs = [], []
@@ -40,8 +41,14 @@ def _configure(query: Any, exact: bool, nprobes: int | None, refine: int | None,
     return query
 
 
-def _lance_single(table: Any, exact: bool, nprobes: int | None = None, refine: int | None = None,
-                  ef: int | None = None, metric: str = "cosine") -> Any:
+def _lance_single(
+    table: Any,
+    exact: bool,
+    nprobes: int | None = None,
+    refine: int | None = None,
+    ef: int | None = None,
+    metric: str = "cosine",
+) -> Any:
     def search(q: np.ndarray) -> list[int]:
         query = _configure(table.search(q).distance_type(metric).limit(K), exact, nprobes, refine, ef)
         hits = query.select(["id", "_distance"]).to_arrow()
@@ -50,8 +57,9 @@ def _lance_single(table: Any, exact: bool, nprobes: int | None = None, refine: i
     return search
 
 
-def _lance_batch(table: Any, exact: bool, nprobes: int | None = None, refine: int | None = None,
-                 ef: int | None = None) -> Any:
+def _lance_batch(
+    table: Any, exact: bool, nprobes: int | None = None, refine: int | None = None, ef: int | None = None
+) -> Any:
     def search(batch: np.ndarray) -> list[list[int]]:
         query = _configure(table.search(list(batch)).distance_type("cosine").limit(K), exact, nprobes, refine, ef)
         hits = query.select(["id", "_distance"]).to_arrow()
@@ -73,12 +81,18 @@ def _ann_config(kind: str, n: int, d: int) -> tuple[Any, str, int]:
 
     if kind == "IVF_HNSW_SQ":
         partitions = max(4, n // 3000)  # ~3k vectors per partition graph
-        return (IvfHnswSq(distance_type="cosine", num_partitions=partitions),
-                f"IVF_HNSW_SQ cosine, {partitions} partitions, m 20, ef_construction 300", partitions)
+        return (
+            IvfHnswSq(distance_type="cosine", num_partitions=partitions),
+            f"IVF_HNSW_SQ cosine, {partitions} partitions, m 20, ef_construction 300",
+            partitions,
+        )
     partitions = max(16, int(round(np.sqrt(n))))
     sub_vectors = d // 8 if d <= 512 else d // 16
-    return (IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors),
-            f"IVF_PQ cosine, {partitions} partitions, {sub_vectors} sub-vectors x 8 bits", partitions)
+    return (
+        IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors),
+        f"IVF_PQ cosine, {partitions} partitions, {sub_vectors} sub-vectors x 8 bits",
+        partitions,
+    )
 
 
 def _ann_grid(kind: str, partitions: int) -> list[tuple[int, int | None, int | None]]:
@@ -108,14 +122,28 @@ def _projected_skip(kind: str, n: int, d: int, data: str, builds: Builds) -> str
     projected = base * n / 100_000
     if projected <= MAX_BUILD_S:
         return None
-    return (f"{kind} build skipped: projected {projected / 60:.0f} min from the 100k x {d} build "
-            f"({base:.0f} s) x {n // 100_000}, over the {MAX_BUILD_S / 60:.0f} min limit "
-            f"set for this shared 2-core machine (benchmarks/recall.py MAX_BUILD_S)")
+    return (
+        f"{kind} build skipped: projected {projected / 60:.0f} min from the 100k x {d} build "
+        f"({base:.0f} s) x {n // 100_000}, over the {MAX_BUILD_S / 60:.0f} min limit "
+        f"set for this shared 2-core machine (benchmarks/recall.py MAX_BUILD_S)"
+    )
 
 
-def _measure_ann(ctx: Context, store: Any, table: Any, kind: str, n: int, d: int, data: str, singles: np.ndarray,
-                 batches: list[np.ndarray], truth_single: np.ndarray, truth_batch: np.ndarray,
-                 label: str, builds: Builds) -> dict[str, Any]:
+def _measure_ann(
+    ctx: Context,
+    store: Any,
+    table: Any,
+    kind: str,
+    n: int,
+    d: int,
+    data: str,
+    singles: np.ndarray,
+    batches: list[np.ndarray],
+    truth_single: np.ndarray,
+    truth_batch: np.ndarray,
+    label: str,
+    builds: Builds,
+) -> dict[str, Any]:
     config, description, partitions = _ann_config(kind, n, d)
     reason = _projected_skip(kind, n, d, data, builds)
     if reason:
@@ -130,22 +158,39 @@ def _measure_ann(ctx: Context, store: Any, table: Any, kind: str, n: int, d: int
     tuning = []
     for nprobes, refine, ef in _ann_grid(kind, partitions):
         lat, found = _latencies(_lance_single(table, exact=False, nprobes=nprobes, refine=refine, ef=ef), singles)
-        tuning.append({"nprobes": nprobes, "refine_factor": refine, "ef": ef, "p50": pct(lat, 50),
-                       "p95": pct(lat, 95), "recall": _recall(found, truth_single)})
+        tuning.append(
+            {
+                "nprobes": nprobes,
+                "refine_factor": refine,
+                "ef": ef,
+                "p50": pct(lat, 50),
+                "p95": pct(lat, 95),
+                "recall": _recall(found, truth_single),
+            }
+        )
         ctx.log(f"    {_setting(tuning[-1])}: p50 {1000 * tuning[-1]['p50']:.1f} ms, recall {tuning[-1]['recall']:.3f}")
     good = [t for t in tuning if t["recall"] >= 0.95]
     best = min(good, key=lambda t: t["p50"]) if good else max(tuning, key=lambda t: (t["recall"], -t["p50"]))
     batch_fn = _lance_batch(table, exact=False, nprobes=best["nprobes"], refine=best["refine_factor"], ef=best["ef"])
     batch_lat, batch_found = _latencies(batch_fn, np.stack(batches))
-    out = {"index": description, "partitions": partitions, "build_s": build_s, "tuning": tuning, "best": best,
-           "batch": batch_lat, "batch_recall": _recall([r for b in batch_found for r in b], truth_batch)}
+    out = {
+        "index": description,
+        "partitions": partitions,
+        "build_s": build_s,
+        "tuning": tuning,
+        "best": best,
+        "batch": batch_lat,
+        "batch_recall": _recall([r for b in batch_found for r in b], truth_batch),
+    }
     out["r3"] = _pinned_ann(store, singles, truth_single)
     for index in table.list_indices():
         table.drop_index(index.name)
     ctx.log(f"  {label}: {kind} best {_setting(best)}: p50 {1000 * best['p50']:.1f} ms, recall {best['recall']:.3f}")
     if "p50" in out["r3"]:
-        ctx.log(f"  {label}: PinnedGallery.search(50) on the indexed table ({out['r3']['route']}): "
-                f"p50 {1000 * out['r3']['p50']:.1f} ms, recall {out['r3']['recall']:.3f}")
+        ctx.log(
+            f"  {label}: PinnedGallery.search(50) on the indexed table ({out['r3']['route']}): "
+            f"p50 {1000 * out['r3']['p50']:.1f} ms, recall {out['r3']['recall']:.3f}"
+        )
     return out
 
 

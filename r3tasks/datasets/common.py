@@ -15,8 +15,22 @@ from r3tasks.records import read_records as _records
 from r3tasks.records import where as _where
 from r3tasks.sources import GalleryItem
 
-__all__ = ["Benchmark", "COVRR_SECTION_EXT", "EgoCVRSetting", "NarrationStyle", "SourceTargets", "VIDEO_SUFFIXES",
-           "_check_limit", "_find_video", "_read_csv", "_read_json", "_records", "_str_field", "_video_key", "_where"]
+__all__ = [
+    "Benchmark",
+    "COVRR_SECTION_EXT",
+    "EgoCVRSetting",
+    "NarrationStyle",
+    "SourceTargets",
+    "VIDEO_SUFFIXES",
+    "_check_limit",
+    "_find_video",
+    "_read_csv",
+    "_read_json",
+    "_records",
+    "_str_field",
+    "_video_key",
+    "_where",
+]
 
 NarrationStyle = Literal["raw", "clean"]
 EgoCVRSetting = Literal["global", "local"]
@@ -25,8 +39,6 @@ SourceTargets = Literal["keep", "drop"]
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 # The reference (Lee-zixu/R-3 data.py) stores CoVR-R ss2 videos as .webm and everything else as .mp4.
 COVRR_SECTION_EXT: dict[str, str] = {"webvid": ".mp4", "ss2": ".webm"}
-
-
 
 
 @dataclass
@@ -40,14 +52,18 @@ class Benchmark:
     setting: str
     stats: dict[str, int] = field(default_factory=dict)
 
-    def queries_from(self, skip: int) -> "Benchmark":
+    def queries_from(self, skip: int) -> Benchmark:
         """The same gallery with the first `skip` queries left out: a held-out split to tune settings on,
         disjoint from the first N queries that the reported figures use."""
         if skip < 0:
             raise ValueError(f"skip must be >= 0, got {skip}")
         kept = self.queries[skip:]
-        return replace(self, queries=kept, qrels={q.id: self.qrels[q.id] for q in kept if q.id in self.qrels},
-                       setting=f"{self.setting}, queries from #{skip}" if skip else self.setting)
+        return replace(
+            self,
+            queries=kept,
+            qrels={q.id: self.qrels[q.id] for q in kept if q.id in self.qrels},
+            setting=f"{self.setting}, queries from #{skip}" if skip else self.setting,
+        )
 
     def gallery_for(self, query: ComposedQuery | TextQuery) -> list[GalleryItem]:
         """The items `query` is searched over: all of them, or its `gallery_group`'s."""

@@ -51,9 +51,11 @@ def load_webvid_covr_csv(
         tgt_key, tgt_ext = _video_key(_str_field(csv_path, line, row, "pth2"))
         edit = _str_field(csv_path, line, row, "edit")
         assert edit is not None
-        qid = _str_field(csv_path, line, row, "id", required=False) or _str_field(
-            csv_path, line, row, "index", required=False
-        ) or str(index)
+        qid = (
+            _str_field(csv_path, line, row, "id", required=False)
+            or _str_field(csv_path, line, row, "index", required=False)
+            or str(index)
+        )
         if qid in seen_ids:
             raise SourceError(f"{csv_path}:{line}: duplicate query id {qid!r} (first on line {seen_ids[qid]})")
         seen_ids[qid] = line
@@ -87,8 +89,10 @@ def load_webvid_covr_csv(
 
 def _covrr_sections(path: Path, data: Any) -> list[tuple[str | None, list[Any]]]:
     """The file's sections: ``[{"webvid": [...]}, {"ss2": [...]}]``, ``{"webvid": [...]}``, or one flat list."""
-    if isinstance(data, list) and data and all(
-        isinstance(s, dict) and s and all(isinstance(v, list) for v in s.values()) for s in data
+    if (
+        isinstance(data, list)
+        and data
+        and all(isinstance(s, dict) and s and all(isinstance(v, list) for v in s.values()) for s in data)
     ):
         return [(name, rows) for s in data for name, rows in s.items()]
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
@@ -145,7 +149,9 @@ def load_covrr_json(
         if existing is None:
             items[key] = GalleryItem(key, path, None, group)
         elif existing.group != group:
-            raise SourceError(f"{_where(json_path, where)}: video {key!r} appears in sections {existing.group!r} and {group!r}")
+            raise SourceError(
+                f"{_where(json_path, where)}: video {key!r} appears in sections {existing.group!r} and {group!r}"
+            )
 
     for name, rows in sections:
         default_ext = COVRR_SECTION_EXT.get(name or "", ".mp4")

@@ -146,7 +146,9 @@ def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
     if name.lower() in ("egocvr", "egocvr-global", "egocvr-local"):
         folder = kw.pop("folder", None) or default_egocvr_dir()
         if folder is None:
-            raise SourceError(f"{name}: EgoCVR annotations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder with egocvr_annotations.csv")
+            raise SourceError(
+                f"{name}: EgoCVR annotations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder with egocvr_annotations.csv"
+            )
         setting: EgoCVRSetting = "local" if name.lower() == "egocvr-local" else kw.pop("setting", "global")
         return load_egocvr(Path(folder), setting=setting, **kw)
     path = Path(name).expanduser()

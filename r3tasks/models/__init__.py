@@ -1,14 +1,14 @@
 """Model backends behind three small interfaces (embedder, reasoner, reranker), picked by name."""
 
 from r3tasks.models.base import (
-    EmbedInput,
     Embedder,
-    ReasonInput,
+    EmbedInput,
     Reasoner,
     Reasoning,
+    ReasonInput,
     RerankCandidate,
-    RerankQuery,
     Reranker,
+    RerankQuery,
 )
 from r3tasks.models.registry import available_backends, load_embedder, load_reasoner, load_reranker
 

@@ -6,8 +6,9 @@ Frames everywhere are ``uint8`` arrays shaped ``(T, H, W, 3)`` (RGB), as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

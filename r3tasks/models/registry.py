@@ -3,8 +3,9 @@ transformers and their weights load on first use, never at import."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
-from typing import Callable, Literal
+from typing import Literal
 
 from r3tasks.errors import R3Error
 from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker
@@ -68,9 +69,7 @@ def _factory(role: Role, name: str) -> Callable[[R3Settings], object]:
     try:
         target = _BACKENDS[role][name]
     except KeyError:
-        raise R3Error(
-            f"unknown {role} backend {name!r}; available: {', '.join(available_backends(role))}"
-        ) from None
+        raise R3Error(f"unknown {role} backend {name!r}; available: {', '.join(available_backends(role))}") from None
     module_name, _, attr = target.partition(":")
     return getattr(import_module(module_name), attr)
 

@@ -112,7 +112,7 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def _gemma3_state_dict(reader: Any) -> dict[str, "torch.Tensor"]:
+def _gemma3_state_dict(reader: Any) -> dict[str, torch.Tensor]:
     import torch
     from gguf.quants import dequantize
 
@@ -222,7 +222,9 @@ def ensure_converted(settings: R3Settings) -> Path:
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "gemma3: first use in this data home: converting the packaged Gemma 3 270M GGUF to a float32 "
-        "checkpoint in %s (once, %s; about 1 GB on disk)", target, CONVERSION_ESTIMATE,
+        "checkpoint in %s (once, %s; about 1 GB on disk)",
+        target,
+        CONVERSION_ESTIMATE,
     )
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}-", dir=settings.models_dir))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _MIN_TEXT_BATCH = 16
 
 
-def _load_lm(settings: R3Settings) -> tuple[Any, Any, "torch.device", str]:
+def _load_lm(settings: R3Settings) -> tuple[Any, Any, torch.device, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r3tasks.models._torch import resolve_device, resolve_dtype_name
@@ -62,7 +63,6 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-
 def encode_text(tokenizer: Any, text: str | Sequence[str], **kwargs: Any) -> Any:
     """Tokenize prompts whose fields hold user edits, queries, captions and generated reasoning.
 
@@ -81,7 +81,7 @@ class GemmaLM:
 
     model: Any
     tokenizer: Any
-    device: "torch.device"
+    device: torch.device
     batch_size: int
 
     def _continuations(self, prefix: str, rows: Sequence[list[int]]) -> Iterator[tuple[Any, Any]]:

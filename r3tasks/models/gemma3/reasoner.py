@@ -3,8 +3,9 @@ description from the source's caption and the edit. It reads text only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from r3tasks.errors import MissingTextError
 from r3tasks.models.base import Reasoning, ReasonInput
@@ -76,7 +77,7 @@ class Gemma3Reasoner:
 
     model: Any
     tokenizer: Any
-    device: "torch.device"
+    device: torch.device
     max_new_tokens: int
     batch_size: int
     stop_ids: list[int]

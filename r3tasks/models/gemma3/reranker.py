@@ -4,8 +4,9 @@ candidate. It reads text only: each candidate needs a caption."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,11 @@ def likelihood_prompt_parts(
     """
     if source_text and edit:
         shots = "".join(_EDIT_ITEM.format(source=s, target=t) + f" {e}\n\n" for s, e, t in REASON_EXAMPLES)
-        prefix = "Describe the change from the first video to the second.\n\n" + shots + "Before: " + (
-            _one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:"
+        prefix = (
+            "Describe the change from the first video to the second.\n\n"
+            + shots
+            + "Before: "
+            + (_one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:")
         )
         suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nInstruction:" for c in candidates]
         return prefix, suffixes, " " + _one_line(edit)[:MAX_QUERY_CHARS] + "\n"
@@ -193,7 +197,9 @@ def load_reranker(settings: R3Settings) -> Gemma3Reranker:
         yes_ids=_answer_ids(tokenizer, "yes"),
         no_ids=_answer_ids(tokenizer, "no"),
         _fingerprint=_fingerprint(
-            "reranker", dtype, rule=rule,
+            "reranker",
+            dtype,
+            rule=rule,
             prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
         ),
     )

@@ -36,8 +36,14 @@ def with_full_stop(instruction: str) -> str:
 def video_plan(backend: Any, item: str, frames: Any, fps: float | None, max_frames: int | None) -> VideoPlan:
     vp = backend._loaded.processor.video_processor
     return plan_video(
-        item, frames, fps, backend._settings, max_frames,
-        int(vp.patch_size), int(vp.merge_size), int(getattr(vp, "temporal_patch_size", 2)),
+        item,
+        frames,
+        fps,
+        backend._settings,
+        max_frames,
+        int(vp.patch_size),
+        int(vp.merge_size),
+        int(getattr(vp, "temporal_patch_size", 2)),
     )
 
 

@@ -67,8 +67,11 @@ def _video_expansion(loaded: Loaded, plan: VideoPlan) -> str:
     from transformers.video_utils import VideoMetadata
 
     metadata = VideoMetadata(
-        total_num_frames=plan.total_frames, fps=plan.fps, frames_indices=list(plan.indices),
-        height=plan.height, width=plan.width,
+        total_num_frames=plan.total_frames,
+        fps=plan.fps,
+        frames_indices=list(plan.indices),
+        height=plan.height,
+        width=plan.width,
     )
     inputs = {"video_grid_thw": torch.tensor([plan.grid]), "video_metadata": [metadata]}
     return loaded.processor.replace_video_token(inputs, 0)
@@ -221,6 +224,13 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 __all__ = [
-    "Prompt", "collate", "encode_conversation", "last_token_pool", "make_prompt", "run_split_on_oom",
-    "special_ids", "token_batches", "truncate",
+    "Prompt",
+    "collate",
+    "encode_conversation",
+    "last_token_pool",
+    "make_prompt",
+    "run_split_on_oom",
+    "special_ids",
+    "token_batches",
+    "truncate",
 ]

@@ -167,7 +167,9 @@ class Qwen3VLReranker(LazyWeights):
             ]
             videos = [v for v in (query_video, doc_video) if v is not None]
             out.append(
-                make_prompt(self._loaded, candidate.item_id, conversation, videos, self._settings.models.rerank_max_length)
+                make_prompt(
+                    self._loaded, candidate.item_id, conversation, videos, self._settings.models.rerank_max_length
+                )
             )
         return out
 

@@ -217,5 +217,11 @@ def config_hidden_size(path: Path) -> int:
 
 
 __all__ = [
-    "MODEL_SETTING", "ResolvedModel", "Role", "check_models", "how_to_supply", "resolve_model", "weights_signature",
+    "MODEL_SETTING",
+    "ResolvedModel",
+    "Role",
+    "check_models",
+    "how_to_supply",
+    "resolve_model",
+    "weights_signature",
 ]

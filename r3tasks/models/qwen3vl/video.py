@@ -120,11 +120,22 @@ def plan_video(
             log.warning(
                 "%s: frames decoded at %dx%d are upsampled to %dx%d for Qwen3-VL; raise frames.min_decode_pixels "
                 "or frames.max_side so decoding keeps the model's pixels",
-                item, decoded_w, decoded_h, width, height,
+                item,
+                decoded_w,
+                decoded_h,
+                width,
+                height,
             )
     grid_t = -(-len(positions) // temporal_patch_size)
     return VideoPlan(
-        item, frames, positions, indices, rate, total, height, width,
+        item,
+        frames,
+        positions,
+        indices,
+        rate,
+        total,
+        height,
+        width,
         (grid_t, height // patch_size, width // patch_size),
     )
 
