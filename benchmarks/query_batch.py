@@ -330,6 +330,17 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
         ],
         table,
     )
+    measured = {(m["rows"], m["dim"]) for m in data["runs"] if "error" not in m}
+    if not quick and (1_000_000, 2048) not in measured:
+        result.note(
+            "1,000,000 x 2048 not measured: its matrix is 7.6 GiB (plus LanceDB's copy while the table is "
+            "written) on a shared 23 GiB, 2-core box, and a run would take most of an hour; "
+            "`QB_SIZES='[[1000000,2048]]' python -m benchmarks.run --only query_batch` measures it."
+        )
+    result.note(
+        "The machine was shared with other work during these runs: absolute q/s move with its load; "
+        "the ratios compare figures taken in the same process minutes apart."
+    )
     result.note(
         "Floor: one float32 product of all query vectors (base + reasoning) with the unit gallery matrix, "
         "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `retrieval.recall` on the whole "
