@@ -31,7 +31,11 @@ def file_asset(path: str | Path, name: str | None = None) -> Asset:
 
 def gallery_asset(uri: str, table: str) -> Asset:
     scheme, _, rest = uri.partition("://") if "://" in uri else ("lancedb", "", str(Path(uri).resolve()))
-    key = _key("lancedb" if scheme == "lancedb" else f"lancedb+{scheme.lower()}", f"{rest.rstrip('/')}/{table}")
+    if scheme in ("lancedb", "file"):
+        key = _key("lancedb", f"{rest.rstrip('/')}/{table}")
+    else:
+        # An object store: the table's own location (Prefect keys take a plain scheme, not `lancedb+s3`).
+        key = _key(scheme.lower(), f"{rest.rstrip('/')}/{table}.lance")
     return Asset(
         key=key, properties=AssetProperties(name=f"gallery {table}", description=f"LanceDB table {table} at {uri}")
     )
