@@ -185,17 +185,11 @@ def test_query_against_an_empty_gallery_is_a_clear_error(tmp_path, r3_home, caps
 
 def test_tiny_preset_end_to_end_on_generated_videos(tmp_path, r3_home) -> None:
     """Pixels in, ranks out, through the real Qwen3-VL code path (tiny random weights: no quality claim)."""
-    from r3tasks.synthetic import ClipSpec, edit_instruction, write_clip
+    from r3tasks.synthetic import edit_instruction
+    from tests.videos import write_three_clip_gallery
 
-    specs = [
-        ClipSpec(shape="circle", colour="red", motion="right", background="day"),
-        ClipSpec(shape="circle", colour="red", motion="right", background="night"),
-        ClipSpec(shape="square", colour="blue", motion="left", background="grass", count=2),
-    ]
     gallery = tmp_path / "videos"
-    gallery.mkdir()
-    for spec in specs:
-        write_clip(gallery / f"{spec.clip_id()}.mp4", spec, seconds=2.0, caption_sidecar=True)
+    specs = write_three_clip_gallery(gallery)
     overrides = {"models": {"reasoning_max_new_tokens": 12}, "query": {"rerank_k": 2}}
     summary = index_gallery(source=str(gallery), preset="tiny", home=str(r3_home), overrides=overrides)
     assert summary["added"] == 3 and summary["failed"] == []

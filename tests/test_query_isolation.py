@@ -184,17 +184,10 @@ def test_a_contact_sheet_that_fails_costs_only_its_picture(
 
 @pytest.fixture
 def tiny_home(tmp_path: Path, r3_home: Path) -> tuple[Path, list]:
-    from r3tasks.synthetic import ClipSpec, write_clip
+    from tests.videos import write_three_clip_gallery
 
-    specs = [
-        ClipSpec(shape="circle", colour="red", motion="right", background="day"),
-        ClipSpec(shape="circle", colour="red", motion="right", background="night"),
-        ClipSpec(shape="square", colour="blue", motion="left", background="grass", count=2),
-    ]
     gallery = tmp_path / "videos"
-    gallery.mkdir()
-    for spec in specs:
-        write_clip(gallery / f"{spec.clip_id()}.mp4", spec, seconds=2.0, caption_sidecar=True)
+    specs = write_three_clip_gallery(gallery)
     summary = index_gallery(source=str(gallery), preset="tiny", home=str(r3_home))
     assert summary["added"] == 3 and summary["failed"] == []
     return r3_home, specs

@@ -152,3 +152,19 @@ def zero_payload(source: Path, target: Path) -> Path:
 def make_unreadable(path: Path) -> Path:
     os.chmod(path, 0)
     return Path(path)
+
+
+def write_three_clip_gallery(folder: Path) -> list:
+    """Three generated 2 s clips with caption sidecars (a red circle by day and by night, two blue squares):
+    the small gallery the tiny-preset end-to-end tests index. Returns their `ClipSpec`s."""
+    from r3tasks.synthetic import ClipSpec, write_clip
+
+    specs = [
+        ClipSpec(shape="circle", colour="red", motion="right", background="day"),
+        ClipSpec(shape="circle", colour="red", motion="right", background="night"),
+        ClipSpec(shape="square", colour="blue", motion="left", background="grass", count=2),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        write_clip(folder / f"{spec.clip_id()}.mp4", spec, seconds=2.0, caption_sidecar=True)
+    return specs
