@@ -34,13 +34,17 @@ def list_galleries(settings: R3Settings) -> list[GalleryInfo]:
     """Every gallery table under the settings' LanceDB URI, sorted by gallery then table."""
     import lancedb  # heavy; only this command and the flows need it
 
+    from r3tasks.gallery import open_committed
+
     db = lancedb.connect(settings.gallery_uri, storage_options=settings.gallery.storage_options or None)
     prefix = settings.gallery.table_prefix + "_"
     found: list[GalleryInfo] = []
     for name in db.list_tables().tables:
         if not name.startswith(prefix):
             continue
-        table = db.open_table(name)
+        table = open_committed(db, name)
+        if table is None:  # a folder whose first commit never landed holds no rows to list
+            continue
         meta = table.schema.metadata or {}
         gallery = meta.get(b"r3.gallery", LEGACY.encode()).decode()
         embedder = meta.get(b"r3.embedder", b"?").decode()

@@ -63,6 +63,23 @@ def stored_path(text: str | None, raw: bytes | None) -> str | None:
     return text
 
 
+def open_committed(db: Any, name: str) -> Any | None:
+    """The table `name`, or None while it has no committed version.
+
+    LanceDB lists a table as soon as its folder exists, before the first manifest is
+    written; a writer killed in that window (or a reader looking in it) must see "not
+    created yet", not a table that cannot be opened.
+    """
+    if name not in db.list_tables().tables:
+        return None
+    try:
+        return db.open_table(name)
+    except ValueError as error:
+        if "was not found" in str(error):
+            return None
+        raise
+
+
 @dataclass(frozen=True)
 class GalleryRow:
     id: str
@@ -111,12 +128,13 @@ class GalleryStore:
 
     # -- opening -----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.name in self._db.list_tables().tables
+        return open_committed(self._db, self.name) is not None
 
     def table(self) -> Any:
         if self._table is None:
-            if self.exists():
-                self._table = self._db.open_table(self.name)
+            committed = open_committed(self._db, self.name)
+            if committed is not None:
+                self._table = committed
                 self._check_dim()
             else:
                 self._table = self._db.create_table(
@@ -200,7 +218,7 @@ class GalleryStore:
                 f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
                 f"(no table {self.name}): run `r3 index` on its source with `--gallery {self.gallery}` first{hint}"
             )
-        return self._db.open_table(self.name)
+        return open_committed(self._db, self.name)
 
     # -- writing -----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[GalleryRow]) -> int:

@@ -21,6 +21,7 @@ import pytest
 
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
+from r3tasks.gallery import open_committed
 from tests.test_reliability import (
     CAPTIONS,
     FAKE_QUERY_MODELS,
@@ -67,8 +68,9 @@ def _lance_ids(home: Path) -> list[str]:
     assert len(tables) <= 1
     if not tables:
         return []
-    table = lancedb.connect(folder).open_table(tables[0].name.removesuffix(".lance"))
-    return table.to_arrow().column("id").to_pylist()
+    # The writer may be inside its first commit (folder made, manifest not yet written): no rows yet.
+    table = open_committed(lancedb.connect(folder), tables[0].name.removesuffix(".lance"))
+    return [] if table is None else table.to_arrow().column("id").to_pylist()
 
 
 def test_repeated_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(

@@ -85,6 +85,25 @@ def test_reads_never_create_a_table(tmp_path: Path) -> None:
     assert not store.exists()
 
 
+def test_a_table_whose_first_commit_never_landed_reads_as_not_indexed_and_the_next_index_creates_it(
+    tmp_path: Path,
+) -> None:
+    from r3tasks.catalog import list_galleries
+    from tests.conftest import fake_settings
+
+    settings = fake_settings(tmp_path)
+    store = GalleryStore(settings.gallery_uri, "gallery", "model-a-0123456789", 8)
+    # What a writer killed inside LanceDB's create_table leaves: the folder, no manifest.
+    (Path(settings.gallery_uri) / f"{store.name}.lance" / "_versions").mkdir(parents=True)
+    assert not store.exists()
+    with pytest.raises(R3Error, match="has not been indexed"):
+        store.pin()
+    assert list_galleries(settings) == []
+    _refresh(store, 2)
+    assert store.exists() and store.count() == 2
+    assert [info.table for info in list_galleries(settings)] == [store.name]
+
+
 def test_retired_embedder_tables_are_listed_and_dropped_never_the_current_one(tmp_path: Path) -> None:
     uri = str(tmp_path / "db")
     old = GalleryStore(uri, "gallery", "old-model-aaaaaaaa", 8)
