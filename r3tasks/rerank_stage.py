@@ -154,33 +154,46 @@ def _score_candidates(
     frame_cache: StageCache,
 ) -> tuple[dict[str, float], dict[str, str], int]:
     """(scores by id, failure reason by id, pairs the model scored) for these recalled ids: cached scores
-    first, the rest in one call, or one by one when that call fails."""
+    first, the rest in one call, or one by one when that call fails.
+
+    Candidates whose pair has the same cache key (the same content for what the reranker reads: in a
+    caption gallery, clips with one narration) are one pair: the model scores it once (about 30% of
+    EgoCVR's top-20 pairs).
+    """
     scores: dict[str, float] = {}
     failures: dict[str, str] = {}
     missing: list[RerankCandidate] = []
     keys: dict[str, str] = {}
+    sharing: dict[str, list[str]] = {}  # cache key -> the ids waiting for that one pair
     for item_id in ids:
         record = gallery.records[item_id]
-        keys[item_id] = cachekeys.rerank_key(
+        keys[item_id] = key = cachekeys.rerank_key(
             reranker, rerank_query, state.source.content_key if state.source else None, record.content_key, settings
         )
-        cached = cache.get(keys[item_id])
+        cached = cache.get(key)
         if cached is not None:
             scores[item_id] = cached
             continue
+        if key in sharing:
+            sharing[key].append(item_id)
+            continue
         try:
             missing.append(_candidate(record, reranker, settings, frame_cache))
+            sharing[key] = [item_id]
         except Exception as error:  # noqa: BLE001 - this candidate only
             failures[item_id] = reason_of(error)
     results = batched_or_alone(
         missing, lambda batch: list(np.asarray(reranker.score(rerank_query, batch), dtype=np.float64))
     )
     for candidate, result in zip(missing, results):
-        if isinstance(result, Exception):
-            failures[candidate.item_id] = reason_of(result)
-            continue
-        scores[candidate.item_id] = float(result)
-        cache.put(keys[candidate.item_id], float(result))
+        key = keys[candidate.item_id]
+        for item_id in sharing[key]:
+            if isinstance(result, Exception):
+                failures[item_id] = reason_of(result)
+            else:
+                scores[item_id] = float(result)
+        if not isinstance(result, Exception):
+            cache.put(key, float(result))
     return scores, failures, len(missing)
 
 

@@ -261,3 +261,38 @@ def test_tiny_batch_with_reasoning_on_answers_every_query(
         assert result["reasoning"] is not None and len(result["ranked"]) == 2
     if reasoner == "special-text":
         assert "<|video_pad|>" in payload["results"][0]["reasoning"]
+
+
+class RecordingReranker(fakes.FakeReranker):
+    """The fake reranker, remembering every candidate text the model was asked to score."""
+
+    fingerprint = "fake-reranker-recording-1"
+    seen: list[str] = []
+
+    def score(self, query, candidates):
+        RecordingReranker.seen.extend(c.text for c in candidates)
+        return super().score(query, candidates)
+
+
+register_backend("reranker", "recording", "tests.test_query_isolation:load_recording")
+
+
+def load_recording(settings) -> RecordingReranker:
+    return RecordingReranker()
+
+
+def test_clips_sharing_one_caption_are_one_pair_for_a_text_reranker(tmp_path: Path, r3_home: Path) -> None:
+    captions = {
+        "twin-a": "a dog runs in a park at night",
+        "twin-b": "a dog runs in a park at night",
+        "cat": "a cat sleeps on a sofa",
+        "car": "a car drives on a road",
+    }
+    index_gallery(
+        source=str(write_caption_gallery(tmp_path / "twins", captions)), home=str(r3_home), overrides={"models": MODELS}
+    )
+    RecordingReranker.seen = []
+    results = run(tmp_path, r3_home, [{"id": "t", "text": "a dog in a park at night"}], "twins", reranker="recording")
+    assert sorted(RecordingReranker.seen) == sorted(set(captions.values()))  # the shared caption scored once
+    scores = {item["id"]: item["reranker_score"] for item in results["t"]["ranked"]}
+    assert scores["twin-a"] == scores["twin-b"] is not None and len(scores) == 4
