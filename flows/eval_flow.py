@@ -79,7 +79,10 @@ def evaluate_benchmark(
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
     options = dict(dataset_options or {})
-    if dataset.lower() in ("egocvr", "egocvr-global", "egocvr-local") and settings.data.egocvr_dir is not None:
+    if (
+        dataset.lower() in ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap")
+        and settings.data.egocvr_dir is not None
+    ):
         options.setdefault("folder", str(settings.data.egocvr_dir))
     benchmark = load_benchmark_task(dataset, limit, options, str(settings.home), skip)
     work = settings.home / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{benchmark.name}-{benchmark.setting}")

@@ -28,6 +28,7 @@ REFERENCE_POLICY = {
     "rerank_start_depth": None,
     "rerank_widen_margin": None,
     "rerank_recall_margin_gate": None,
+    "rerank_recall_window": None,
     "rerank_flat_gate": None,
 }
 ARM_NAMES = ("base", "+rerank", "+rerank (policy)", "+reasoning", "+reasoning+rerank")
@@ -163,6 +164,8 @@ def arm_report(name: str, payload: dict, qrels: dict[str, dict[str, int]]) -> di
     }
 
 
+# Cosine windows below recall's top-1 (absolute: a window is in the embedder's units, like the margin gate).
+RECALL_WINDOWS = (0.02, 0.05, 0.08, 0.12, 0.16, 0.2)
 RERANKER_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -231,6 +234,7 @@ def _policy_settings(policy: RerankPolicy) -> dict:
         "rerank_widen_margin": policy.widen_margin,
         "rerank_depth_growth": policy.growth,
         "rerank_recall_margin_gate": policy.recall_margin_gate,
+        "rerank_recall_window": policy.recall_window,
         "rerank_flat_gate": policy.flat_gate,
     }
 
@@ -248,6 +252,7 @@ def policy_grid(
         start_depth=None,
         widen_margin=None,
         recall_margin_gate=None,
+        recall_window=None,
         flat_gate=None,
     )
     gaps5, recall_gaps, spreads = [], [], []
@@ -289,6 +294,8 @@ def policy_grid(
                 replace(base, start_depth=5, widen_margin=q(gaps5, 0.5), recall_margin_gate=g),
             )
         )
+    for window in RECALL_WINDOWS:
+        grid.append((f"recall window {window}", replace(base, recall_window=window)))
     for p in (0.1, 0.25):
         f = q(spreads, p)
         grid.append((f"flat gate {f} (q{int(p * 100)})", replace(base, flat_gate=f)))

@@ -7,6 +7,12 @@ strong). Three guards, each off by default (the reference), each a setting in th
 - **recall-margin gate** (`rerank_recall_margin_gate`): when the recall's top-1 leads its top-2 by at
   least this much embedding score, recall is confident; the reranker is not asked (as CoVRAGE skips
   refinement when the retrieval margin is wide).
+- **recall window** (`rerank_recall_window`): only candidates whose embedding score is within this much
+  of recall's top-1 are reranked; the rest keep their recall order below them. Where recall separates
+  the target clearly (short web captions, a near-copy of the source edited), the window holds one or two
+  candidates and the reranker cannot pull a far one up; where recall cannot tell candidates apart
+  (clips sharing a narration, an edit recall ignores), the window is wide and the reranker decides. The
+  recall-margin gate is the window's special case "top-2 outside".
 - **flat-score gate** (`rerank_flat_gate`): when the reranker's own scores over the block it scored
   span less than this, it cannot tell the candidates apart; the recall order stays.
 - **adaptive depth** (`rerank_start_depth`, `rerank_widen_margin`, `rerank_depth_growth`): score the
@@ -38,6 +44,7 @@ class RerankPolicy:
     widen_margin: float | None = None
     growth: float = 2.0
     recall_margin_gate: float | None = None
+    recall_window: float | None = None
     flat_gate: float | None = None
     embedding_weight: float = 0.4
     reranker_weight: float = 0.6
@@ -52,7 +59,12 @@ class RerankPolicy:
 
     @property
     def is_reference(self) -> bool:
-        return self.start_depth is None and self.recall_margin_gate is None and self.flat_gate is None
+        return (
+            self.start_depth is None
+            and self.recall_margin_gate is None
+            and self.recall_window is None
+            and self.flat_gate is None
+        )
 
     def depths(self, available: int) -> list[int]:
         """The depths tried in turn for a list of `available` recalled items, ending at min(depth, available)."""
@@ -77,6 +89,7 @@ def policy_from_settings(query_settings: Any) -> RerankPolicy:
         widen_margin=q.rerank_widen_margin,
         growth=q.rerank_depth_growth,
         recall_margin_gate=q.rerank_recall_margin_gate,
+        recall_window=q.rerank_recall_window,
         flat_gate=q.rerank_flat_gate,
         embedding_weight=q.final_embedding_weight,
         reranker_weight=q.final_reranker_weight,
@@ -91,10 +104,18 @@ class RerankOutcome:
     ranked: list[RankedItem]
     pairs: int
     depth: int
-    gate: str | None  # "recall_margin", "flat" or None (the reranker's scores were used)
+    gate: str | None  # "recall_margin", "recall_window", "flat" or None (the reranker's scores were used)
 
     def decision(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "ranked"}
+
+
+def within_window(recalled: Sequence[tuple[str, float]], window: float | None) -> int:
+    """How many of `recalled` (best first) lie within `window` embedding score of the top-1 (all when None)."""
+    if window is None or not recalled:
+        return len(recalled)
+    floor = recalled[0][1] - window
+    return sum(1 for _, value in recalled if value >= floor)
 
 
 def _top_two_gap(values: Sequence[float]) -> float:
@@ -110,12 +131,15 @@ def apply_policy(recalled: Sequence[tuple[str, float]], score: ScoreFn, policy: 
     `score` propagate: the caller decides what a failed query reports.
     """
     recall_order = rerank_topk(recalled, {}, 0)
-    depths = policy.depths(len(recalled))
-    if not depths:
+    if not policy.depths(len(recalled)):
         return RerankOutcome(recall_order, 0, 0, None)
     if policy.recall_margin_gate is not None and len(recalled) > 1:
         if recalled[0][1] - recalled[1][1] >= policy.recall_margin_gate:
             return RerankOutcome(recall_order, 0, 0, "recall_margin")
+    inside = within_window(recalled, policy.recall_window)
+    depths = policy.depths(inside)
+    if policy.recall_window is not None and inside == 1 < min(policy.depth, len(recalled)):
+        return RerankOutcome(recall_order, 0, 0, "recall_window")  # one candidate in the window: nothing to reorder
     scores: dict[str, float] = {}
     asked = 0
     for step, depth in enumerate(depths):

@@ -373,6 +373,14 @@ class QuerySettings(_Section):
         description="Keep the recall order, without asking the reranker, when recall's top-1 leads its top-2 "
         "by at least this much embedding score (a confident recall). None (the reference) always reranks.",
     )
+    rerank_recall_window: float | None = Field(
+        None,
+        ge=0,
+        description="Rerank only the candidates whose embedding score is within this much of recall's top-1 "
+        "(up to `rerank_k`); the rest keep their recall order below them, so a reranker cannot pull up a "
+        "candidate recall clearly ranked lower. In the embedder's own units (cosine). None (the reference) "
+        "reranks the whole top `rerank_k`.",
+    )
     rerank_flat_gate: float | None = Field(
         None,
         ge=0,

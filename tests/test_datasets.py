@@ -394,3 +394,32 @@ def test_load_benchmark_dispatch_errors(tmp_path: Path) -> None:
     assert b.name == "webvid8m-covr_test" and len(b.queries) == 3
     ego = load_benchmark("egocvr-local", folder=_egocvr_fixture(tmp_path / "ego"))
     assert ego.setting == "local" and ego.queries[0].gallery_group == "v1"  # type: ignore[union-attr]
+
+
+def test_egocvr_swap_queries_differ_from_their_target_in_one_word_named_by_the_edit(tmp_path: Path) -> None:
+    from r3tasks.datasets import load_benchmark
+
+    narrations = [
+        "#C C takes the sieve",
+        "#C C shakes the sieve",
+        "#C C takes the knife",
+        "#C C washes a plate in the sink",
+        "#C C washes a cup in the sink",
+    ]
+    data = tmp_path / "egocvr_data.csv"
+    data.write_text(
+        "clip_name,narration_text,video_uid\n" + "".join(f"clip{i},{t},v{i}\n" for i, t in enumerate(narrations))
+    )
+    first = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=3)
+    again = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=3)
+    assert [(q.id, q.edit, q.source_text) for q in first.queries] == [
+        (q.id, q.edit, q.source_text) for q in again.queries
+    ]
+    texts = {item.id: item.text for item in first.items}
+    assert len(texts) == len(set(texts.values())) == len(first.queries) > 0  # one target per query, no twins
+    for query in first.queries:
+        (target_id,) = first.qrels[query.id]
+        source, target = query.source_text.lower().split(), texts[target_id].lower().split()
+        changed = [(a, b) for a, b in zip(source, target) if a != b]
+        assert len(source) == len(target) and len(changed) == 1
+        assert changed[0][1] in query.edit.lower()  # the edit names the new word

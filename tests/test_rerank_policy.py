@@ -55,6 +55,23 @@ def test_adaptive_depth_widens_while_uncertain_and_finds_a_deep_target() -> None
     assert outcome.ranked[0].id == "c15"
 
 
+def test_recall_window_lets_the_reranker_reorder_only_near_ties_of_the_top_one() -> None:
+    # Recall: a clear top-1, two near-ties behind it, then a candidate far below that the reranker loves.
+    recalled = [("top", 0.90), ("tie-a", 0.86), ("tie-b", 0.85), ("far", 0.60), ("farther", 0.50)]
+    table = {"top": 0.0, "tie-a": 1.0, "tie-b": 4.0, "far": 9.0, "farther": 9.5}
+    scorer = CountingScorer(table)
+    outcome = apply_policy(recalled, scorer, RerankPolicy(depth=5, recall_window=0.08))
+    assert sorted(scorer.asked) == ["tie-a", "tie-b", "top"] and outcome.depth == 3 and outcome.gate is None
+    assert [item.id for item in outcome.ranked] == ["tie-b", "top", "tie-a", "far", "farther"]  # R^3 fusion inside
+    # The reference reranks all five and lets one recall put far below win.
+    assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=5)).ranked[0].id == "far"
+    # A window holding only the top-1: nothing to reorder, the reranker is not asked.
+    alone = CountingScorer(table)
+    kept = apply_policy(recalled, alone, RerankPolicy(depth=5, recall_window=0.02))
+    assert kept.gate == "recall_window" and kept.pairs == 0 and alone.asked == []
+    assert [item.id for item in kept.ranked] == [i for i, _ in recalled]
+
+
 def test_recall_margin_gate_keeps_a_confident_recall_without_asking_the_reranker() -> None:
     recalled = [("sure", 0.9), ("b", 0.5), ("c", 0.45)]
     scorer = CountingScorer({"sure": 0.0, "b": 9.0, "c": 0.0})

@@ -9,6 +9,7 @@ from typing import Any
 from r3tasks.datasets.common import Benchmark, EgoCVRSetting, _read_json, _records, _where
 from r3tasks.datasets.covr import load_covrr_json, load_webvid_covr_csv
 from r3tasks.datasets.egocvr import default_egocvr_dir, load_egocvr
+from r3tasks.datasets.swap import load_egocvr_swap
 from r3tasks.errors import SourceError
 from r3tasks.queries import ComposedQuery, TextQuery
 from r3tasks.records import ManifestRow, QueryRow, parse_row, read_text
@@ -139,7 +140,8 @@ def _first_existing(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | 
 
 
 def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
-    """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"`` (``folder=`` or the default location), or a path:
+    """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"``, ``"egocvr-swap"`` (``folder=`` or the default
+    location; the last is WebVid-CoVR-style one-word swaps of EgoCVR's narrations), or a path:
     a folder holding EgoCVR's CSVs or ``manifest.*`` + ``queries.*`` [+ ``qrels.*``] (generic), a ``.csv``
     (WebVid-CoVR) or a ``.json`` (CoVR-R). Other keywords go to the loader."""
     name = str(name_or_path)
@@ -151,6 +153,13 @@ def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
             )
         setting: EgoCVRSetting = "local" if name.lower() == "egocvr-local" else kw.pop("setting", "global")
         return load_egocvr(Path(folder), setting=setting, **kw)
+    if name.lower() == "egocvr-swap":
+        folder = kw.pop("folder", None) or default_egocvr_dir()
+        if folder is None:
+            raise SourceError(
+                f"{name}: EgoCVR narrations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder with egocvr_data.csv"
+            )
+        return load_egocvr_swap(Path(folder), **kw)
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "egocvr_annotations.csv").is_file():

@@ -1,0 +1,99 @@
+"""``egocvr-swap``: a WebVid-CoVR-style composed benchmark built from EgoCVR's narrations.
+
+WebVid-CoVR was mined from caption pairs that differ in exactly one word, the edit text written from the
+two words, the gallery being the distinct targets. Its test split is held out; this builds the same kind
+of data from the 8,031 distinct (cleaned) EgoCVR narrations, so that a setting can be checked, before it
+ships, on data where recall is strong because the target is a near-copy of the source (the opposite of
+EgoCVR's own queries, where many clips share a narration and recall cannot separate them).
+
+The edit texts are templates over the two words (WebVid-CoVR's are an LLM's from the same two words), so
+this is dev data for choosing settings, never a stand-in for the human edits of a test split. Deterministic
+for a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from r3tasks.datasets.common import Benchmark, _check_limit, _read_csv
+from r3tasks.datasets.egocvr import clean_narration
+from r3tasks.queries import ComposedQuery
+from r3tasks.sources import GalleryItem
+
+EDIT_TEMPLATES: tuple[str, ...] = (
+    "{new} instead of {old}",
+    "Change {old} to {new}",
+    "Replace {old} with {new}",
+    "Make it {new}",
+    "{new} instead",
+)
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().rstrip(".").split()
+
+
+def _text_id(text: str) -> str:
+    return "n-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def one_word_swaps(texts: list[str]) -> list[tuple[str, str, str, str]]:
+    """Every ordered pair of distinct texts that differ in exactly one word: (source, target, old, new)."""
+    slots: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for text in texts:
+        words = _words(text)
+        for i, word in enumerate(words):
+            slots[(len(words), i, tuple(words[:i]), tuple(words[i + 1 :]))].append((text, word))
+    pairs = []
+    for group in slots.values():
+        for source, old in group:
+            for target, new in group:
+                if old != new:
+                    pairs.append((source, target, old, new))
+    return sorted(set(pairs))
+
+
+def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: int | None = None) -> Benchmark:
+    """`n_queries` one-word-swap queries over EgoCVR's narrations (``egocvr_data.csv`` in `folder`).
+
+    Each target text appears in one query only, so every query has exactly one relevant item; the gallery
+    is the distinct targets (as WebVid-CoVR evaluates). A source narration is a gallery item only when it
+    is also another query's target; retrieval leaves the source out either way. Query ids ``swap-00000``...
+    in a seeded random order, so `--skip`/`--limit` splits are random subsets.
+    """
+    _check_limit(limit)
+    texts = sorted(
+        {clean_narration(row["narration_text"]) for _, row in _read_csv(Path(folder) / "egocvr_data.csv", ())} - {""}
+    )
+    pairs = one_word_swaps(texts)
+    random.Random(seed).shuffle(pairs)
+    chosen: list[tuple[str, str, str, str]] = []
+    used_targets: set[str] = set()
+    for source, target, old, new in pairs:
+        if target in used_targets:
+            continue
+        used_targets.add(target)
+        chosen.append((source, target, old, new))
+        if len(chosen) == n_queries:
+            break
+    items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets)]
+    queries: list[ComposedQuery] = []
+    qrels: dict[str, dict[str, int]] = {}
+    for n, (source, target, old, new) in enumerate(chosen):
+        template = EDIT_TEMPLATES[
+            int(hashlib.sha256(f"{source}|{target}".encode()).hexdigest(), 16) % len(EDIT_TEMPLATES)
+        ]
+        edit = template.format(old=old, new=new)
+        qid = f"swap-{n:05d}"
+        queries.append(
+            ComposedQuery(id=qid, source=_text_id(source), edit=edit[:1].upper() + edit[1:], source_text=source)
+        )
+        qrels[qid] = {_text_id(target): 1}
+    stats = {"narrations": len(texts), "swap_pairs": len(pairs), "items": len(items), "queries": len(queries)}
+    if limit is not None:
+        queries = queries[:limit]
+        qrels = {q.id: qrels[q.id] for q in queries}
+    return Benchmark("egocvr-swap", items, list(queries), qrels, "global", stats)
