@@ -199,7 +199,7 @@ def query_batch(
     logger = get_run_logger()
     version = pin_task(settings, gallery_version)
     logger.info("%d queries against gallery version %d", len(loaded), version)
-    size = settings.query.stage_chunk
+    size = settings.query.task_queries
     chunks = [loaded[i : i + size] for i in range(0, len(loaded), size)]
     progress = create_progress_artifact(0.0, key="query-progress", description="Queries answered")
     stage_seconds = {name: 0.0 for name in ("validate", "reasoning", "embedding", "recall", "rerank")}
@@ -213,15 +213,23 @@ def query_batch(
 
     try:
         embedded: list[QueryState] = []
-        for chunk in chunks:  # the model stages a chunk at a time: batches a model sees, visible progress
+        model_step = settings.query.stage_chunk
+        for chunk in chunks:  # a task per chunk: visible progress, retries and lineage per chunk
             chunk_states = timed("validate", prepare_task, chunk, settings, version)
             if settings.query.use_reasoning and any(isinstance(q, ComposedQuery) for q in chunk):
-                chunk_states = timed("reasoning", reasoning_task, chunk_states, settings, version)
+                # Model-bound: seconds per query, so smaller tasks cost nothing and show progress.
+                chunk_states = [
+                    state
+                    for start in range(0, len(chunk_states), model_step)
+                    for state in timed(
+                        "reasoning", reasoning_task, chunk_states[start : start + model_step], settings, version
+                    )
+                ]
             embedded.extend(timed("embedding", embedding_task, chunk_states, settings, version))
             update_progress_artifact(progress, 50.0 * len(embedded) / max(1, len(loaded)))
         # One recall for the batch: a product per chunk of query vectors with the matrix loaded once.
         recalled = timed("recall", recall_task, embedded, settings, version)
-        step = size if settings.query.rerank_k > 0 else max(1, len(recalled))
+        step = model_step if settings.query.rerank_k > 0 else max(1, len(recalled))
         states: list[QueryState] = []
         for start in range(0, len(recalled), step):  # its progress line counts the whole batch
             states.extend(

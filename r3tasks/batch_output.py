@@ -22,11 +22,16 @@ def contact_sheets(
     frame_cache: StageCache,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> dict[str, Path]:
-    """One picture per answered query (its source and top-5); one that fails becomes the query's warning."""
-    sheets = {}
+    """One picture per answered query (its source and top-5), for the first `query.contact_sheets` answered
+    queries; one that fails becomes the query's warning."""
+    sheets: dict[str, Path] = {}
+    wanted = settings.query.contact_sheets
     for state in states:
         if not state.ok:
             continue
+        if wanted <= 0:
+            break
+        wanted -= 1
         try:
             sheets[state.query.id] = _contact_sheet(state, gallery, settings, run_dir, frame_cache)
         except Exception as error:  # noqa: BLE001 - a picture must never cost the batch its results

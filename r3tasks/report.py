@@ -88,6 +88,8 @@ def markdown_report(results: Sequence[dict], sheets: dict[str, Path], top: int =
             lines.append(
                 f"| {rank} | {item['id']} | {item['score']:.3f} | {item['embedding_score']:.3f} | {reranker} |"
             )
+        if result.get("warnings"):
+            lines += [""] + [f"- warning: {warning}" for warning in result["warnings"]]
         if result["id"] in sheets:
             lines += ["", f"![contact sheet]({sheets[result['id']].as_uri()})"]
         lines.append("")

@@ -134,7 +134,16 @@ def reasoning_key(state: QueryState, reasoner: Reasoner, settings: R3Settings) -
 def run_reasoning(
     states: Sequence[QueryState], reasoner: Reasoner, settings: R3Settings, cache: StageCache, frame_cache: StageCache
 ) -> None:
-    """Target-side reasoning for the composed queries that lack it; errors end only their query."""
+    """Target-side reasoning for the composed queries that lack it, `query.stage_chunk` at a time (the batch
+    the reasoner sees, with its source frames in memory); errors end only their query."""
+    size = settings.query.stage_chunk
+    for start in range(0, len(states), size):
+        _reason_chunk(states[start : start + size], reasoner, settings, cache, frame_cache)
+
+
+def _reason_chunk(
+    states: Sequence[QueryState], reasoner: Reasoner, settings: R3Settings, cache: StageCache, frame_cache: StageCache
+) -> None:
     todo: list[tuple[QueryState, str]] = []
     for state in states:
         if not (state.ok and isinstance(state.query, ComposedQuery) and settings.query.use_reasoning):

@@ -390,6 +390,13 @@ class QuerySettings(_Section):
     final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
     final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
+    contact_sheets: int = Field(
+        50,
+        ge=0,
+        description="Answered queries of a batch (the first ones) that get a contact sheet picture (source and "
+        "top-5); the others are in the results and the report without one. A picture costs tens of "
+        "milliseconds, more than recall itself per query, and a thousand of them help no reader. 0: none.",
+    )
     stage_cache_max_bytes: int = Field(
         2 * 2**30,
         ge=0,
@@ -399,9 +406,17 @@ class QuerySettings(_Section):
     stage_chunk: int = Field(
         16,
         ge=1,
-        description="Queries per model-stage task of a batch (reasoning, embedding, rerank): the batch a model "
-        "sees at once (padding within a batch can move a score in the last bits) and how often progress shows. "
-        "Recall is one task over the whole batch whatever this is.",
+        description="Queries per reasoning and rerank task of a batch (the model-bound stages: a task each, "
+        "so progress shows per chunk) and the batch the reasoner sees at once (padding within a batch can move "
+        "a score in the last bits). Embedding and reranking score one query at a time.",
+    )
+    task_queries: int = Field(
+        256,
+        ge=1,
+        description="Queries per validate and query-embedding task of a batch (the light stages): one Prefect "
+        "task run, its lineage artifact and a progress step each. A task run costs the orchestrator API calls, "
+        "so a 1,000-query batch in 16-query tasks spent more time orchestrating than retrieving. Recall is "
+        "one task over the whole batch whatever this is.",
     )
 
 

@@ -86,6 +86,15 @@ def test_batch_returns_ranked_results_with_reasoning_gate_and_lineage(tmp_path, 
     assert (artifacts / "q-night.png").stat().st_size > 0
 
 
+def test_a_large_batch_draws_contact_sheets_for_its_first_queries_only(tmp_path, r3_home, indexed) -> None:
+    payload = run(write_queries(tmp_path, QUERIES), r3_home, query={"contact_sheets": 2})
+    artifacts = Path(payload["artifacts"])
+    assert sorted(p.name for p in artifacts.glob("*.png")) == ["q-night.png", "q-stand.png"]
+    report = (artifacts / "report.md").read_text()
+    assert report.count("## ") == 3 and report.count("![contact sheet]") == 2  # every query is still reported
+    assert len(payload["results"]) == 3 and all(r["error"] is None for r in payload["results"])
+
+
 def test_bad_queries_carry_their_error_and_the_rest_complete(tmp_path, r3_home, indexed, capsys, monkeypatch) -> None:
     rows = QUERIES[:1] + [
         {"id": "unknown", "source": "no-such-item", "edit": "make it night"},

@@ -176,6 +176,8 @@ def test_a_contact_sheet_that_fails_costs_only_its_picture(
     assert all(r["error"] is None and r["ranked"] for r in results.values())
     assert any("no contact sheet" in w and "No space left" in w for w in results["q-cat"]["warnings"])
     assert not any("contact sheet" in w for w in results["q-night"]["warnings"])
+    report = (Path(json.loads((tmp_path / "sheets.json").read_text())["artifacts"]) / "report.md").read_text()
+    assert "- warning: no contact sheet" in report  # the report a user reads shows it too
 
 
 # ---------------------------------------------------------------------------

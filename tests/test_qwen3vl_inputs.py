@@ -160,8 +160,11 @@ def test_over_long_batch_is_split_not_failed(home: Path, embedder: qwen3vl.Qwen3
 
 
 def test_score_head_is_float32_under_bfloat16(home: Path) -> None:
-    hidden = torch.randn(3, 64, dtype=torch.bfloat16)
-    weight = torch.randn(10, 64, dtype=torch.bfloat16)
+    # Seeded, and scaled so the yes-no logits land where the sigmoid is steep (unscaled, they were ~±11 and
+    # a saturated score hid the bfloat16 error in some draws).
+    generator = torch.Generator().manual_seed(13)
+    hidden = (torch.randn(3, 64, generator=generator) * 0.1).to(torch.bfloat16)
+    weight = torch.randn(10, 64, generator=generator).to(torch.bfloat16)
     exact = torch.sigmoid(hidden.double() @ (weight[1].double() - weight[2].double()))
     f32 = qwen3vl.rerank_scores(hidden, weight, [1], [2], "yes_no_sigmoid")
     bf16 = qwen3vl.rerank_scores(hidden, weight, [1], [2], "yes_no_sigmoid", dtype=torch.bfloat16)

@@ -1,0 +1,111 @@
+"""Replay rerank policies on the stored scores of `r3 eval` reports, with no model run.
+
+An `r3 eval ... --arms "base,+rerank"` report keeps, per query, every recalled candidate's embedding score
+and (for the top K) its reranker score. Each pair's score does not depend on the others, so any policy
+whose depth stays within K (gates, windows, adaptive depth, fusion weights) replays exactly; choosing a
+policy costs one model pass per dataset. Reports from several datasets are replayed side by side, because a
+policy is chosen on dev splits of more than one dataset (issue 13).
+
+    python -m benchmarks.replay_policies dev-global.json dev-local.json dev-swap.json [--out table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from r3tasks.datasets import load_benchmark
+from r3tasks.evaluation import policy_grid, policy_sweep
+from r3tasks.rerank_policy import RerankPolicy, policy_from_settings
+from r3tasks.settings import load_settings
+
+WINDOWS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16)
+WEIGHTS = (0.3, 0.45, 0.6, 0.8, 1.0)
+
+
+def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
+    report = json.loads(report_path.read_text())
+    arm = next((a for a in report["arms"] if a["arm"] == "+rerank"), None)
+    if arm is None:
+        raise SystemExit(f"{report_path}: no +rerank arm (run r3 eval with --arms 'base,+rerank')")
+    results = json.loads((Path(arm["results"]) / "results.json").read_text())["results"]
+    split = report["split"]
+    benchmark = load_benchmark(split["dataset"])
+    if split["skip"]:
+        benchmark = benchmark.queries_from(split["skip"])
+    wanted = {r["id"] for r in results}
+    qrels = {qid: rel for qid, rel in benchmark.qrels.items() if qid in wanted}
+    return report, results, qrels
+
+
+def replay(report_paths: list[Path]) -> list[dict]:
+    shipped = policy_from_settings(load_settings(models={"preset": "offline"}).query)
+    rows = []
+    for path in report_paths:
+        report, results, qrels = _stored(path)
+        depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
+        reference = RerankPolicy(depth=depth)
+        grid = policy_grid(results, reference, depth=depth)
+        grid.append(("offline preset as shipped", replace(shipped, depth=min(shipped.depth, depth))))
+        # The window with other final fusion weights (R^3's is 0.4 embedding / 0.6 reranker).
+        for window in WINDOWS:
+            for weight in WEIGHTS:
+                grid.append(
+                    (
+                        f"recall window {window}, reranker weight {weight}",
+                        replace(reference, recall_window=window, embedding_weight=1 - weight, reranker_weight=weight),
+                    )
+                )
+        base = next(a for a in report["arms"] if a["arm"] == "base")
+        rows.append(
+            {
+                "report": str(path),
+                "split": report["split"],
+                "base": base["metrics"],
+                "policies": policy_sweep(results, qrels, grid),
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for row in rows:
+        split = row["split"]
+        lines += [
+            f"### {split['dataset']} ({split['setting']}), {split['role']} queries #{split['first_query']}-"
+            f"#{split['last_query']} ({split['queries']})",
+            "",
+            f"base (rerank off): R@1 {row['base']['R@1']:.2f}, R@5 {row['base']['R@5']:.2f}",
+            "",
+            "| policy | R@1 | R@5 | R@10 | ΔR@1 vs base | pairs/query | kept recall order |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in row["policies"]:
+            m = p["metrics"]
+            lines.append(
+                f"| {p['policy']} | {m['R@1']:.2f} | {m['R@5']:.2f} | {m['R@10']:.2f} | "
+                f"{m['R@1'] - row['base']['R@1']:+.2f} | {p['pairs_per_query']:.1f} | {p['kept_recall_order']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="r3 eval report JSONs with a +rerank arm")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) and rows (JSON beside it)")
+    args = parser.parse_args(argv)
+    rows = replay(args.reports)
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
