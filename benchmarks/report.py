@@ -43,9 +43,13 @@ def load_results(folder: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     results = []
     for path in folder.glob("*.json"):
         try:
-            results.append(json.loads(path.read_text(encoding="utf-8")))
+            loaded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        # Standalone measurements (upkeep.json from `python -m benchmarks.upkeep`) share the folder but are
+        # not benchmark results: they have no `benchmark` name and rows of their own shape.
+        if isinstance(loaded, dict) and "benchmark" in loaded and isinstance(loaded.get("rows", []), list):
+            results.append(loaded)
     rank = {name: i for i, name in enumerate(ORDER)}
     return sorted(results, key=lambda r: (rank.get(r.get("benchmark"), 99), r.get("benchmark", "")))
 
