@@ -29,9 +29,9 @@ from pydantic_settings import (
 
 # Sections of operations live apart; re-exported so `from r3tasks.settings import UpkeepSettings` keeps working.
 from r3tasks.settings_ops import DataSettings, UpkeepSettings, WatchSettings, _Section  # noqa: F401
+from r3tasks.settings_query import FusionMode, QuerySettings  # noqa: F401
 
 Preset = Literal["tiny", "offline", "qwen3vl"]
-FusionMode = Literal["gated_residual", "max", "mean", "rrf"]
 RerankRule = Literal["yes_no_sigmoid", "rankvideo_logsumexp", "edit_likelihood"]
 FingerprintMode = Literal["content", "stat"]
 TaskRunnerName = Literal["thread", "dask"]
@@ -292,132 +292,6 @@ class IndexSettings(_Section):
     task_runner: TaskRunnerName = Field("thread", description="Prefect task runner for the embedding stage.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler address; None starts a local cluster.")
     dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
-
-
-class QuerySettings(_Section):
-    base_template: str = Field("Reference video after edit instruction: {edit}", description="R^3 base query template.")
-    reasoning_template: str = Field(
-        "Reference video after edit instruction: {edit}\nReasoned target video description: {reasoning}",
-        description="R^3 reasoning-augmented query template.",
-    )
-    document_instruction: str = Field(
-        "Represent this candidate target video for composed video retrieval. Focus on visible objects, actions, "
-        "state changes, scene, camera framing, and temporal progression.",
-        description="Embedder system instruction for gallery items (R^3 reference).",
-    )
-    query_instruction: str = Field(
-        "Retrieve the target video that matches the reference video after applying the edit instruction. "
-        "The correct target should satisfy the requested visual change while preserving unchanged visual context, "
-        "including objects, actions, state changes, scene, camera framing, and temporal progression.",
-        description="Embedder system instruction for composed queries (R^3 reference).",
-    )
-    text_query_instruction: str = Field(
-        "Retrieve videos relevant to the user's query.", description="Embedder system instruction for text queries."
-    )
-    reranker_instruction: str = Field(
-        "Score how well the candidate target video matches the reference video after applying the edit instruction. "
-        "A good candidate satisfies the requested visual change, preserves unchanged context, and remains temporally "
-        "and visually consistent with the intended edited result.",
-        description="Reranker instruction for composed queries (R^3 reference).",
-    )
-    text_reranker_instruction: str = Field(
-        "Judge whether the candidate video is relevant to the user's query.",
-        description="Reranker instruction for text queries.",
-    )
-    reasoning_reranker_template: str = Field(
-        "{edit}\n\nReasoned target video description:\n{reasoning}",
-        description="Reranker query text when reasoning is used (R^3 reference).",
-    )
-    use_reasoning: bool = Field(True, description="Generate target-side reasoning for composed queries.")
-    gate_threshold: float = Field(0.5, description="Agreement gate tau: reasoning is used only if agreement >= tau.")
-    copy_gate_threshold: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="Leave reasoning out (as when the agreement gate fails) when its word-sequence similarity to "
-        "the source's text is at least this: a reasoner that restates the source adds no target-side information. "
-        "None (the reference) turns the check off; it needs the source's caption.",
-    )
-    fusion: FusionMode = Field("gated_residual", description="How base and reasoning scores combine.")
-    fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
-    rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")
-    recall_k: int = Field(50, ge=1, description="Candidates recalled per query (source excluded).")
-    candidate_pool: int = Field(
-        0, ge=0, description="Items each query vector scores before fusion; 0 scores the whole gallery (reference)."
-    )
-    source_text_template: str = Field(
-        "Reference video: {source_text}",
-        description="How a source's caption enters a query when no pixels do (text-only presets, caption galleries).",
-    )
-    rerank_k: int = Field(50, ge=0, description="Top-K reranked; 0 turns reranking off.")
-    rerank_start_depth: int | None = Field(
-        None,
-        ge=1,
-        description="Adaptive rerank depth: score the recalled top this-many first and widen (x "
-        "`rerank_depth_growth`, up to `rerank_k`) only while the reranker is uncertain (`rerank_widen_margin`). "
-        "None (the reference) scores all `rerank_k` at once.",
-    )
-    rerank_widen_margin: float | None = Field(
-        None,
-        ge=0,
-        description="With `rerank_start_depth`: stop widening once the reranker's best raw score in the block "
-        "leads its second by at least this (in the reranker's own units, so calibrated per reranker). None "
-        "widens to `rerank_k` always.",
-    )
-    rerank_depth_growth: float = Field(
-        2.0, gt=1, description="Factor by which an adaptive rerank depth widens at each step."
-    )
-    rerank_recall_margin_gate: float | None = Field(
-        None,
-        ge=0,
-        description="Keep the recall order, without asking the reranker, when recall's top-1 leads its top-2 "
-        "by at least this much embedding score (a confident recall). None (the reference) always reranks.",
-    )
-    rerank_recall_window: float | None = Field(
-        None,
-        ge=0,
-        description="Rerank only the candidates whose embedding score is within this much of recall's top-1 "
-        "(up to `rerank_k`); the rest keep their recall order below them, so a reranker cannot pull up a "
-        "candidate recall clearly ranked lower. In the embedder's own units (cosine). None (the reference) "
-        "reranks the whole top `rerank_k`.",
-    )
-    rerank_flat_gate: float | None = Field(
-        None,
-        ge=0,
-        description="Keep the recall order when the reranker's raw scores over the block it scored span less "
-        "than this (it cannot tell the candidates apart). None (the reference) always uses its scores.",
-    )
-    final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
-    final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
-    max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
-    contact_sheets: int = Field(
-        50,
-        ge=0,
-        description="Answered queries of a batch (the first ones) that get a contact sheet picture (source and "
-        "top-5); the others are in the results and the report without one. A picture costs tens of "
-        "milliseconds, more than recall itself per query, and a thousand of them help no reader. 0: none.",
-    )
-    stage_cache_max_bytes: int = Field(
-        2 * 2**30,
-        ge=0,
-        description="Bound on each query stage cache in `<home>/cache` (frames, reasoning, query-embedding, "
-        "rerank); past it the least recently used entries are deleted. 0 caches nothing.",
-    )
-    stage_chunk: int = Field(
-        16,
-        ge=1,
-        description="Queries per reasoning and rerank task of a batch (the model-bound stages: a task each, "
-        "so progress shows per chunk) and the batch the reasoner sees at once (padding within a batch can move "
-        "a score in the last bits). Embedding and reranking score one query at a time.",
-    )
-    task_queries: int = Field(
-        256,
-        ge=1,
-        description="Queries per validate and query-embedding task of a batch (the light stages): one Prefect "
-        "task run, its lineage artifact and a progress step each. A task run costs the orchestrator API calls, "
-        "so a 1,000-query batch in 16-query tasks spent more time orchestrating than retrieving. Recall is "
-        "one task over the whole batch whatever this is.",
-    )
 
 
 class R3Settings(BaseSettings):
