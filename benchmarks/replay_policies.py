@@ -1,6 +1,6 @@
 """Replay rerank policies on the stored scores of `r3 eval` reports, with no model run.
 
-An `r3 eval ... --arms "base,+rerank"` report keeps, per query, every recalled candidate's embedding score
+An `r3 eval ... --arms "base,+rerank (reference)"` report keeps, per query, every recalled candidate's embedding score
 and (for the top K) its reranker score. Each pair's score does not depend on the others, so any policy
 whose depth stays within K (gates, windows, adaptive depth, fusion weights) replays exactly; choosing a
 policy costs one model pass per dataset. Reports from several datasets are replayed side by side, because a
@@ -27,9 +27,14 @@ WEIGHTS = (0.3, 0.45, 0.6, 0.8, 1.0)
 
 def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
     report = json.loads(report_path.read_text())
-    arm = next((a for a in report["arms"] if a["arm"] == "+rerank"), None)
+    # `+rerank (reference)` scores every top-K pair; reports from before it was named call it `+rerank`.
+    arm = next((a for a in report["arms"] if a["arm"] == "+rerank (reference)"), None) or next(
+        (a for a in report["arms"] if a["arm"] == "+rerank"), None
+    )
     if arm is None:
-        raise SystemExit(f"{report_path}: no +rerank arm (run r3 eval with --arms 'base,+rerank')")
+        raise SystemExit(
+            f"{report_path}: no fixed-depth rerank arm (run r3 eval with --arms 'base,+rerank (reference)')"
+        )
     results = json.loads((Path(arm["results"]) / "results.json").read_text())["results"]
     split = report["split"]
     benchmark = load_benchmark(split["dataset"])

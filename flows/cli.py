@@ -96,13 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerank-k",
         type=int,
         default=None,
-        help="K of the rerank arm (default: the reference 50; 0 leaves the arm out)",
+        help="rerank depth K of every rerank arm (default: the settings' own, and R^3's 50 for "
+        "+rerank (reference)); 0 leaves the rerank arms out",
     )
     evaluate.add_argument(
         "--arms",
         default=None,
-        help="comma-separated arms to run (default all): base, +rerank, +rerank (policy), "
-        "+reasoning, +reasoning+rerank",
+        help="comma-separated arms to run (default: base, +rerank, +reasoning, +reasoning+rerank, each "
+        "with the settings as they are); +rerank (reference) adds R^3's fixed-depth rerank, whose stored "
+        "scores replay other rerank policies",
     )
     evaluate.add_argument(
         "--fusion-grid",

@@ -100,18 +100,23 @@ def evaluate_benchmark(
     }
     print(split_line(report["split"]))
     policy = policy_from_settings(settings.query)
+    # The reference arm's depth: --rerank-k, else R^3's; the settings' arms rerank at --rerank-k when given.
     k = QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k
-    for arm in arms(k, arm_names, policy.is_reference and policy.depth == k):
+    for arm in arms(k, arm_names, policy.is_reference, settings_k=rerank_k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged, gallery=gallery)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
-        if arm.name == "+rerank" or (arm.name == "+reasoning+rerank" and "reranker_weight_sweep" not in report):
+        fixed_depth = arm.name == "+rerank (reference)" or (
+            arm.name == "+rerank" and policy.is_reference and (rerank_k is None or rerank_k == policy.depth)
+        )
+        if fixed_depth or (arm.name == "+reasoning+rerank" and "reranker_weight_sweep" not in report):
             report["reranker_weight_sweep"] = reranker_weight_sweep(payload["results"], benchmark.qrels)
-        if arm.name == "+rerank":
+        if fixed_depth:
             # One model pass at fixed depth K; every other policy is replayed from its stored scores.
+            depth = k if arm.name == "+rerank (reference)" else policy.depth
             report["policy_sweep"] = policy_sweep(
-                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=k)
+                payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=depth)
             )
     if fusion_grid:
         report["fusion_sweep"] = []

@@ -31,34 +31,41 @@ REFERENCE_POLICY = {
     "rerank_recall_window": None,
     "rerank_flat_gate": None,
 }
-ARM_NAMES = ("base", "+rerank", "+rerank (policy)", "+reasoning", "+reasoning+rerank")
+ARM_NAMES = ("base", "+rerank", "+rerank (reference)", "+reasoning", "+reasoning+rerank")
+DEFAULT_ARMS = ("base", "+rerank", "+reasoning", "+reasoning+rerank")
 
 
-def arms(rerank_k: int, names: Sequence[str] | None = None, policy_is_reference: bool = True) -> list[Arm]:
+def arms(
+    rerank_k: int, names: Sequence[str] | None = None, policy_is_reference: bool = True, settings_k: int | None = None
+) -> list[Arm]:
     """The paper's ablation order; each arm differs from the previous one by one stage.
 
-    `+rerank` reranks the base recall at fixed depth K (the reference policy: it scores every top-K pair
-    once, and the stored-score sweeps replay other policies from it); `+rerank (policy)` runs the settings'
-    own rerank policy (left out when that is the reference). `rerank_k` is the reference K unless the
-    caller measures another; 0 leaves the rerank arms out. `names` picks arms (default: all).
+    Every default arm runs the settings as they are (their rerank depth and policy: the preset as shipped),
+    with one stage switched on or off. `+rerank (reference)` reranks the base recall at R^3's fixed depth
+    `rerank_k` (every top-K pair scored once, so the stored-score sweeps can replay any other policy from
+    it); it runs only when named, and is left out when it would repeat `+rerank` (the settings' policy is
+    the reference at that depth). `rerank_k` 0 leaves every rerank arm out. `names` picks arms (default:
+    `DEFAULT_ARMS`). `settings_k`: the depth the settings' arms rerank at (None: the settings' own).
     """
     unknown = set(names or ()) - set(ARM_NAMES)
     if unknown:
         raise ValueError(f"unknown eval arm(s) {sorted(unknown)}; known: {', '.join(ARM_NAMES)}")
+    wanted = DEFAULT_ARMS if names is None else tuple(names)
+    repeats_reference = policy_is_reference and settings_k in (None, rerank_k)
+    depth = {} if settings_k is None else {"rerank_k": settings_k}
     out = [
         Arm("base", {"query": {"use_reasoning": False, "rerank_k": 0}}),
-        Arm("+rerank", {"query": {"use_reasoning": False, "rerank_k": rerank_k, **REFERENCE_POLICY}}),
-        # The settings' own depth and gates: the preset as shipped.
-        Arm("+rerank (policy)", {"query": {"use_reasoning": False}}),
+        Arm("+rerank", {"query": {"use_reasoning": False, **depth}}),
+        Arm("+rerank (reference)", {"query": {"use_reasoning": False, "rerank_k": rerank_k, **REFERENCE_POLICY}}),
         Arm("+reasoning", {"query": {"use_reasoning": True, "rerank_k": 0}}),
-        Arm("+reasoning+rerank", {"query": {"use_reasoning": True, "rerank_k": rerank_k}}),
+        Arm("+reasoning+rerank", {"query": {"use_reasoning": True, **depth}}),
     ]
     return [
         arm
         for arm in out
-        if (names is None or arm.name in names)
+        if arm.name in wanted
         and not (rerank_k == 0 and "rerank" in arm.name)
-        and not (arm.name == "+rerank (policy)" and policy_is_reference)
+        and not (arm.name == "+rerank (reference)" and repeats_reference and "+rerank" in wanted)
     ]
 
 

@@ -45,13 +45,24 @@ def test_sweep_of_an_arm_without_reranker_scores_is_the_recall_order() -> None:
 def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
     from r3tasks.evaluation import arms
 
+    # Default: the settings as they are, one stage at a time; the fixed-depth reference only when named.
     assert [a.name for a in arms(50)] == ["base", "+rerank", "+reasoning", "+reasoning+rerank"]
-    assert [a.name for a in arms(50, policy_is_reference=False)][:3] == ["base", "+rerank", "+rerank (policy)"]
+    assert [a.name for a in arms(50, policy_is_reference=False)] == [
+        "base",
+        "+rerank",
+        "+reasoning",
+        "+reasoning+rerank",
+    ]
+    assert arms(50)[1].overrides["query"] == {"use_reasoning": False}  # the preset's own depth and gates
     assert [a.name for a in arms(0)] == ["base", "+reasoning"]
-    chosen = arms(50, ["base", "+rerank"])
-    assert [a.name for a in chosen] == ["base", "+rerank"]
-    # The scoring arm runs R^3's fixed depth whatever the settings' policy is.
-    assert chosen[1].overrides["query"]["rerank_start_depth"] is None
+    chosen = arms(50, ["base", "+rerank", "+rerank (reference)"], policy_is_reference=False)
+    assert [a.name for a in chosen] == ["base", "+rerank", "+rerank (reference)"]
+    # The reference arm runs R^3's fixed depth whatever the settings' policy is.
+    assert chosen[2].overrides["query"]["rerank_start_depth"] is None and chosen[2].overrides["query"]["rerank_k"] == 50
+    assert chosen[2].overrides["query"]["rerank_recall_window"] is None
+    # When the settings are the reference at that depth, it would repeat +rerank: left out.
+    assert [a.name for a in arms(50, ["+rerank", "+rerank (reference)"])] == ["+rerank"]
+    assert arms(20, ["+rerank"], settings_k=20)[0].overrides["query"]["rerank_k"] == 20
     import pytest
 
     with pytest.raises(ValueError, match="unknown eval arm"):
