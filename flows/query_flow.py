@@ -17,6 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
+from prefect.utilities.annotations import opaque
 
 from flows.assets import record_results
 from flows.common import code_version, flow_settings, retry_on_transient
@@ -211,35 +212,43 @@ def query_batch(
         finally:
             stage_seconds[name] += time.perf_counter() - started
 
+    # Stage inputs go in `opaque`: Prefect keeps the task-to-task lineage but does not walk every query's
+    # vectors and candidate lists looking for futures (that walk took most of a 1,000-query batch).
     try:
         embedded: list[QueryState] = []
         model_step = settings.query.stage_chunk
         for chunk in chunks:  # a task per chunk: visible progress, retries and lineage per chunk
-            chunk_states = timed("validate", prepare_task, chunk, settings, version)
+            chunk_states = timed("validate", prepare_task, opaque(chunk), settings, version)
             if settings.query.use_reasoning and any(isinstance(q, ComposedQuery) for q in chunk):
                 # Model-bound: seconds per query, so smaller tasks cost nothing and show progress.
                 chunk_states = [
                     state
                     for start in range(0, len(chunk_states), model_step)
                     for state in timed(
-                        "reasoning", reasoning_task, chunk_states[start : start + model_step], settings, version
+                        "reasoning", reasoning_task, opaque(chunk_states[start : start + model_step]), settings, version
                     )
                 ]
-            embedded.extend(timed("embedding", embedding_task, chunk_states, settings, version))
+            embedded.extend(timed("embedding", embedding_task, opaque(chunk_states), settings, version))
             update_progress_artifact(progress, 50.0 * len(embedded) / max(1, len(loaded)))
         # One recall for the batch: a product per chunk of query vectors with the matrix loaded once.
-        recalled = timed("recall", recall_task, embedded, settings, version)
+        recalled = timed("recall", recall_task, opaque(embedded), settings, version)
         step = model_step if settings.query.rerank_k > 0 else max(1, len(recalled))
         states: list[QueryState] = []
         for start in range(0, len(recalled), step):  # its progress line counts the whole batch
             states.extend(
                 timed(
-                    "rerank", rerank_task, recalled[start : start + step], settings, version, len(states), len(loaded)
+                    "rerank",
+                    rerank_task,
+                    opaque(recalled[start : start + step]),
+                    settings,
+                    version,
+                    len(states),
+                    len(loaded),
                 )
             )
             update_progress_artifact(progress, 50.0 + 50.0 * len(states) / max(1, len(loaded)))
             logger.info("answered %d/%d queries", len(states), len(loaded))
-        payload = results_task(states, settings, version, out, covrr_out, stage_seconds)
+        payload = results_task(opaque(states), settings, version, out, covrr_out, stage_seconds)
         record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
     finally:
         store.release(settings, version)  # the batch is over: its vector matrix need not stay in RAM
