@@ -17,7 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
-from prefect.utilities.annotations import opaque
+from prefect.utilities.annotations import opaque, quote
 
 from flows.assets import record_results
 from flows.common import code_version, flow_settings, retry_on_transient
@@ -167,10 +167,11 @@ def results_task(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.md").write_text(report)
     payload = {"lineage": lineage, "results": results, "artifacts": str(run_dir), "stage_seconds": stage_seconds}
-    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    serialized = json.dumps(payload, indent=2)  # once: for a large batch this is seconds
+    (run_dir / "results.json").write_text(serialized)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(payload, indent=2))
+        Path(out).write_text(serialized)
     if covrr_out:
         Path(covrr_out).write_text(json.dumps(batch_output.covrr_submission(states), indent=2))
     create_markdown_artifact(report, key="query-report", description="Each query's reasoning and top-5.")
@@ -178,7 +179,6 @@ def results_task(
     return payload
 
 
-@flow(name="query-batch", log_prints=True)
 def query_batch(
     queries: str,
     out: str | None = None,
@@ -188,11 +188,32 @@ def query_batch(
     gallery_version: int | str | None = None,
     covrr_out: str | None = None,
     gallery: str = "default",
-) -> dict:
+    return_state: bool = False,
+) -> Any:
+    """Run the `query-batch` flow (`query_batch_flow`) and return its payload (or, with `return_state`, the
+    flow run's final state)."""
+    outcome = query_batch_flow(
+        queries, out, preset, home, overrides, gallery_version, covrr_out, gallery, return_state=return_state
+    )
+    return outcome if return_state else outcome.unquote()
+
+
+@flow(name="query-batch", log_prints=True)
+def query_batch_flow(
+    queries: str,
+    out: str | None = None,
+    preset: str | None = None,
+    home: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    gallery_version: int | str | None = None,
+    covrr_out: str | None = None,
+    gallery: str = "default",
+) -> quote:
     """Answer a batch of composed and text queries against one pinned version of gallery GALLERY.
 
     `gallery_version`: a table version number, a tag (each refresh tags its version `refresh-<n>`), or
-    None for the latest.
+    None for the latest. The payload comes back in `quote`: Prefect walks a flow's return value looking
+    for futures, and a 1,000-query payload took seconds to walk.
     """
     settings = flow_settings(preset, home, overrides, gallery)
     _batch_caches.pop(str(settings.cache_dir), None)  # this batch's hits and misses start at zero
@@ -260,4 +281,4 @@ def query_batch(
             len(loaded),
             "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5]),
         )
-    return payload
+    return quote(payload)

@@ -18,7 +18,7 @@ import numpy as np
 
 from r3tasks.errors import R3Error
 from r3tasks.exact_matrix import ExactMatrix
-from r3tasks.fusion import fuse, fuse_base_queries, reasoning_agreement, source_restatement, top_k
+from r3tasks.fusion import best_pool, fuse, fuse_base_queries, reasoning_agreement, source_restatement, top_k
 from r3tasks.gallery import PinnedGallery
 from r3tasks.isolation import reason_of
 from r3tasks.settings import R3Settings
@@ -125,12 +125,7 @@ def _base_only(state: QueryState, rows: np.ndarray, ids: np.ndarray, settings: R
 def _top(scores: np.ndarray, ids: np.ndarray, k: int, exclude: set[str]) -> list[tuple[str, float]]:
     """`fusion.top_k` for scores that hold no NaN and no +inf (products of finite unit vectors, -inf for a
     zero query): the same pairs, without its pass that cleans non-finite values."""
-    n, m = len(scores), k + len(exclude)
-    if m < n:
-        candidates = np.argpartition(scores, n - m)[n - m :]
-        candidates = np.flatnonzero(scores >= scores[candidates].min())  # every tie of the m-th best
-    else:
-        candidates = np.arange(n)
+    candidates = best_pool(scores, k + len(exclude))  # every tie of the m-th best
     out: list[tuple[str, float]] = []
     for i in candidates[np.argsort(-scores[candidates], kind="stable")]:
         score = float(scores[i])

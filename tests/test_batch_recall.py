@@ -100,3 +100,37 @@ def test_one_bad_query_vector_errors_only_its_query(store: GalleryStore) -> None
     assert set(errors) == {"t5", "t7"}
     assert "non-finite" in errors["t5"] and "shape (17,)" in errors["t7"]
     assert all(len(s.recalled) == 10 for s in states if s.ok and s.query.id != "t3")
+
+
+def test_sampled_top_k_equals_the_full_sort_on_large_rows_with_ties_exclusions_and_dead_rows() -> None:
+    from r3tasks.fusion import top_k
+
+    rng = np.random.default_rng(7)
+    n = 100_000
+    ids = np.array([f"i{j:06d}" for j in range(n)], dtype=object)
+    rows = [rng.standard_normal(n).astype(np.float32) for _ in range(6)]
+    rows[1] = np.round(rows[1], 1)  # thousands of ties at every score, the k-th included
+    rows[2][:] = 0.25  # one tie across the whole row
+    rows[3][:] = -np.inf  # a zero query vector: nothing comes back
+    rows[4][rng.choice(n, 500, replace=False)] = 9.0  # more top values than k
+    rows[5] = np.sort(rows[5])  # the best at the end, a strided sample misses most of them
+    for row in rows:
+        for k, exclude in ((1, set()), (50, {"i000123"}), (50, {str(ids[int(np.argmax(row))])}), (300, set())):
+            got = recall_module._top(row, ids, k, exclude)
+            want = top_k(row.astype(np.float64), list(ids), k, exclude=exclude)
+            assert [i for i, _ in got] == [i for i, _ in want]
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+
+
+def test_top_k_over_fused_scores_with_non_finite_values_keeps_the_full_sort_order() -> None:
+    from r3tasks.fusion import top_k
+
+    rng = np.random.default_rng(11)
+    n = 50_000
+    ids = [f"i{j:05d}" for j in range(n)]
+    scores = np.round(rng.standard_normal(n), 2)
+    scores[rng.choice(n, 40, replace=False)] = np.inf  # never returned
+    scores[rng.choice(n, 40, replace=False)] = np.nan
+    finite = [(i, float(s)) for i, s in zip(ids, scores) if np.isfinite(s) and i != "i00007"]
+    want = sorted(finite, key=lambda x: -x[1])[:60]  # a stable sort: ties in id order
+    assert top_k(scores, ids, 60, exclude={"i00007"}) == want
