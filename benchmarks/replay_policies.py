@@ -18,11 +18,12 @@ from pathlib import Path
 
 from r3tasks.datasets import load_benchmark
 from r3tasks.evaluation import policy_grid, policy_sweep
-from r3tasks.rerank_policy import RerankPolicy, policy_from_settings
+from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings, stored_scorer
 from r3tasks.settings import load_settings
 
-WINDOWS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16)
-WEIGHTS = (0.3, 0.45, 0.6, 0.8, 1.0)
+WINDOWS = (None, 0.04, 0.08, 0.12, 0.16, 0.2)
+GATES = (0.03, 0.06, 0.1)
+WEIGHTS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
 
 
 def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
@@ -59,20 +60,63 @@ def replay(report_paths: list[Path]) -> list[dict]:
             for weight in WEIGHTS:
                 grid.append(
                     (
-                        f"recall window {window}, reranker weight {weight}",
-                        replace(reference, recall_window=window, embedding_weight=1 - weight, reranker_weight=weight),
+                        f"{'no window' if window is None else f'recall window {window}'}, reranker weight {weight}",
+                        replace(
+                            reference,
+                            recall_window=window,
+                            embedding_weight=round(1 - weight, 4),
+                            reranker_weight=weight,
+                        ),
+                    )
+                )
+        for gate in GATES:
+            for weight in WEIGHTS:
+                grid.append(
+                    (
+                        f"recall gate {gate}, reranker weight {weight}",
+                        replace(
+                            reference,
+                            recall_margin_gate=gate,
+                            embedding_weight=round(1 - weight, 4),
+                            reranker_weight=weight,
+                        ),
                     )
                 )
         base = next(a for a in report["arms"] if a["arm"] == "base")
-        rows.append(
-            {
-                "report": str(path),
-                "split": report["split"],
-                "base": base["metrics"],
-                "policies": policy_sweep(results, qrels, grid),
-            }
-        )
+        policies = policy_sweep(results, qrels, grid)
+        for row, (_, policy) in zip(policies, grid):
+            row.update(flips(results, qrels, policy))
+        rows.append({"report": str(path), "split": report["split"], "base": base["metrics"], "policies": policies})
     return rows
+
+
+def flips(results: list[dict], qrels: dict[str, dict[str, int]], policy: RerankPolicy) -> dict:
+    """What the policy does to rank 1, split by whether recall had it right.
+
+    `lost`: of the queries whose recall top-1 is relevant, the share the policy moves off it; `fixed`: of
+    the others, the share it puts a relevant item first. On a dataset where recall is right for a share b
+    of queries, the policy changes R@1 by about ``(1 - b) * fixed - b * lost``: it helps only below the
+    break-even ``b* = fixed / (fixed + lost)``. A strong-recall dataset (R@1 85-90) needs b* above that,
+    whatever the policy gains on a weak-recall one.
+    """
+    right = wrong = lost = fixed = 0
+    for result in results:
+        relevant = {i for i, grade in qrels.get(result["id"], {}).items() if grade > 0}
+        recalled, score, depth = stored_scorer(result["ranked"])
+        if not recalled or not relevant:
+            continue
+        outcome = apply_policy(recalled, score, replace(policy, depth=min(policy.depth, depth)))
+        before, after = recalled[0][0] in relevant, bool(outcome.ranked) and outcome.ranked[0].id in relevant
+        right += before
+        wrong += not before
+        lost += before and not after
+        fixed += (not before) and after
+    lost_rate, fixed_rate = lost / max(right, 1), fixed / max(wrong, 1)
+    return {
+        "lost": lost_rate,
+        "fixed": fixed_rate,
+        "break_even_base": fixed_rate / (fixed_rate + lost_rate) if lost_rate + fixed_rate else 1.0,
+    }
 
 
 def markdown(rows: list[dict]) -> str:
@@ -85,14 +129,16 @@ def markdown(rows: list[dict]) -> str:
             "",
             f"base (rerank off): R@1 {row['base']['R@1']:.2f}, R@5 {row['base']['R@5']:.2f}",
             "",
-            "| policy | R@1 | R@5 | R@10 | ΔR@1 vs base | pairs/query | kept recall order |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| policy | R@1 | R@5 | R@10 | ΔR@1 vs base | pairs/query | kept recall order | lost | fixed | "
+            "break-even base R@1 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in row["policies"]:
             m = p["metrics"]
             lines.append(
                 f"| {p['policy']} | {m['R@1']:.2f} | {m['R@5']:.2f} | {m['R@10']:.2f} | "
-                f"{m['R@1'] - row['base']['R@1']:+.2f} | {p['pairs_per_query']:.1f} | {p['kept_recall_order']:.2f} |"
+                f"{m['R@1'] - row['base']['R@1']:+.2f} | {p['pairs_per_query']:.1f} | {p['kept_recall_order']:.2f} | "
+                f"{p['lost']:.3f} | {p['fixed']:.3f} | {100 * p['break_even_base']:.1f} |"
             )
         lines.append("")
     return "\n".join(lines)
