@@ -54,14 +54,18 @@ PRESET_BACKENDS: dict[str, dict[str, str]] = {
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {
         "models": {"rerank_rule": "edit_likelihood"},
-        # Protected rerank, chosen on dev data (EgoCVR global and local queries #500-#515, K = 50 scores
-        # replayed): depth 20 and the recall-margin gate 0.08 keep dev R@1 at or above fixed K = 50 on both
-        # settings with 0.35x / 0.68x the pairs; a smaller gate lost R@1 on the local setting.
+        # Protected rerank, chosen on dev data only (README, "Protected rerank"): EgoCVR global, EgoCVR local
+        # and egocvr-swap, 300 dev queries each, K = 20 scores replayed. Rule: every dev set must gain even
+        # where recall is right for 92% of queries (break-even base R@1 >= 92), then the largest smallest
+        # gain, then fewer pairs. R^3's 0.4/0.6 fusion moved 7-15% of correct rank-1s off (break-even
+        # 74-84: a loss on strong-recall data, as measured on a held-out set); 0.7/0.3 moves 0-2.5%.
         "query": {
             "use_reasoning": False,
             "copy_gate_threshold": 0.8,
             "rerank_k": 20,
-            "rerank_recall_margin_gate": 0.08,
+            "rerank_recall_margin_gate": 0.1,
+            "final_embedding_weight": 0.7,
+            "final_reranker_weight": 0.3,
         },
     },
 }

@@ -130,7 +130,13 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
 
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
     shipped = policy_from_settings(load_settings(preset="offline").query)
-    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_margin_gate == 0.08
+    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_margin_gate == 0.1
+    assert (shipped.embedding_weight, shipped.reranker_weight) == (0.7, 0.3)
+    # Recall's top-1 leads (by less than the gate); the reranker loves a candidate recall put far below.
+    recalled = [("right", 0.80), ("close", 0.75)] + [(f"c{i}", 0.70 - 0.01 * i) for i in range(18)]
+    table = {item_id: 0.0 for item_id, _ in recalled} | {"c10": 5.0, "right": 1.0}
+    assert apply_policy(recalled, CountingScorer(table), shipped).ranked[0].id == "right"
+    assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=20)).ranked[0].id == "c10"  # R^3 0.4/0.6
     back = policy_from_settings(
         load_settings(preset="offline", query={"rerank_k": 50, "rerank_recall_margin_gate": None}).query
     )

@@ -171,7 +171,8 @@ def test_fingerprint_names_a_pipe_as_not_a_regular_file(tmp_path: Path) -> None:
 def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> None:
     offline = load_settings(preset="offline")
     assert offline.models.rerank_rule == "edit_likelihood" and offline.query.rerank_k == 20
-    assert offline.query.rerank_recall_margin_gate == 0.08  # the protected rerank chosen on dev data (#13)
+    assert offline.query.rerank_recall_margin_gate == 0.1  # the protected rerank chosen on dev data (#13)
+    assert (offline.query.final_embedding_weight, offline.query.final_reranker_weight) == (0.7, 0.3)
     assert offline.query.use_reasoning is False and offline.query.copy_gate_threshold == 0.8
     assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
     assert load_settings(preset="offline", models={"rerank_rule": "yes_no_sigmoid"}).models.rerank_rule == (
