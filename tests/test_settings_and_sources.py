@@ -174,6 +174,7 @@ def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> 
     assert offline.query.rerank_recall_margin_gate == 0.1  # the protected rerank chosen on dev data (#13)
     assert (offline.query.final_embedding_weight, offline.query.final_reranker_weight) == (0.7, 0.3)
     assert offline.query.use_reasoning is False and offline.query.copy_gate_threshold == 0.8
+    assert offline.query.fusion_weight == 0.25
     assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
     assert load_settings(preset="offline", models={"rerank_rule": "yes_no_sigmoid"}).models.rerank_rule == (
         "yes_no_sigmoid"
