@@ -55,33 +55,13 @@ def replay(report_paths: list[Path]) -> list[dict]:
         reference = RerankPolicy(depth=depth)
         grid = policy_grid(results, reference, depth=depth)
         grid.append(("offline preset as shipped", replace(shipped, depth=min(shipped.depth, depth))))
-        # The window with other final fusion weights (R^3's is 0.4 embedding / 0.6 reranker).
-        for window in WINDOWS:
+        # Windows and gates with other final fusion weights (R^3's is 0.4 embedding / 0.6 reranker).
+        guards = [("no window", {})] + [(f"recall window {w}", {"recall_window": w}) for w in WINDOWS if w]
+        guards += [(f"recall gate {g}", {"recall_margin_gate": g}) for g in GATES]
+        for label, guard in guards:
             for weight in WEIGHTS:
-                grid.append(
-                    (
-                        f"{'no window' if window is None else f'recall window {window}'}, reranker weight {weight}",
-                        replace(
-                            reference,
-                            recall_window=window,
-                            embedding_weight=round(1 - weight, 4),
-                            reranker_weight=weight,
-                        ),
-                    )
-                )
-        for gate in GATES:
-            for weight in WEIGHTS:
-                grid.append(
-                    (
-                        f"recall gate {gate}, reranker weight {weight}",
-                        replace(
-                            reference,
-                            recall_margin_gate=gate,
-                            embedding_weight=round(1 - weight, 4),
-                            reranker_weight=weight,
-                        ),
-                    )
-                )
+                weights = {"embedding_weight": round(1 - weight, 4), "reranker_weight": weight}
+                grid.append((f"{label}, reranker weight {weight}", replace(reference, **guard, **weights)))
         base = next(a for a in report["arms"] if a["arm"] == "base")
         policies = policy_sweep(results, qrels, grid)
         for row, (_, policy) in zip(policies, grid):
