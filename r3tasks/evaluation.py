@@ -30,6 +30,9 @@ REFERENCE_POLICY = {
     "rerank_recall_margin_gate": None,
     "rerank_recall_window": None,
     "rerank_flat_gate": None,
+    # R^3's final fusion too: a preset may weight recall higher (offline ships 0.7 / 0.3).
+    "final_embedding_weight": RerankPolicy.embedding_weight,
+    "final_reranker_weight": RerankPolicy.reranker_weight,
 }
 ARM_NAMES = ("base", "+rerank", "+rerank (reference)", "+reasoning", "+reasoning+rerank")
 DEFAULT_ARMS = ("base", "+rerank", "+reasoning", "+reasoning+rerank")
@@ -261,6 +264,8 @@ def policy_grid(
         recall_margin_gate=None,
         recall_window=None,
         flat_gate=None,
+        embedding_weight=RerankPolicy.embedding_weight,
+        reranker_weight=RerankPolicy.reranker_weight,
     )
     gaps5, recall_gaps, spreads = [], [], []
     for result in results:

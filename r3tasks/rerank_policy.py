@@ -64,6 +64,7 @@ class RerankPolicy:
             and self.recall_margin_gate is None
             and self.recall_window is None
             and self.flat_gate is None
+            and (self.embedding_weight, self.reranker_weight) == (0.4, 0.6)
         )
 
     def depths(self, available: int) -> list[int]:

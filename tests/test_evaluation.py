@@ -60,6 +60,13 @@ def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
     # The reference arm runs R^3's fixed depth whatever the settings' policy is.
     assert chosen[2].overrides["query"]["rerank_start_depth"] is None and chosen[2].overrides["query"]["rerank_k"] == 50
     assert chosen[2].overrides["query"]["rerank_recall_window"] is None
+    assert (
+        chosen[2].overrides["query"]["final_embedding_weight"],
+        chosen[2].overrides["query"]["final_reranker_weight"],
+    ) == (
+        0.4,
+        0.6,
+    )  # R^3's fusion, whatever the preset's
     # When the settings are the reference at that depth, it would repeat +rerank: left out.
     assert [a.name for a in arms(50, ["+rerank", "+rerank (reference)"])] == ["+rerank"]
     assert arms(20, ["+rerank"], settings_k=20)[0].overrides["query"]["rerank_k"] == 20

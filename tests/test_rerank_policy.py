@@ -138,6 +138,14 @@ def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None
     assert apply_policy(recalled, CountingScorer(table), shipped).ranked[0].id == "right"
     assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=20)).ranked[0].id == "c10"  # R^3 0.4/0.6
     back = policy_from_settings(
-        load_settings(preset="offline", query={"rerank_k": 50, "rerank_recall_margin_gate": None}).query
+        load_settings(
+            preset="offline",
+            query={
+                "rerank_k": 50,
+                "rerank_recall_margin_gate": None,
+                "final_embedding_weight": 0.4,
+                "final_reranker_weight": 0.6,
+            },
+        ).query
     )
     assert back.is_reference and back.depth == 50
