@@ -102,7 +102,8 @@ def evaluate_benchmark(
     policy = policy_from_settings(settings.query)
     # The reference arm's depth: --rerank-k, else R^3's; the settings' arms rerank at --rerank-k when given.
     k = QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k
-    for arm in arms(k, arm_names, policy.is_reference, settings_k=rerank_k):
+    same_as_reference = policy.is_reference and (policy.depth if rerank_k is None else rerank_k) == k
+    for arm in arms(k, arm_names, same_as_reference, settings_k=rerank_k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged, gallery=gallery)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
