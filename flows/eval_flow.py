@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from flows.common import flow_settings
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
-from r3tasks.datasets import Benchmark, load_benchmark
+from r3tasks.datasets import EGOCVR_NAMES, Benchmark, load_benchmark
 from r3tasks.evaluation import (
     arm_report,
     arms,
@@ -79,10 +79,7 @@ def evaluate_benchmark(
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
     options = dict(dataset_options or {})
-    if (
-        dataset.lower() in ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap")
-        and settings.data.egocvr_dir is not None
-    ):
+    if dataset.lower() in EGOCVR_NAMES and settings.data.egocvr_dir is not None:
         options.setdefault("folder", str(settings.data.egocvr_dir))
     benchmark = load_benchmark_task(dataset, limit, options, str(settings.home), skip)
     work = settings.home / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{benchmark.name}-{benchmark.setting}")
@@ -102,20 +99,20 @@ def evaluate_benchmark(
     policy = policy_from_settings(settings.query)
     # The reference arm's depth: --rerank-k, else R^3's; the settings' arms rerank at --rerank-k when given.
     k = QuerySettings.model_fields["rerank_k"].default if rerank_k is None else rerank_k
-    same_as_reference = policy.is_reference and (policy.depth if rerank_k is None else rerank_k) == k
-    for arm in arms(k, arm_names, same_as_reference, settings_k=rerank_k):
+    settings_depth = policy.depth if rerank_k is None else rerank_k
+    for arm in arms(k, arm_names, policy.is_reference and settings_depth == k, settings_k=rerank_k):
         merged = _merge(overrides or {}, arm.overrides)
         payload = query_batch(queries=str(queries), preset=preset, home=home, overrides=merged, gallery=gallery)
         report["arms"].append(arm_report(arm.name, payload, benchmark.qrels))
         logger.info("%s: %s", arm.name, report["arms"][-1]["metrics"])
         fixed_depth = arm.name == "+rerank (reference)" or (
-            arm.name == "+rerank" and policy.is_reference and (rerank_k is None or rerank_k == policy.depth)
+            arm.name == "+rerank" and policy.is_reference and settings_depth == policy.depth
         )
         if fixed_depth or (arm.name == "+reasoning+rerank" and "reranker_weight_sweep" not in report):
             report["reranker_weight_sweep"] = reranker_weight_sweep(payload["results"], benchmark.qrels)
         if fixed_depth:
             # One model pass at fixed depth K; every other policy is replayed from its stored scores.
-            depth = k if arm.name == "+rerank (reference)" else policy.depth
+            depth = k if arm.name == "+rerank (reference)" else settings_depth
             report["policy_sweep"] = policy_sweep(
                 payload["results"], benchmark.qrels, policy_grid(payload["results"], policy, depth=depth)
             )

@@ -205,7 +205,8 @@ class GalleryStore:
 
     def _open_existing(self) -> Any:
         # Reading a gallery that was never indexed is the user's mistake; creating an empty table would hide it.
-        if not self.exists():
+        table = open_committed(self._db, self.name)
+        if table is None:
             hint = (
                 (
                     f" (table {self.legacy_name} is from before named galleries: rebuild it with "
@@ -218,7 +219,7 @@ class GalleryStore:
                 f"gallery {self.gallery!r} has not been indexed in {self.uri} with this embedder "
                 f"(no table {self.name}): run `r3 index` on its source with `--gallery {self.gallery}` first{hint}"
             )
-        return open_committed(self._db, self.name)
+        return table
 
     # -- writing -----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[GalleryRow]) -> int:

@@ -64,7 +64,8 @@ class RerankPolicy:
             and self.recall_margin_gate is None
             and self.recall_window is None
             and self.flat_gate is None
-            and (self.embedding_weight, self.reranker_weight) == (0.4, 0.6)
+            and (self.embedding_weight, self.reranker_weight)
+            == (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight)
         )
 
     def depths(self, available: int) -> list[int]:

@@ -139,27 +139,27 @@ def _first_existing(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | 
     return None
 
 
+# Benchmark names read from the EgoCVR folder (`data.egocvr_dir`, else the default location).
+EGOCVR_NAMES = ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap")
+
+
 def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
     """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"``, ``"egocvr-swap"`` (``folder=`` or the default
     location; the last is WebVid-CoVR-style one-word swaps of EgoCVR's narrations), or a path:
     a folder holding EgoCVR's CSVs or ``manifest.*`` + ``queries.*`` [+ ``qrels.*``] (generic), a ``.csv``
     (WebVid-CoVR) or a ``.json`` (CoVR-R). Other keywords go to the loader."""
     name = str(name_or_path)
-    if name.lower() in ("egocvr", "egocvr-global", "egocvr-local"):
+    if name.lower() in EGOCVR_NAMES:
         folder = kw.pop("folder", None) or default_egocvr_dir()
         if folder is None:
             raise SourceError(
-                f"{name}: EgoCVR annotations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder with egocvr_annotations.csv"
+                f"{name}: EgoCVR annotations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder "
+                "with egocvr_annotations.csv and egocvr_data.csv"
             )
+        if name.lower() == "egocvr-swap":
+            return load_egocvr_swap(Path(folder), **kw)
         setting: EgoCVRSetting = "local" if name.lower() == "egocvr-local" else kw.pop("setting", "global")
         return load_egocvr(Path(folder), setting=setting, **kw)
-    if name.lower() == "egocvr-swap":
-        folder = kw.pop("folder", None) or default_egocvr_dir()
-        if folder is None:
-            raise SourceError(
-                f"{name}: EgoCVR narrations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder with egocvr_data.csv"
-            )
-        return load_egocvr_swap(Path(folder), **kw)
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "egocvr_annotations.csv").is_file():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from r3tasks.datasets.common import Benchmark, _check_limit, _read_csv
 from r3tasks.datasets.egocvr import clean_narration
-from r3tasks.queries import ComposedQuery
+from r3tasks.queries import ComposedQuery, TextQuery
 from r3tasks.sources import GalleryItem
 
 EDIT_TEMPLATES: tuple[str, ...] = (
@@ -80,7 +80,7 @@ def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: 
         if len(chosen) == n_queries:
             break
     items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets)]
-    queries: list[ComposedQuery] = []
+    queries: list[ComposedQuery | TextQuery] = []
     qrels: dict[str, dict[str, int]] = {}
     for n, (source, target, old, new) in enumerate(chosen):
         template = EDIT_TEMPLATES[
@@ -96,4 +96,4 @@ def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: 
     if limit is not None:
         queries = queries[:limit]
         qrels = {q.id: qrels[q.id] for q in queries}
-    return Benchmark("egocvr-swap", items, list(queries), qrels, "global", stats)
+    return Benchmark("egocvr-swap", items, queries, qrels, "global", stats)
