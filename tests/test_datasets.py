@@ -416,7 +416,15 @@ def test_egocvr_swap_queries_differ_from_their_target_in_one_word_named_by_the_e
         (q.id, q.edit, q.source_text) for q in again.queries
     ]
     texts = {item.id: item.text for item in first.items}
-    assert len(texts) == len(set(texts.values())) == len(first.queries) > 0  # one target per query, no twins
+    assert len(texts) == len(set(texts.values()))  # no twins
+    targets = [next(iter(first.qrels[q.id])) for q in first.queries]
+    assert len(set(targets)) == len(targets) > 0  # one target per query, each the answer of one query only
+    # Every source is a gallery item, or its query would fail for an unknown id: with one query the
+    # source is nobody's target.
+    for bench in (first, load_benchmark("egocvr-swap", folder=tmp_path, n_queries=1, seed=3)):
+        ids = {item.id for item in bench.items}
+        assert all(q.source in ids for q in bench.queries)
+        assert ids == {q.source for q in bench.queries} | {t for q in bench.queries for t in bench.qrels[q.id]}
     for query in first.queries:
         (target_id,) = first.qrels[query.id]
         source, target = query.source_text.lower().split(), texts[target_id].lower().split()

@@ -59,10 +59,12 @@ def one_word_swaps(texts: list[str]) -> list[tuple[str, str, str, str]]:
 def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: int | None = None) -> Benchmark:
     """`n_queries` one-word-swap queries over EgoCVR's narrations (``egocvr_data.csv`` in `folder`).
 
-    Each target text appears in one query only, so every query has exactly one relevant item; the gallery
-    is the distinct targets (as WebVid-CoVR evaluates). A source narration is a gallery item only when it
-    is also another query's target; retrieval leaves the source out either way. Query ids ``swap-00000``...
-    in a seeded random order, so `--skip`/`--limit` splits are random subsets.
+    Each target text appears in one query only, so every query has exactly one relevant item. The gallery
+    is the distinct targets (as WebVid-CoVR evaluates) and the distinct sources: a composed query names its
+    source by gallery id, and a source left out of the gallery would fail its query (it did for 23% of
+    them); retrieval leaves a query's own source out of its ranking, so for the others a source is one
+    more distractor. Query ids ``swap-00000``... in a seeded random order, so `--skip`/`--limit` splits are
+    random subsets.
     """
     _check_limit(limit)
     texts = sorted(
@@ -79,7 +81,7 @@ def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: 
         chosen.append((source, target, old, new))
         if len(chosen) == n_queries:
             break
-    items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets)]
+    items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets | {c[0] for c in chosen})]
     queries: list[ComposedQuery | TextQuery] = []
     qrels: dict[str, dict[str, int]] = {}
     for n, (source, target, old, new) in enumerate(chosen):
