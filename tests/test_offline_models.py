@@ -265,6 +265,29 @@ def test_gemma_likelihood_reranker_finds_the_caption_that_explains_the_edit(rera
 
 
 @pytest.mark.slow
+def test_gemma_queries_share_one_computed_few_shot_head_and_score_as_the_whole_prompt(reranker_likelihood) -> None:
+    from r3tasks.models.gemma3 import likelihood_prompt_parts
+
+    reranker_likelihood._head_caches.clear()
+    captions = ["The camera wearer picks a phone from the table", "The camera wearer opens the fridge"]
+    candidates = [RerankCandidate(str(i), c) for i, c in enumerate(captions)]
+    for source, edit in [
+        ("The camera wearer puts a phone on the table", "Pick it up."),
+        ("C closes a door", "Open it"),
+    ]:
+        query = RerankQuery("unused", "", source_text=source, edit=edit)
+        scores = reranker_likelihood.score(query, candidates)
+        whole = reranker_likelihood.target_log_likelihood(*likelihood_prompt_parts("", captions, source, edit))
+        np.testing.assert_allclose(scores, whole, atol=1e-4)
+    assert len(reranker_likelihood._head_caches) == 1  # the second query reused the first one's head
+    # A head whose tokens do not open the prompt's own is not used: the prompt runs whole, same scores.
+    prefix, suffixes, target = likelihood_prompt_parts("", captions, "C closes a door", "Open it")
+    np.testing.assert_allclose(
+        reranker_likelihood.target_log_likelihood(prefix, suffixes, target, head=prefix[:-3]), whole, atol=1e-4
+    )
+
+
+@pytest.mark.slow
 def test_gemma_likelihood_reranker_scores_text_queries_by_query_likelihood(reranker_likelihood, reranker) -> None:
     query = RerankQuery("a cat sleeping", "")
     scores = reranker_likelihood.score(

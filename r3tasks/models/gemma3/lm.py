@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # The text batch floor: a (query, caption) pair is ~200 tokens, far lighter than a video pair.
 _MIN_TEXT_BATCH = 16
+# Few-shot heads kept per loaded model: one per rule and instruction in use.
+_HEAD_CACHES = 4
 
 
 def _load_lm(settings: R3Settings) -> tuple[Any, Any, torch.device, str]:
@@ -83,21 +85,60 @@ class GemmaLM:
     tokenizer: Any
     device: torch.device
     batch_size: int
+    # Keys and values of the few-shot blocks prompts start with, by text: the same ~280 tokens open every
+    # query's prompt, and recomputing them cost about a third of a query's scoring time.
+    _head_caches: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
-    def _continuations(self, prefix: str, rows: Sequence[list[int]]) -> Iterator[tuple[Any, Any]]:
-        """Hidden states of each token row continued after `prefix`: per batch, ``(hidden, lengths)``.
+    def _head_cache(self, head: str) -> tuple[Any, Any]:
+        """(token ids, cache) of `head` run alone; kept for the few heads a reranker uses."""
+        cached = self._head_caches.get(head)
+        if cached is None:
+            enc = encode_text(self.tokenizer, head, return_tensors="pt").to(self.device)
+            cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
+            if len(self._head_caches) >= _HEAD_CACHES:
+                self._head_caches.pop(next(iter(self._head_caches)))
+            cached = self._head_caches[head] = (enc["input_ids"][0], cache)
+        return cached
 
-        The prefix runs once; each batch of rows continues from a copy of its cache. Rows are
-        right-padded (pads come after every real token, so causal attention never sees them,
-        whatever the sliding window). Call inside ``torch.inference_mode()``.
-        """
+    def _prefix_cache(self, prefix: str, head: str) -> tuple[int, Any]:
+        """(length, cache) of `prefix`, continued from `head`'s cache when the prefix's tokens start with
+        exactly the head's (else run whole): the model reads the very same token sequence either way."""
         import copy
 
         import torch
 
         enc = encode_text(self.tokenizer, prefix, return_tensors="pt").to(self.device)
-        prefix_len = int(enc["input_ids"].shape[1])
-        prefix_cache = self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
+        ids = enc["input_ids"]
+        prefix_len = int(ids.shape[1])
+        if head and prefix.startswith(head):
+            head_ids, head_cache = self._head_cache(head)
+            start = int(head_ids.shape[0])
+            if start < prefix_len and torch.equal(ids[0, :start], head_ids):
+                cache = copy.deepcopy(head_cache)
+                self.model(
+                    input_ids=ids[:, start:],
+                    attention_mask=torch.ones((1, prefix_len), dtype=torch.long, device=self.device),
+                    position_ids=torch.arange(start, prefix_len, device=self.device)[None, :],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                return prefix_len, cache
+        return prefix_len, self.model(**enc, use_cache=True, logits_to_keep=1).past_key_values
+
+    def _continuations(self, prefix: str, rows: Sequence[list[int]], head: str = "") -> Iterator[tuple[Any, Any]]:
+        """Hidden states of each token row continued after `prefix`: per batch, ``(hidden, lengths)``.
+
+        The prefix runs once (from `head`'s kept cache when it starts with `head`); each batch of rows
+        continues from a copy of its cache. Rows are right-padded (pads come after every real token, so
+        causal attention never sees them, whatever the sliding window). Call inside
+        ``torch.inference_mode()``.
+        """
+        import copy
+
+        import torch
+
+        prefix_len, prefix_cache = self._prefix_cache(prefix, head)
         pad = self.tokenizer.pad_token_id or 0
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
@@ -124,21 +165,21 @@ class GemmaLM:
     def _token_rows(self, texts: Sequence[str], tail: list[int] | None = None) -> list[list[int]]:
         return [encode_text(self.tokenizer, t, add_special_tokens=False)["input_ids"] + (tail or []) for t in texts]
 
-    def next_token_logits(self, prefix: str, suffixes: Sequence[str]) -> np.ndarray:
+    def next_token_logits(self, prefix: str, suffixes: Sequence[str], head: str = "") -> np.ndarray:
         """Logits of the token after each ``prefix + suffix``, ``(len(suffixes), vocab)`` float32,
-        read at each row's last real token."""
+        read at each row's last real token. `head`: the start of `prefix` shared across queries."""
         import torch
 
         if not suffixes:
             return np.zeros((0, self.model.config.vocab_size), dtype=np.float32)
         out: list[np.ndarray] = []
         with torch.inference_mode():
-            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes)):
+            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes), head):
                 picked = hidden[torch.arange(len(lengths), device=self.device), lengths - 1]
                 out.append(self._head(picked).cpu().numpy())
         return np.concatenate(out, axis=0)
 
-    def target_log_likelihood(self, prefix: str, suffixes: Sequence[str], target: str) -> np.ndarray:
+    def target_log_likelihood(self, prefix: str, suffixes: Sequence[str], target: str, head: str = "") -> np.ndarray:
         """Mean log-probability of `target`'s tokens after each ``prefix + suffix``, ``(len(suffixes),)``."""
         import torch
 
@@ -149,7 +190,7 @@ class GemmaLM:
         out: list[np.ndarray] = []
         with torch.inference_mode():
             wanted = torch.tensor(target_ids, device=self.device)
-            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes, target_ids)):
+            for hidden, lengths in self._continuations(prefix, self._token_rows(suffixes, target_ids), head):
                 # The state before each target token predicts it: positions length-n-1 .. length-2.
                 where = (lengths[:, None] - n - 1 + torch.arange(n, device=self.device)[None, :]).clamp(min=0)
                 picked = hidden[torch.arange(len(lengths), device=self.device)[:, None], where]  # (batch, n, hidden)

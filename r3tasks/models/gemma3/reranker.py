@@ -30,15 +30,19 @@ MAX_QUERY_CHARS = 2000
 MAX_CANDIDATE_CHARS = 1000
 
 
-def rerank_prompt_parts(instruction: str, query: str, candidates: Sequence[str]) -> tuple[str, list[str]]:
-    """The prompt split where candidates start: the prefix (instruction, examples, query) is shared
-    by every candidate of one query, so its keys and values are computed once."""
+def _rerank_head(instruction: str) -> str:
+    """The yes/no prompt's start, the same for every query with this instruction: header and examples."""
     header = (_one_line(instruction) + " " if instruction.strip() else "") + "Answer yes or no.\n\n"
-    shots = "".join(
+    return header + "".join(
         _RERANK_QUERY.format(query=q) + _RERANK_CANDIDATE.format(candidate=c) + (" yes\n\n" if rel else " no\n\n")
         for q, c, rel in RERANK_EXAMPLES
     )
-    prefix = header + shots + _RERANK_QUERY.format(query=_one_line(query)[:MAX_QUERY_CHARS])
+
+
+def rerank_prompt_parts(instruction: str, query: str, candidates: Sequence[str]) -> tuple[str, list[str]]:
+    """The prompt split where candidates start: the prefix (instruction, examples, query) is shared
+    by every candidate of one query, so its keys and values are computed once."""
+    prefix = _rerank_head(instruction) + _RERANK_QUERY.format(query=_one_line(query)[:MAX_QUERY_CHARS])
     return prefix, [_RERANK_CANDIDATE.format(candidate=_one_line(c)[:MAX_CANDIDATE_CHARS]) for c in candidates]
 
 
@@ -74,19 +78,21 @@ def likelihood_prompt_parts(
     Text query: "Video / Search query" lines, each candidate as Video, the query as the target.
     """
     if source_text and edit:
-        shots = "".join(_EDIT_ITEM.format(source=s, target=t) + f" {e}\n\n" for s, e, t in REASON_EXAMPLES)
-        prefix = (
-            "Describe the change from the first video to the second.\n\n"
-            + shots
-            + "Before: "
-            + (_one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:")
-        )
+        prefix = _likelihood_head(composed=True) + "Before: " + _one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:"
         suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nInstruction:" for c in candidates]
         return prefix, suffixes, " " + _one_line(edit)[:MAX_QUERY_CHARS] + "\n"
-    shots = "".join(_TEXT_ITEM.format(candidate=c) + f" {q}\n\n" for c, q in TEXT_LIKELIHOOD_EXAMPLES)
-    prefix = "Write a search query that finds the video.\n\n" + shots + "Video:"
+    prefix = _likelihood_head(composed=False) + "Video:"
     suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nSearch query:" for c in candidates]
     return prefix, suffixes, " " + _one_line(query)[:MAX_QUERY_CHARS] + "\n"
+
+
+def _likelihood_head(composed: bool) -> str:
+    """The likelihood prompt's start, the same for every query of a kind: task line and examples."""
+    if composed:
+        shots = "".join(_EDIT_ITEM.format(source=s, target=t) + f" {e}\n\n" for s, e, t in REASON_EXAMPLES)
+        return "Describe the change from the first video to the second.\n\n" + shots
+    shots = "".join(_TEXT_ITEM.format(candidate=c) + f" {q}\n\n" for c, q in TEXT_LIKELIHOOD_EXAMPLES)
+    return "Write a search query that finds the video.\n\n" + shots
 
 
 LIKELIHOOD_PROMPT_VERSION = _short_hash(
@@ -176,9 +182,10 @@ class Gemma3Reranker(GemmaLM):
         texts = [c.text or "" for c in candidates]
         if self.rule == "edit_likelihood":
             prefix, suffixes, target = likelihood_prompt_parts(query.text, texts, query.source_text, query.edit)
-            return self.target_log_likelihood(prefix, suffixes, target)
+            head = _likelihood_head(composed=bool(query.source_text and query.edit))
+            return self.target_log_likelihood(prefix, suffixes, target, head)
         prefix, suffixes = rerank_prompt_parts(query.instruction, query.text, texts)
-        logits = self.next_token_logits(prefix, suffixes)
+        logits = self.next_token_logits(prefix, suffixes, _rerank_head(query.instruction))
         return yes_no_score(logits, self.rule, self.yes_id, self.no_id, self.yes_ids, self.no_ids)
 
 
