@@ -96,7 +96,8 @@ def split_line(split: dict) -> str:
 
 def fusion_grid_arms() -> list[Arm]:
     """+reasoning (no rerank) under other fusion settings: the agreement gate's tau, the residual weight w,
-    the copy gate (reasoning that restates the source left out), and the rank/score fusions.
+    the copy gate (reasoning that restates the source left out), the edit gate (reasoning that names none
+    of the edit's new words left out), and the rank/score fusions.
 
     Each costs one cached query batch; run it on a held-out split.
     """
@@ -118,6 +119,14 @@ def fusion_grid_arms() -> list[Arm]:
             )
             for weight in (0.25, 0.5)
             for copy in (0.8, 0.9)
+        ]
+        + [
+            (
+                f"w={weight} edit gate, copy gate {copy}",
+                {"fusion": "gated_residual", "fusion_weight": weight, "edit_gate": True, "copy_gate_threshold": copy},
+            )
+            for weight in (0.25, 0.5)
+            for copy in (0.8, None)
         ]
         + [(mode, {"fusion": mode}) for mode in ("rrf", "max", "mean")]
     )

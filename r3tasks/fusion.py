@@ -102,6 +102,32 @@ def source_restatement(reasoning: str, source_text: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
+# Words an edit is written with, not what it asks for: "change X to Y instead" names Y, not "to".
+_EDIT_FUNCTION_WORDS = frozenset(
+    "a an the it its this that these those to of in on at by for from with into onto instead rather than "
+    "and or but not no without make change replace swap turn add remove same one ones is are be was were do does "
+    "so then now".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z0-9']+", text.lower())) - _EDIT_FUNCTION_WORDS
+
+
+def names_the_edit(reasoning: str, source_text: str, edit: str) -> bool:
+    """Whether a reasoning paragraph carries the edit into its target description: it holds at least one of
+    the edit's content words that the source's text lacks ("Change knife to fork": "fork").
+
+    A restatement of the source holds none; so does a rewrite that changes the source some other way than
+    asked, which pulls recall towards clips that match neither. An edit that adds no new word (it only
+    removes or reorders, "without the knife") cannot be checked this way and passes.
+    """
+    asked = _content_words(edit) - _content_words(source_text)
+    return not asked or bool(asked & _content_words(reasoning))
+
+
 def gated_residual_fusion(base_scores: np.ndarray, reasoning_scores: np.ndarray, weight: float) -> np.ndarray:
     """Reference `_gated_residual_scores`: ``base + weight * (reasoning - base)`` per item.
 

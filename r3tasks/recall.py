@@ -18,9 +18,18 @@ import numpy as np
 
 from r3tasks.errors import R3Error
 from r3tasks.exact_matrix import ExactMatrix
-from r3tasks.fusion import best_pool, fuse, fuse_base_queries, reasoning_agreement, source_restatement, top_k
+from r3tasks.fusion import (
+    best_pool,
+    fuse,
+    fuse_base_queries,
+    names_the_edit,
+    reasoning_agreement,
+    source_restatement,
+    top_k,
+)
 from r3tasks.gallery import PinnedGallery
 from r3tasks.isolation import reason_of
+from r3tasks.queries import ComposedQuery
 from r3tasks.settings import R3Settings
 
 if TYPE_CHECKING:
@@ -156,6 +165,12 @@ def _fuse_into(
             state.source_similarity = source_restatement(state.reasoning.text, state.source.text)
         if q.copy_gate_threshold is not None and (state.source_similarity or 0.0) >= q.copy_gate_threshold:
             reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
+        if state.reasoning is not None and isinstance(state.query, ComposedQuery):
+            state.names_edit = names_the_edit(
+                state.reasoning.text, state.source.text if state.source is not None else "", state.query.edit
+            )
+            if q.edit_gate and not state.names_edit:
+                reasoning_scores = None  # it leaves out what the edit asks for: recall as if the gate had failed
     else:
         reasoning_scores = None
     result = fuse(

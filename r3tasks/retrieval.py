@@ -63,6 +63,7 @@ class QueryState:
     reasoning_vector: np.ndarray | None = None  # (D,)
     agreement: float | None = None
     source_similarity: float | None = None  # reasoning text vs the source's text (1.0: a copy)
+    names_edit: bool | None = None  # the reasoning holds a word the edit asks for that the source lacks
     gate_used: bool = False
     recalled: list[tuple[str, float]] = field(default_factory=list)
     ranked: list[RankedItem] = field(default_factory=list)
@@ -293,7 +294,12 @@ def result_of(state: QueryState, lineage: dict) -> dict:
         "ranked": [asdict(item) for item in state.ranked] if state.ok else [],
         "reasoning": state.reasoning.text if state.reasoning is not None else None,
         "reasoning_raw": state.reasoning.raw if state.reasoning is not None else None,
-        "gate": {"agreement": state.agreement, "source_similarity": state.source_similarity, "used": state.gate_used},
+        "gate": {
+            "agreement": state.agreement,
+            "source_similarity": state.source_similarity,
+            "names_edit": state.names_edit,
+            "used": state.gate_used,
+        },
         "rerank": state.rerank_decision,
         "error": state.error,
         "warnings": list(state.warnings),

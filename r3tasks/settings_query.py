@@ -58,6 +58,12 @@ class QuerySettings(_Section):
         "the source's text is at least this: a reasoner that restates the source adds no target-side information. "
         "None (the reference) turns the check off; it needs the source's caption.",
     )
+    edit_gate: bool = Field(
+        False,
+        description="Leave reasoning out (as when the agreement gate fails) when it holds none of the edit's "
+        "content words that the source's text lacks: a reasoner that restates the source, or rewrites it some "
+        "other way than asked, adds no target-side information. False (the reference) turns the check off.",
+    )
     fusion: FusionMode = Field("gated_residual", description="How base and reasoning scores combine.")
     fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")

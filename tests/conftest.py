@@ -24,6 +24,7 @@ for _name in [n for n in os.environ if n.startswith("R3_")]:
 register_backend("embedder", "fake", "tests.fakes:load_fake_embedder")
 register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")
 register_backend("reasoner", "fake", "tests.fakes:load_fake_reasoner")
+register_backend("reasoner", "fake-copying", "tests.fakes:load_fake_copying_reasoner")
 register_backend("reranker", "fake", "tests.fakes:load_fake_reranker")
 
 

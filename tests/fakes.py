@@ -85,6 +85,18 @@ class FakeReasoner:
         return out
 
 
+class FakeCopyingReasoner(FakeReasoner):
+    """A weak reasoner's habit: the 'target description' is the source text, the edit left out."""
+
+    fingerprint = "fake-copying-reasoner-1"
+
+    def reason(self, requests):
+        from r3tasks.models.base import Reasoning
+
+        self.calls += len(requests)
+        return [Reasoning(text=r.source_text or "a video", raw=r.source_text or "", thinking=None) for r in requests]
+
+
 class FakeReranker:
     """Prefers candidates whose text shares words with the query; counts scored pairs."""
 
@@ -102,6 +114,10 @@ class FakeReranker:
 
 def load_fake_reasoner(settings: R3Settings) -> FakeReasoner:
     return FakeReasoner()
+
+
+def load_fake_copying_reasoner(settings: R3Settings) -> FakeCopyingReasoner:
+    return FakeCopyingReasoner()
 
 
 def load_fake_reranker(settings: R3Settings) -> FakeReranker:

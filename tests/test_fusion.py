@@ -230,3 +230,17 @@ def test_source_restatement_scores_copies_high_and_rewrites_low() -> None:
     assert source_restatement("The camera wearer shakes the sieve over the sink", source) < 0.8
     assert source_restatement("A dog runs across a snowy field", source) < 0.2
     assert source_restatement("", source) == 0.0
+
+
+def test_names_the_edit_needs_a_word_the_edit_asks_for_and_the_source_lacks() -> None:
+    from r3tasks.fusion import names_the_edit
+
+    source = "#C C takes the knife"
+    assert names_the_edit("#C C takes the fork", source, "Change knife to fork")
+    assert not names_the_edit("#C C takes the knife", source, "Change knife to fork")  # a copy
+    assert not names_the_edit("#C C washes the knife", source, "Change knife to fork")  # another change
+    assert not names_the_edit(
+        "#C C takes it to the table", source, "Change it to a fork"
+    )  # "to", "it" are not asked for
+    assert names_the_edit("The same street AT NIGHT.", "a busy street by day", "make it night")
+    assert names_the_edit("#C C takes", source, "Without the knife")  # nothing new to name: not checked

@@ -167,6 +167,22 @@ def test_copy_gate_leaves_out_reasoning_that_restates_the_source(tmp_path, r3_ho
         assert [i["score"] for i in s["ranked"]] == pytest.approx([i["score"] for i in b["ranked"]])
 
 
+def test_edit_gate_leaves_out_reasoning_that_drops_the_edit(tmp_path, r3_home, indexed) -> None:
+    queries = write_queries(tmp_path, QUERIES[:2])
+    base = run(queries, r3_home, query={"rerank_k": 0, "use_reasoning": False})["results"]
+    # tau = -1 and no copy gate: only the edit gate decides.
+    gates = {"rerank_k": 0, "gate_threshold": -1.0, "copy_gate_threshold": None, "edit_gate": True}
+    copying = FAKES["models"] | {"reasoner": "fake-copying"}
+    dropped = run(queries, r3_home, query=gates, models=copying)["results"]
+    ungated = run(queries, r3_home, query=gates | {"edit_gate": False}, models=copying)["results"]
+    carried = run(queries, r3_home, query=gates)["results"]  # the fake reasoner appends the edit
+    for b, d, u, c in zip(base, dropped, ungated, carried):
+        assert (d["gate"]["names_edit"], d["gate"]["used"]) == (False, False)
+        assert u["gate"]["used"] is True and (c["gate"]["names_edit"], c["gate"]["used"]) == (True, True)
+        assert [i["id"] for i in d["ranked"]] == [i["id"] for i in b["ranked"]]  # recall as with no reasoning
+        assert [i["score"] for i in d["ranked"]] == pytest.approx([i["score"] for i in b["ranked"]])
+
+
 def test_batch_pinned_to_a_version_ignores_a_refresh(tmp_path, r3_home, indexed) -> None:
     queries = write_queries(tmp_path, QUERIES)
     before = run(queries, r3_home)
