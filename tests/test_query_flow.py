@@ -69,7 +69,7 @@ def test_batch_returns_ranked_results_with_reasoning_gate_and_lineage(tmp_path, 
     composed = by_id["q-night"]
     assert composed["kind"] == "composed" and composed["error"] is None
     assert composed["reasoning"].endswith("after: make it night")
-    assert set(composed["gate"]) == {"agreement", "source_similarity", "used"}
+    assert set(composed["gate"]) == {"agreement", "source_similarity", "names_edit", "used"}
     ranked_ids = [r["id"] for r in composed["ranked"]]
     assert "dog-park-day" not in ranked_ids  # the source never comes back
     assert len(ranked_ids) == len(CAPTIONS) - 1

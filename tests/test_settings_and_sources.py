@@ -173,15 +173,15 @@ def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> 
     assert offline.models.rerank_rule == "edit_likelihood" and offline.query.rerank_k == 20
     assert offline.query.rerank_recall_margin_gate == 0.1  # the protected rerank chosen on dev data (#13)
     assert (offline.query.final_embedding_weight, offline.query.final_reranker_weight) == (0.7, 0.3)
-    assert offline.query.use_reasoning is False and offline.query.copy_gate_threshold == 0.8
-    assert offline.query.fusion_weight == 0.25
+    assert offline.query.use_reasoning is False and offline.query.edit_gate is True
+    assert offline.query.copy_gate_threshold is None and offline.query.fusion_weight == 0.5  # R^3's
     assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
     assert load_settings(preset="offline", models={"rerank_rule": "yes_no_sigmoid"}).models.rerank_rule == (
         "yes_no_sigmoid"
     )
     reference = load_settings(preset="qwen3vl")
-    assert reference.models.rerank_rule == "yes_no_sigmoid" and reference.query.copy_gate_threshold is None
+    assert reference.models.rerank_rule == "yes_no_sigmoid" and reference.query.edit_gate is False
     monkeypatch.setenv("R3_QUERY__COPY_GATE_THRESHOLD", "0.9")
     assert load_settings(preset="offline").query.copy_gate_threshold == 0.9
-    monkeypatch.setenv("R3_QUERY__COPY_GATE_THRESHOLD", "null")  # the reference: no copy gate
-    assert load_settings(preset="offline").query.copy_gate_threshold is None
+    monkeypatch.setenv("R3_QUERY__EDIT_GATE", "false")  # the reference: no edit gate
+    assert load_settings(preset="offline").query.edit_gate is False
