@@ -30,7 +30,7 @@ REFERENCE_POLICY = {
     "rerank_recall_margin_gate": None,
     "rerank_recall_window": None,
     "rerank_flat_gate": None,
-    # R^3's final fusion too: a preset may weight recall higher (offline ships 0.7 / 0.3).
+    # R^3's final fusion too: a preset may weight recall higher (offline ships 0.75 / 0.25).
     "final_embedding_weight": RerankPolicy.embedding_weight,
     "final_reranker_weight": RerankPolicy.reranker_weight,
 }

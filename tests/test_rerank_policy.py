@@ -130,9 +130,10 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
 
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
     shipped = policy_from_settings(load_settings(preset="offline").query)
-    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_margin_gate == 0.1
-    assert (shipped.embedding_weight, shipped.reranker_weight) == (0.7, 0.3)
-    # Recall's top-1 leads (by less than the gate); the reranker loves a candidate recall put far below.
+    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.12
+    assert shipped.recall_margin_gate is None
+    assert (shipped.embedding_weight, shipped.reranker_weight) == (0.75, 0.25)
+    # The reranker loves a candidate recall put far below the top-1 (outside the window).
     recalled = [("right", 0.80), ("close", 0.75)] + [(f"c{i}", 0.70 - 0.01 * i) for i in range(18)]
     table = {item_id: 0.0 for item_id, _ in recalled} | {"c10": 5.0, "right": 1.0}
     assert apply_policy(recalled, CountingScorer(table), shipped).ranked[0].id == "right"
@@ -142,7 +143,7 @@ def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None
             preset="offline",
             query={
                 "rerank_k": 50,
-                "rerank_recall_margin_gate": None,
+                "rerank_recall_window": None,
                 "final_embedding_weight": 0.4,
                 "final_reranker_weight": 0.6,
             },
