@@ -24,6 +24,7 @@ from r3tasks.settings import load_settings
 WINDOWS = (None, 0.04, 0.08, 0.12, 0.16, 0.2)
 GATES = (0.03, 0.06, 0.1)
 WEIGHTS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
+SCALES = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.1)
 
 
 def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
@@ -62,6 +63,9 @@ def replay(report_paths: list[Path]) -> list[dict]:
             for weight in WEIGHTS:
                 weights = {"embedding_weight": round(1 - weight, 4), "reranker_weight": weight}
                 grid.append((f"{label}, reranker weight {weight}", replace(reference, **guard, **weights)))
+            # Additive fusion on raw scores (`final_reranker_scale`), in the reranker's own units.
+            for scale in SCALES:
+                grid.append((f"{label}, additive scale {scale}", replace(reference, **guard, reranker_scale=scale)))
         base = next(a for a in report["arms"] if a["arm"] == "base")
         policies = policy_sweep(results, qrels, grid)
         for row, (_, policy) in zip(policies, grid):

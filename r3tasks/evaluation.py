@@ -30,9 +30,10 @@ REFERENCE_POLICY = {
     "rerank_recall_margin_gate": None,
     "rerank_recall_window": None,
     "rerank_flat_gate": None,
-    # R^3's final fusion too: a preset may weight recall higher (offline ships 0.75 / 0.25).
+    # R^3's min-max final fusion too: a preset may fuse otherwise (offline: additive, on raw scores).
     "final_embedding_weight": RerankPolicy.embedding_weight,
     "final_reranker_weight": RerankPolicy.reranker_weight,
+    "final_reranker_scale": None,
 }
 ARM_NAMES = ("base", "+rerank", "+rerank (reference)", "+reasoning", "+reasoning+rerank")
 DEFAULT_ARMS = ("base", "+rerank", "+reasoning", "+reasoning+rerank")
@@ -255,6 +256,9 @@ def _policy_settings(policy: RerankPolicy) -> dict:
         "rerank_recall_margin_gate": policy.recall_margin_gate,
         "rerank_recall_window": policy.recall_window,
         "rerank_flat_gate": policy.flat_gate,
+        "final_embedding_weight": policy.embedding_weight,
+        "final_reranker_weight": policy.reranker_weight,
+        "final_reranker_scale": policy.reranker_scale,
     }
 
 
@@ -275,6 +279,7 @@ def policy_grid(
         flat_gate=None,
         embedding_weight=RerankPolicy.embedding_weight,
         reranker_weight=RerankPolicy.reranker_weight,
+        reranker_scale=None,
     )
     gaps5, recall_gaps, spreads = [], [], []
     for result in results:

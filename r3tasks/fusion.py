@@ -354,8 +354,14 @@ def rerank_topk(
     k: int,
     embedding_weight: float = 0.4,
     reranker_weight: float = 0.6,
+    reranker_scale: float | None = None,
 ) -> list[RankedItem]:
     """Re-rank the first `k` recalled items by :func:`final_fusion`; the rest keep their order after them.
+
+    `reranker_scale` set: the additive fusion ``embedding + scale * reranker`` on raw scores instead of R^3's
+    min-max (the weights are then unused). Min-max over the block stretches any embedding gap to the full
+    weight, so a reranker overturns a clear recall lead as easily as a near-tie; on raw scores it must beat
+    the lead itself, in embedding units per reranker unit (a per-reranker calibration).
 
     `recalled` is the recall list, best first (as :func:`top_k` returns it).
     `reranker_scores` holds raw reranker scores, either by id or as an array
@@ -394,12 +400,15 @@ def rerank_topk(
     if not scored:
         return [RankedItem(i, s, s, None) for i, s in items]
 
-    fused = final_fusion(
-        [head[j][1] for j in scored],
-        [raw[j] for j in scored],  # type: ignore[misc]
-        embedding_weight,
-        reranker_weight,
-    )
+    if reranker_scale is None:
+        fused = final_fusion(
+            [head[j][1] for j in scored],
+            [raw[j] for j in scored],  # type: ignore[misc]
+            embedding_weight,
+            reranker_weight,
+        )
+    else:
+        fused = np.array([head[j][1] + reranker_scale * raw[j] for j in scored], dtype=np.float64)  # type: ignore[operator]
     block_order = sorted(range(len(scored)), key=lambda m: -fused[m])  # stable: ties keep recall order
     out = [RankedItem(head[scored[m]][0], float(fused[m]), head[scored[m]][1], raw[scored[m]]) for m in block_order]
     tail = [(head[j], raw[j]) for j in range(n) if raw[j] is None] + [(it, None) for it in items[n:]]

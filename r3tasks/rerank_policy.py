@@ -15,6 +15,8 @@ strong). Three guards, each off by default (the reference), each a setting in th
   recall-margin gate is the window's special case "top-2 outside".
 - **flat-score gate** (`rerank_flat_gate`): when the reranker's own scores over the block it scored
   span less than this, it cannot tell the candidates apart; the recall order stays.
+- **additive fusion** (`final_reranker_scale`): ``embedding + scale * reranker`` on raw scores in place of
+  R^3's min-max, so the reranker must outweigh recall's actual lead, not its rank in the block.
 - **adaptive depth** (`rerank_start_depth`, `rerank_widen_margin`, `rerank_depth_growth`): score the
   top `start` first and widen (x growth, up to `rerank_k`) only while the reranker is uncertain, i.e.
   its best two raw scores in the block are closer than `rerank_widen_margin`.
@@ -48,6 +50,7 @@ class RerankPolicy:
     flat_gate: float | None = None
     embedding_weight: float = 0.4
     reranker_weight: float = 0.6
+    reranker_scale: float | None = None  # additive fusion on raw scores in place of min-max (see rerank_topk)
 
     def __post_init__(self) -> None:
         if self.depth < 0:
@@ -64,6 +67,7 @@ class RerankPolicy:
             and self.recall_margin_gate is None
             and self.recall_window is None
             and self.flat_gate is None
+            and self.reranker_scale is None
             and (self.embedding_weight, self.reranker_weight)
             == (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight)
         )
@@ -95,6 +99,7 @@ def policy_from_settings(query_settings: Any) -> RerankPolicy:
         flat_gate=q.rerank_flat_gate,
         embedding_weight=q.final_embedding_weight,
         reranker_weight=q.final_reranker_weight,
+        reranker_scale=q.final_reranker_scale,
     )
 
 
@@ -158,7 +163,9 @@ def apply_policy(recalled: Sequence[tuple[str, float]], score: ScoreFn, policy: 
     block = [scores[i] for i, _ in recalled[:depth] if i in scores]
     if policy.flat_gate is not None and block and max(block) - min(block) < policy.flat_gate:
         return RerankOutcome(recall_order, asked, depth, "flat")
-    ranked = rerank_topk(recalled, scores, depth, policy.embedding_weight, policy.reranker_weight)
+    ranked = rerank_topk(
+        recalled, scores, depth, policy.embedding_weight, policy.reranker_weight, policy.reranker_scale
+    )
     return RerankOutcome(ranked, asked, depth, None)
 
 

@@ -69,9 +69,8 @@ PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             # 61.8 -> 63.2); the copy gate at 0.25 gained +0.6 / +0.5, at 0.5 +1.2 / 0.0.
             "edit_gate": True,
             "rerank_k": 20,
-            "rerank_recall_window": 0.12,
-            "final_embedding_weight": 0.75,
-            "final_reranker_weight": 0.25,
+            "rerank_recall_window": 0.08,
+            "final_reranker_scale": 0.05,
         },
     },
 }

@@ -115,6 +115,14 @@ class QuerySettings(_Section):
     )
     final_embedding_weight: float = Field(0.4, ge=0, le=1, description="Weight of min-max embedding score.")
     final_reranker_weight: float = Field(0.6, ge=0, le=1, description="Weight of min-max reranker score.")
+    final_reranker_scale: float | None = Field(
+        None,
+        ge=0,
+        description="Additive final fusion: a reranked candidate scores embedding score + this x its raw "
+        "reranker score (embedding units per reranker unit, so calibrated per reranker), in place of R^3's "
+        "min-max fusion and its weights. Min-max stretches any recall gap in the block to the full weight; "
+        "here the reranker must outweigh recall's actual lead. None (the reference): min-max.",
+    )
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
     contact_sheets: int = Field(
         50,

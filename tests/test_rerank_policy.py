@@ -72,6 +72,22 @@ def test_recall_window_lets_the_reranker_reorder_only_near_ties_of_the_top_one()
     assert [item.id for item in kept.ranked] == [i for i, _ in recalled]
 
 
+def test_additive_fusion_lets_the_reranker_beat_a_near_tie_but_not_a_clear_recall_lead() -> None:
+    # Raw log-likelihood-like scores: "lead" is recall's top-1, "near" a near-tie, "far" 0.12 below.
+    recalled = [("lead", 0.90), ("near", 0.89), ("far", 0.78), ("rest", 0.55)]
+    table = {"lead": -3.0, "near": -2.0, "far": -1.0, "rest": -4.0}
+    additive = apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=4, reranker_scale=0.05))
+    # near: 0.89 + 0.05 x -2 = 0.79 beats lead's 0.75; far's 2 nats over lead are worth 0.1, not its 0.12 gap.
+    assert [item.id for item in additive.ranked] == ["near", "lead", "far", "rest"]
+    assert additive.ranked[0].score == pytest.approx(0.89 - 0.1) and additive.ranked[0].reranker_score == -2.0
+    # R^3's min-max stretches the same gaps to the full weights: the reranker's favourite wins from far below.
+    assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=4)).ranked[0].id == "far"
+    assert not RerankPolicy(reranker_scale=0.05).is_reference
+    below_block = rerank_topk(recalled, table, 2, reranker_scale=0.05)[2:]
+    assert [item.id for item in below_block] == ["far", "rest"]  # in recall order, below every reranked item
+    assert max(item.score for item in below_block) < 0.89 - 0.1
+
+
 def test_recall_margin_gate_keeps_a_confident_recall_without_asking_the_reranker() -> None:
     recalled = [("sure", 0.9), ("b", 0.5), ("c", 0.45)]
     scorer = CountingScorer({"sure": 0.0, "b": 9.0, "c": 0.0})
@@ -130,23 +146,17 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
 
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
     shipped = policy_from_settings(load_settings(preset="offline").query)
-    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.12
-    assert shipped.recall_margin_gate is None
-    assert (shipped.embedding_weight, shipped.reranker_weight) == (0.75, 0.25)
+    assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.08
+    assert shipped.recall_margin_gate is None and shipped.reranker_scale == 0.05
     # The reranker loves a candidate recall put far below the top-1 (outside the window).
     recalled = [("right", 0.80), ("close", 0.75)] + [(f"c{i}", 0.70 - 0.01 * i) for i in range(18)]
-    table = {item_id: 0.0 for item_id, _ in recalled} | {"c10": 5.0, "right": 1.0}
+    table = {item_id: -3.0 for item_id, _ in recalled} | {"c10": 0.0, "right": -2.5}
     assert apply_policy(recalled, CountingScorer(table), shipped).ranked[0].id == "right"
     assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=20)).ranked[0].id == "c10"  # R^3 0.4/0.6
     back = policy_from_settings(
         load_settings(
             preset="offline",
-            query={
-                "rerank_k": 50,
-                "rerank_recall_window": None,
-                "final_embedding_weight": 0.4,
-                "final_reranker_weight": 0.6,
-            },
+            query={"rerank_k": 50, "rerank_recall_window": None, "final_reranker_scale": None},
         ).query
     )
     assert back.is_reference and back.depth == 50
