@@ -7,6 +7,8 @@ policy costs one model pass per dataset. Reports from several datasets are repla
 policy is chosen on dev splits of more than one dataset (issue 13).
 
     python -m benchmarks.replay_policies dev-global.json dev-local.json dev-swap.json [--out table.md]
+
+Reports of disjoint query ranges of one dataset are pooled into one set.
 """
 
 from __future__ import annotations
@@ -47,11 +49,44 @@ def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, in
     return report, results, qrels
 
 
+def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, dict[str, int]], dict]]:
+    """(split, results, qrels, base metrics) per dataset and setting: reports of disjoint query ranges of one
+    dataset (dev passes run at different times) are pooled into one set, their base metrics query-weighted."""
+    groups: dict[tuple[str, str], list[tuple[dict, list[dict], dict[str, dict[str, int]]]]] = {}
+    for path in report_paths:
+        report, results, qrels = _stored(path)
+        setting = report["setting"].split(", queries from #")[0]  # a --skip run names its range in the setting
+        groups.setdefault((report["split"]["dataset"], setting), []).append((report, results, qrels))
+    pooled = []
+    for parts in groups.values():
+        seen: set[str] = set()
+        for report, results, _ in parts:
+            ids = {r["id"] for r in results}
+            if ids & seen:
+                raise SystemExit(f"{report['split']['dataset']}: two reports share queries; pool disjoint ranges only")
+            seen |= ids
+        bases = [next(a for a in report["arms"] if a["arm"] == "base") for report, _, _ in parts]
+        total = sum(b["queries"] for b in bases)
+        base = {k: sum(b["metrics"][k] * b["queries"] for b in bases) / total for k in bases[0]["metrics"]}
+        splits = sorted((report["split"] for report, _, _ in parts), key=lambda sp: sp["first_query"])
+        split = dict(splits[0])
+        if len(splits) > 1:
+            split.update(
+                setting=parts[0][0]["setting"].split(", queries from #")[0],
+                last_query=splits[-1]["last_query"],
+                queries=sum(sp["queries"] for sp in splits),
+                ranges=[f"#{sp['first_query']}-#{sp['last_query']}" for sp in splits],
+            )
+        results = [r for _, rs, _ in parts for r in rs]
+        qrels = {qid: rel for _, _, qr in parts for qid, rel in qr.items()}
+        pooled.append((split, results, qrels, base))
+    return pooled
+
+
 def replay(report_paths: list[Path]) -> list[dict]:
     shipped = policy_from_settings(load_settings(models={"preset": "offline"}).query)
     rows = []
-    for path in report_paths:
-        report, results, qrels = _stored(path)
+    for split, results, qrels, base_metrics in _pooled(report_paths):
         depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
         reference = RerankPolicy(depth=depth)
         grid = policy_grid(results, reference, depth=depth)
@@ -66,11 +101,10 @@ def replay(report_paths: list[Path]) -> list[dict]:
             # Additive fusion on raw scores (`final_reranker_scale`), in the reranker's own units.
             for scale in SCALES:
                 grid.append((f"{label}, additive scale {scale}", replace(reference, **guard, reranker_scale=scale)))
-        base = next(a for a in report["arms"] if a["arm"] == "base")
         policies = policy_sweep(results, qrels, grid)
         for row, (_, policy) in zip(policies, grid):
             row.update(flips(results, qrels, policy))
-        rows.append({"report": str(path), "split": report["split"], "base": base["metrics"], "policies": policies})
+        rows.append({"split": split, "base": base_metrics, "policies": policies})
     return rows
 
 
@@ -109,7 +143,9 @@ def markdown(rows: list[dict]) -> str:
         split = row["split"]
         lines += [
             f"### {split['dataset']} ({split['setting']}), {split['role']} queries #{split['first_query']}-"
-            f"#{split['last_query']} ({split['queries']})",
+            f"#{split['last_query']} ({split['queries']}"
+            + (f"; pooled {', '.join(split['ranges'])}" if split.get("ranges") else "")
+            + ")",
             "",
             f"base (rerank off): R@1 {row['base']['R@1']:.2f}, R@5 {row['base']['R@5']:.2f}",
             "",
