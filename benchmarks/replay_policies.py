@@ -20,6 +20,7 @@ from pathlib import Path
 
 from r3tasks.datasets import load_benchmark
 from r3tasks.evaluation import policy_grid, policy_sweep
+from r3tasks.metrics import ranked_ids
 from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings, stored_scorer
 from r3tasks.settings import load_settings
 
@@ -124,7 +125,9 @@ def flips(results: list[dict], qrels: dict[str, dict[str, int]], policy: RerankP
         if not recalled or not relevant:
             continue
         outcome = apply_policy(recalled, score, replace(policy, depth=min(policy.depth, depth)))
-        before, after = recalled[0][0] in relevant, bool(outcome.ranked) and outcome.ranked[0].id in relevant
+        # Rank 1 as R@1 reads it: ties (clips sharing a caption share every score) broken as the metrics do.
+        before = ranked_ids(dict(recalled))[0] in relevant
+        after = bool(outcome.ranked) and ranked_ids({i.id: i.score for i in outcome.ranked})[0] in relevant
         right += before
         wrong += not before
         lost += before and not after
