@@ -98,11 +98,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "R3_MODELS__EMBEDDER": "fake-text",
             "R3_MODELS__REASONER": "fake",
             "R3_MODELS__RERANKER": "fake",
-            # The fake reranker (word overlap) decides the top-1 this test checks; the offline preset's recall-margin
-            # gate and its 0.7 / 0.3 fusion (protecting recall) would keep the fake embedder's order instead.
-            "R3_QUERY__RERANK_RECALL_MARGIN_GATE": "null",
-            "R3_QUERY__FINAL_EMBEDDING_WEIGHT": "0.4",
-            "R3_QUERY__FINAL_RERANKER_WEIGHT": "0.6",
+            # The fake reranker (word overlap) decides the top-1 this test checks; the offline preset's recall window
+            # and additive fusion (protecting recall) would keep the fake embedder's order instead: R^3's fusion.
+            "R3_QUERY__RERANK_RECALL_WINDOW": "null",
+            "R3_QUERY__FINAL_RERANKER_SCALE": "null",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         }
