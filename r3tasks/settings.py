@@ -54,12 +54,12 @@ PRESET_BACKENDS: dict[str, dict[str, str]] = {
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {
         "models": {"rerank_rule": "edit_likelihood"},
-        # Protected rerank, chosen on dev data only (README, "Protected rerank"): EgoCVR global and local
-        # (#500-#799) and egocvr-swap (#1000-#1599), K = 20 scores stored once and replayed. Rule: every dev set
+        # Protected rerank, chosen on dev data only (README, "Protected rerank"): EgoCVR global (#500-#1499),
+        # EgoCVR local (#500-#799) and egocvr-swap (#1000-#1599), K = 20 scores stored once and replayed. Rule: every dev set
         # must gain even where recall is right for 92% of queries (break-even base R@1 >= 92), then the largest
         # smallest gain, then fewer pairs. R^3's min-max 0.4/0.6 moved 6-17% of correct rank-1s off (break-even
         # 77-91: a loss on strong-recall data, as a held-out set measured). Additive fusion at 0.05 per nat of
-        # the likelihood reranker, inside a 0.12 cosine window: +16.0 / +10.7 / +15.0 R@1, break-even >= 92.9.
+        # the likelihood reranker, inside a 0.12 cosine window: +13.6 / +10.7 / +15.0 R@1, break-even >= 92.9.
         "query": {
             "use_reasoning": False,
             # +reasoning, chosen on dev (EgoCVR #500-#1499, egocvr-swap #1000-#1599; README, "+reasoning"): the
