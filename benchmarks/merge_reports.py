@@ -18,6 +18,12 @@ from pathlib import Path
 _SAME = ("benchmark", "setting", "preset", "gallery")
 
 
+def _field(report: dict, key: str) -> object:
+    value = report.get(key)
+    # A --skip run names its range in the setting ("local, queries from #500"): the same setting.
+    return value.split(", queries from #")[0] if key == "setting" and isinstance(value, str) else value
+
+
 def _weighted(values: Sequence[tuple[float | None, int]]) -> float | None:
     known = [(v, n) for v, n in values if v is not None]
     total = sum(n for _, n in known)
@@ -33,8 +39,8 @@ def merge(reports: Sequence[dict]) -> dict:
     arm_names = [a["arm"] for a in first["arms"]]
     for chunk in chunks[1:]:
         for key in _SAME:
-            if chunk.get(key) != first.get(key):
-                raise ValueError(f"chunk {_range(chunk)}: {key} {chunk.get(key)!r}, not {first.get(key)!r}")
+            if _field(chunk, key) != _field(first, key):
+                raise ValueError(f"chunk {_range(chunk)}: {key} {_field(chunk, key)!r}, not {_field(first, key)!r}")
         if [a["arm"] for a in chunk["arms"]] != arm_names:
             raise ValueError(f"chunk {_range(chunk)}: arms {[a['arm'] for a in chunk['arms']]}, not {arm_names}")
     gaps = []
@@ -66,7 +72,7 @@ def merge(reports: Sequence[dict]) -> dict:
         )
     roles = sorted({c["split"]["role"] for c in chunks})
     return {
-        **{key: first.get(key) for key in _SAME},
+        **{key: _field(first, key) for key in _SAME},
         "queries": sum(c["queries"] for c in chunks),
         "arms": arms,
         "split": {

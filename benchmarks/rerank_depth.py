@@ -57,11 +57,13 @@ def run(ctx: Context) -> Result:
     texts = {it.id: it.text for it in bench.items}
     templates = query_templates(settings, embedder)
 
-    # R^3's fixed depth (the query settings' default K), whatever depth the preset ships.
+    # R^3's fixed depth (the query settings' default K), whatever depth the preset ships, at the preset's own
+    # fusion: the two differ in which pairs are scored only.
     reference = RerankPolicy(
         depth=QuerySettings.model_fields["rerank_k"].default,
         embedding_weight=q.final_embedding_weight,
         reranker_weight=q.final_reranker_weight,
+        reranker_scale=q.final_reranker_scale,
     )
     policies = {"fixed depth (reference)": reference, "offline preset policy": policy_from_settings(q)}
     per_policy: dict[str, dict[str, Any]] = {name: {"pairs": [], "seconds": [], "hits": 0} for name in policies}
