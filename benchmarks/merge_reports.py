@@ -15,13 +15,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from r3tasks.datasets.common import base_setting
+
 _SAME = ("benchmark", "setting", "preset", "gallery")
 
 
 def _field(report: dict, key: str) -> object:
     value = report.get(key)
-    # A --skip run names its range in the setting ("local, queries from #500"): the same setting.
-    return value.split(", queries from #")[0] if key == "setting" and isinstance(value, str) else value
+    return base_setting(value) if key == "setting" and isinstance(value, str) else value
 
 
 def _weighted(values: Sequence[tuple[float | None, int]]) -> float | None:
@@ -77,7 +78,7 @@ def merge(reports: Sequence[dict]) -> dict:
         "arms": arms,
         "split": {
             "dataset": first["split"]["dataset"],
-            "setting": first["split"]["setting"],
+            "setting": base_setting(first["split"]["setting"]),
             "first_query": first["split"]["first_query"],
             "last_query": chunks[-1]["split"]["last_query"],
             "queries": sum(c["split"]["queries"] for c in chunks),

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from r3tasks.datasets import load_benchmark
+from r3tasks.datasets.common import base_setting
 from r3tasks.evaluation import policy_grid, policy_sweep
 from r3tasks.metrics import ranked_ids
 from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings, stored_scorer
@@ -56,8 +57,9 @@ def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, 
     groups: dict[tuple[str, str], list[tuple[dict, list[dict], dict[str, dict[str, int]]]]] = {}
     for path in report_paths:
         report, results, qrels = _stored(path)
-        setting = report["setting"].split(", queries from #")[0]  # a --skip run names its range in the setting
-        groups.setdefault((report["split"]["dataset"], setting), []).append((report, results, qrels))
+        groups.setdefault((report["split"]["dataset"], base_setting(report["setting"])), []).append(
+            (report, results, qrels)
+        )
     pooled = []
     for parts in groups.values():
         seen: set[str] = set()
@@ -73,7 +75,7 @@ def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, 
         split = dict(splits[0])
         if len(splits) > 1:
             split.update(
-                setting=parts[0][0]["setting"].split(", queries from #")[0],
+                setting=base_setting(parts[0][0]["setting"]),
                 last_query=splits[-1]["last_query"],
                 queries=sum(sp["queries"] for sp in splits),
                 ranges=[f"#{sp['first_query']}-#{sp['last_query']}" for sp in splits],

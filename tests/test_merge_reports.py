@@ -37,14 +37,15 @@ def _chunk(first: int, n: int, r1: float, pairs: float, preset: str = "offline")
 
 
 def test_chunks_merge_into_the_whole_range_weighted_by_their_queries() -> None:
-    later = _chunk(100, 300, 50.0, 20.0) | {"setting": "global, queries from #100"}  # as `--skip 100` names it
+    later = _chunk(100, 300, 50.0, 20.0)
+    later["setting"] = later["split"]["setting"] = "global, queries from #100"  # as `--skip 100` names it
     merged = merge([later, _chunk(0, 100, 10.0, 10.0)])
     rerank = merged["arms"][1]
     assert merged["queries"] == 400 and merged["split"]["first_query"] == 0 and merged["split"]["last_query"] == 399
     assert rerank["metrics"]["R@1"] == pytest.approx(40.0)  # (100 x 10 + 300 x 50) / 400
     assert rerank["pairs_per_query"] == pytest.approx(17.5) and rerank["failed"] == 2
     assert merged["arms"][0]["gate_pass_rate"] is None and merged["split"]["gaps"] == []
-    assert merged["setting"] == "global"
+    assert merged["setting"] == "global" and merged["split"]["setting"] == "global"
     assert "| +rerank | 40.00 |" in markdown(merged)
 
 

@@ -41,6 +41,15 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4
 COVRR_SECTION_EXT: dict[str, str] = {"webvid": ".mp4", "ss2": ".webm"}
 
 
+# A `queries_from` split names its range in the setting ("local, queries from #500").
+_FROM = ", queries from #"
+
+
+def base_setting(setting: str) -> str:
+    """The setting a `queries_from` split was taken from: reports of two ranges of one benchmark share it."""
+    return setting.split(_FROM)[0]
+
+
 @dataclass
 class Benchmark:
     """Gallery items, queries and graded qrels ``{query id: {item id: grade}}``; `stats` counts what loading resolved."""
@@ -62,7 +71,7 @@ class Benchmark:
             self,
             queries=kept,
             qrels={q.id: self.qrels[q.id] for q in kept if q.id in self.qrels},
-            setting=f"{self.setting}, queries from #{skip}" if skip else self.setting,
+            setting=f"{self.setting}{_FROM}{skip}" if skip else self.setting,
         )
 
     def gallery_for(self, query: ComposedQuery | TextQuery) -> list[GalleryItem]:
