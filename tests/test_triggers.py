@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,14 +52,25 @@ def runs_of(url: str, deployment: str) -> list[dict]:
 
 
 def until(what: str, check: Callable[[], object], timeout: float = 240.0) -> object:
-    """Bounded wait for something a user would see; fails naming it."""
+    """Bounded wait for something a user would see; fails naming it.
+
+    One poll the server is too busy to answer in time (SQLite on two cores, while the worker's flow writes) is a
+    poll that saw nothing yet, as the UI would retry it; a server that never answers still fails at the deadline.
+    """
     deadline = time.monotonic() + timeout
+    unanswered: OSError | None = None
     while time.monotonic() < deadline:
-        value = check()
+        try:
+            value = check()
+        except urllib.error.HTTPError:
+            raise  # an answer, and a wrong one
+        except (TimeoutError, urllib.error.URLError) as error:
+            unanswered, value = error, None
         if value:
             return value
         time.sleep(1.0)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    last = f" (the last poll went unanswered: {unanswered!r})" if unanswered is not None else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{last}")
 
 
 def write_manifest(path: Path, captions: dict[str, str]) -> Path:
