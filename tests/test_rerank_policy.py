@@ -147,7 +147,7 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
     shipped = policy_from_settings(load_settings(preset="offline").query)
     assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.12
-    assert shipped.recall_margin_gate is None and shipped.reranker_scale == 0.05
+    assert shipped.recall_margin_gate is None and shipped.reranker_scale == 0.04
     # The reranker loves a candidate recall put far below the top-1 (outside the window).
     recalled = [("right", 0.80), ("close", 0.75)] + [(f"c{i}", 0.70 - 0.01 * i) for i in range(18)]
     table = {item_id: -3.0 for item_id, _ in recalled} | {"c10": 0.0, "right": -2.5}

@@ -172,7 +172,7 @@ def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> 
     offline = load_settings(preset="offline")
     assert offline.models.rerank_rule == "edit_likelihood" and offline.query.rerank_k == 20
     assert offline.query.rerank_recall_window == 0.12  # the protected rerank chosen on dev data (#13)
-    assert offline.query.rerank_recall_margin_gate is None and offline.query.final_reranker_scale == 0.05
+    assert offline.query.rerank_recall_margin_gate is None and offline.query.final_reranker_scale == 0.04
     assert offline.query.use_reasoning is False and offline.query.edit_gate is True
     assert offline.query.copy_gate_threshold is None and offline.query.fusion_weight == 0.5  # R^3's
     assert load_settings(preset="offline", query={"use_reasoning": True}).query.use_reasoning is True
