@@ -15,7 +15,7 @@ import numpy as np
 
 from r3tasks.models.base import Embedder, EmbedInput, l2_normalise
 from r3tasks.models.registry import register_backend
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 HASH_DIM = 64
 

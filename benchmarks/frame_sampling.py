@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 
 from benchmarks.common import Context, Result, pct, repeat
-from r3tasks.frames import SamplingPolicy, probe_video, read_frames, sample_indices, target_size
+from r3tasks.inputs.frames import SamplingPolicy, probe_video, read_frames, sample_indices, target_size
 
 NAME = "frames"
 TITLE = "Frame sampling: seek-and-resize vs decoding every frame"
@@ -44,7 +44,7 @@ def generated_videos(folder: Path) -> list[Path]:
     the 128-frame cap spaces the samples 4.7 s apart)."""
     import av
 
-    from r3tasks.synthetic import ClipSpec, render_frames
+    from r3tasks.datasets.synthetic import ClipSpec, render_frames
 
     out = []
     loop = render_frames(ClipSpec("circle", "red", "right", "day", 2), num_frames=250, size=(360, 640), seed=1)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from r3tasks.synthetic import all_specs, clip_seed, write_clip
+from r3tasks.datasets.synthetic import all_specs, clip_seed, write_clip
 
 _SPECS = all_specs()
 

@@ -77,8 +77,8 @@ def _traversal_s(manifest: Any, home: Any, overrides: dict[str, Any]) -> dict[st
     from prefect.utilities.engine import collect_task_run_inputs_sync
 
     from benchmarks.indexing_common import settings_for
-    from r3tasks.indexing import key_items
-    from r3tasks.sources import discover
+    from r3tasks.gallery.indexing import key_items
+    from r3tasks.inputs.sources import discover
 
     settings = settings_for(home, overrides)
     items = discover(manifest, settings.index.video_extensions)

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from r3tasks.gallery import GalleryStore
-from r3tasks.indexing import batches, commit_due, embed_batch, key_items, plan_index
+from r3tasks.gallery.indexing import batches, commit_due, embed_batch, key_items, plan_index
+from r3tasks.gallery.table import GalleryStore
+from r3tasks.inputs.sources import discover
 from r3tasks.models.registry import shared_embedder
-from r3tasks.settings import R3Settings, load_settings
-from r3tasks.sources import discover
+from r3tasks.settings.tree import R3Settings, load_settings
 
 
 def settings_for(home: Path, overrides: dict[str, Any]) -> R3Settings:

@@ -3,7 +3,7 @@ peak RSS (VmHWM, read by the child at its end) is compared; 10x the items should
 the memory. ``getrusage``/``os.wait4`` would not do here: Linux carries the parent's RSS at fork time
 into the child's ru_maxrss across exec, so every child reported the parent's 765 MiB.
 
-Items are generated clips (`r3tasks.synthetic`: 96x128, 2 s, 8 fps, distinct bytes each) with
+Items are generated clips (`r3tasks.datasets.synthetic`: 96x128, 2 s, 8 fps, distinct bytes each) with
 captions; every one is really decoded by `read_frames` (4 frames each). The embedder is a model
 stand-in (`benchmarks.fakes.SerialSlowEmbedder`): it reads the frames, costs a fixed time per item
 and runs one forward at a time, like a real model, and holds nothing itself, so the memory measured

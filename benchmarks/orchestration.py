@@ -29,7 +29,7 @@ from benchmarks.fakes import COUNTED_QWEN3VL, HASH_TEXT
 from benchmarks.galleries import ensure_clips, write_text_manifest, write_video_manifest
 from benchmarks.indexing_common import index_plain, index_with_flow, preload
 from benchmarks.torch_threads import single_torch_thread
-from r3tasks.settings import IndexSettings
+from r3tasks.settings.tree import IndexSettings
 
 NAME = "orchestration"
 TITLE = "Orchestration overhead: Prefect flow vs plain function calls"

@@ -3,7 +3,7 @@
 The embedder is the benchmarks' hashing fake at MiniLM's width (384) and Qwen3-VL-2B's (2048), and the
 reasoner an echo (the source caption plus the edit), so neither model dominates: what is measured is the
 query path around them. Rerank is off. Per (rows, dim, query kind) it reports queries/s of the recall
-stage (`retrieval.recall` over the whole batch, gallery already pinned and loaded) and of the whole batch
+stage (`r3tasks.query.recall.recall` over the whole batch, gallery already pinned and loaded) and of the whole batch
 through the Prefect flow (`query_batch`, cold stage caches, results and contact sheets written), against
 the numpy floor measured in the same process: one product of all the batch's query vectors (base and
 reasoning) with the gallery's unit matrix, in the same 64 MiB score chunks. Each size runs in its own child
@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, Context, Result
 from benchmarks.memory_child import _proc_status
+from r3tasks.gallery.pinned import pin
 
 TITLE = "Query batch: recall stage and whole flow vs the numpy floor"
 SIZES_FULL = [(100_000, 384), (100_000, 2048), (1_000_000, 384)]
@@ -48,7 +49,7 @@ def _overrides(dim: int) -> dict[str, Any]:
 
 
 def _settings(home: Path, dim: int) -> Any:
-    from r3tasks.settings import load_settings
+    from r3tasks.settings.tree import load_settings
 
     return load_settings(home=home, **_overrides(dim))
 
@@ -64,7 +65,7 @@ def build(home: Path, rows: int, dim: int) -> dict[str, Any]:
 
     import pyarrow as pa
 
-    from r3tasks.gallery import GalleryStore, gallery_schema
+    from r3tasks.gallery.table import GalleryStore, gallery_schema
     from r3tasks.models.registry import shared_embedder
 
     settings = _settings(home, dim)
@@ -140,30 +141,31 @@ def _floor_s(vectors: np.ndarray, matrix: np.ndarray) -> float:
 
 
 def measure(home: Path, rows: int, dim: int, n: int) -> dict[str, Any]:
-    from flows.index_flow import open_store
     from flows.query_flow import query_batch
-    from r3tasks import retrieval
+    from r3tasks.cache.stages import StageCache
+    from r3tasks.gallery.views import open_store
+    from r3tasks.inputs.queries import load_queries
     from r3tasks.models.registry import shared_embedder, shared_reasoner
-    from r3tasks.queries import load_queries
-    from r3tasks.stagecache import StageCache
+    from r3tasks.query.embedding import embed_queries
+    from r3tasks.query.prepare import prepare
+    from r3tasks.query.reasoning import run_reasoning
+    from r3tasks.query.recall import recall
 
     settings = _settings(home, dim)
     files = _write_queries(home, rows, n)
     out: dict[str, Any] = {"rows": rows, "dim": dim, "queries": n, "matrix_bytes": rows * dim * 4}
     started = time.perf_counter()
-    gallery = open_store(settings).pin()
+    gallery = pin(open_store(settings))
     out["pin_s"] = time.perf_counter() - started
     started = time.perf_counter()
     matrix = gallery._matrix().vectors  # the in-memory exact matrix both paths search
     out["load_matrix_s"] = time.perf_counter() - started
     scratch = home / "direct-cache"  # the direct stage run must not warm the flow's caches
     for kind, path in files.items():
-        states = retrieval.prepare(load_queries(path), gallery, settings)
+        states = prepare(load_queries(path), gallery, settings)
         caches = {name: StageCache(scratch, name) for name in ("reasoning", "query-embedding", "frames")}
-        retrieval.run_reasoning(states, shared_reasoner(settings), settings, caches["reasoning"], caches["frames"])
-        retrieval.embed_queries(
-            states, shared_embedder(settings), settings, caches["query-embedding"], caches["frames"]
-        )
+        run_reasoning(states, shared_reasoner(settings), settings, caches["reasoning"], caches["frames"])
+        embed_queries(states, shared_embedder(settings), settings, caches["query-embedding"], caches["frames"])
         vectors = np.concatenate(
             [
                 np.vstack([s.base_vectors] + ([s.reasoning_vector[None, :]] if s.reasoning_vector is not None else []))
@@ -172,7 +174,7 @@ def measure(home: Path, rows: int, dim: int, n: int) -> dict[str, Any]:
             ]
         )
         started = time.perf_counter()
-        retrieval.recall(states, gallery, settings)
+        recall(states, gallery, settings)
         recall_s = time.perf_counter() - started
         failed = [s.error for s in states if not s.ok]
         floor_s = _floor_s(vectors.astype(np.float32), matrix)
@@ -343,7 +345,7 @@ def summarise(result: Result, data: dict[str, Any], quick: bool) -> None:
     )
     result.note(
         "Floor: one float32 product of all query vectors (base + reasoning) with the unit gallery matrix, "
-        "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `retrieval.recall` on the whole "
+        "in r3's 64 MiB score chunks, no top-k; best of two. Recall stage: `r3tasks.query.recall.recall` on the whole "
         "batch with the pinned gallery already in memory. Whole batch: `query_batch` through Prefect, "
         "cold stage caches, including validation, the hashing embedder, the echo reasoner, results and "
         "contact sheets. The embedder and reasoner are fakes so that the model does not dominate."

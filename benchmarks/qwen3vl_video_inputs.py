@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from r3tasks.frames import policy_from_settings, read_frames
+from r3tasks.inputs.frames import read_frames, sampling_policy
 from r3tasks.models import qwen3vl
 from r3tasks.models.base import EmbedInput
-from r3tasks.settings import load_settings
+from r3tasks.settings.tree import load_settings
 from tests.videos import write_indexed_video
 
 CLIPS = {
@@ -54,7 +54,7 @@ def stamps(ids):
 
 
 def r3_inputs(path):
-    sampled = read_frames(path, policy_from_settings(s.frames, "gallery"), s.frames.max_side)
+    sampled = read_frames(path, sampling_policy(s.frames, "gallery"), s.frames.max_side)
     item = EmbedInput("x", text=None, frames=sampled.frames, fps=sampled.sample_fps)
     if hasattr(emb, "build_inputs"):
         inputs = emb.build_inputs([item], "Represent the video.")

@@ -55,7 +55,7 @@ def _candidates(n: int) -> tuple[list[tuple[str, str]], str, str, str]:
 def run(ctx: Context) -> Result:
     from r3tasks.models.base import RerankCandidate, RerankQuery
     from r3tasks.models.registry import load_reranker
-    from r3tasks.settings import load_settings
+    from r3tasks.settings.tree import load_settings
 
     result = Result(NAME, TITLE)
     home = ctx.new_home("rerank")

@@ -27,11 +27,12 @@ DEV_SKIP = 500
 
 def run(ctx: Context) -> Result:
     from r3tasks.datasets import load_benchmark
+    from r3tasks.inputs.queries import ComposedQuery
     from r3tasks.models.base import EmbedInput, RerankCandidate, RerankQuery
     from r3tasks.models.registry import load_embedder, load_reranker, query_templates
-    from r3tasks.queries import ComposedQuery
-    from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings
-    from r3tasks.settings import QuerySettings, load_settings
+    from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy
+    from r3tasks.settings.query import QuerySettings
+    from r3tasks.settings.tree import load_settings
 
     result = Result(NAME, TITLE)
     home = ctx.new_home("rerank-depth")
@@ -65,7 +66,7 @@ def run(ctx: Context) -> Result:
         reranker_weight=q.final_reranker_weight,
         reranker_scale=q.final_reranker_scale,
     )
-    policies = {"fixed depth (reference)": reference, "offline preset policy": policy_from_settings(q)}
+    policies = {"fixed depth (reference)": reference, "offline preset policy": rerank_policy(q)}
     per_policy: dict[str, dict[str, Any]] = {name: {"pairs": [], "seconds": [], "hits": 0} for name in policies}
     reranker.score(
         RerankQuery(text="warm up", instruction=q.reranker_instruction, source_text="a", edit="b"),

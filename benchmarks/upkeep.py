@@ -2,7 +2,7 @@
 
 Each refresh is what `index_gallery` commits for 1 % of a 2,000-row gallery changed: one
 merge-insert of 20 rows and one delete of 2 rows (re-added by the next refresh). Arm `none` never
-runs upkeep (main before this change); arm `upkeep` runs `r3tasks.upkeep.upkeep` after each refresh
+runs upkeep (main before this change); arm `upkeep` runs `r3tasks.gallery.upkeep.upkeep` after each refresh
 with the default settings (keep 20 versions, 10 refresh tags). Also: time to pin the latest version
 (median of 5 opens) and bytes on disk.
 
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from r3tasks.gallery import GalleryRow, GalleryStore
-from r3tasks.settings import UpkeepSettings
-from r3tasks.upkeep import health, upkeep
+from r3tasks.gallery.pinned import pin
+from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.gallery.upkeep import health, upkeep
+from r3tasks.settings.operations import UpkeepSettings
 
 ROWS, DIM, REFRESHES, CHANGED, REMOVED = 2000, 64, 100, 20, 2
 OUT = Path(__file__).parent / "results" / "upkeep.json"
@@ -47,7 +48,7 @@ def _pin_seconds(uri: str) -> float:
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        GalleryStore(uri, "gallery", "bench-embedder-0001", DIM).pin()
+        pin(GalleryStore(uri, "gallery", "bench-embedder-0001", DIM))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -33,7 +33,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _gallery_name(value: str) -> str:
-    from r3tasks.settings import check_gallery_name
+    from r3tasks.settings.tree import check_gallery_name
 
     try:
         return check_gallery_name(value)
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the effective settings with their descriptions")
     _add_common(settings)
 
-    from flows.cli_upkeep import add_upkeep_commands
+    from flows.cli_watch import add_upkeep_commands
 
     add_upkeep_commands(sub, _add_common)
     return parser
@@ -150,19 +150,19 @@ def _print_index_summary(summary: dict[str, Any]) -> None:
 
 def _settings(args: argparse.Namespace) -> Any:
     """The settings of this command, validated before any flow starts (an error is one line, exit 2)."""
-    from r3tasks.settings import load_settings
+    from r3tasks.settings.tree import load_settings
 
     extra = {"gallery": {"name": args.gallery}} if getattr(args, "gallery", None) else {}
     return load_settings(preset=args.preset, home=Path(args.home) if args.home else None, **extra)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from r3tasks import validate
+    from r3tasks.inputs import preflight
     from r3tasks.models.qwen3vl import check_models
 
     source = str(Path(args.source).resolve())
     settings = _settings(args)
-    validate.gallery_source(source, settings)  # a malformed source: one line, before Prefect starts
+    preflight.gallery_source(source, settings)  # a malformed source: one line, before Prefect starts
     # A missing model: one clear line here, not a flow run's tracebacks after a server start.
     check_models(settings, ["embedder"])
 
@@ -206,21 +206,22 @@ def _run_queries(queries: Path, out: Path, args: argparse.Namespace, covrr_out: 
 
 
 def _item_texts(payload: dict, args: argparse.Namespace) -> dict[str, str | None]:
-    from flows.index_flow import open_store
+    from r3tasks.gallery.pinned import pin
+    from r3tasks.gallery.views import open_store
 
-    gallery = open_store(_settings(args)).pin(payload["lineage"]["gallery"]["version"])
+    gallery = pin(open_store(_settings(args)), payload["lineage"]["gallery"]["version"])
     return {item_id: record.text for item_id, record in gallery.records.items()}
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from r3tasks import validate
+    from r3tasks.inputs import preflight
     from r3tasks.models.qwen3vl import check_models
 
     settings = _settings(args)
-    validate.query_file(args.queries, settings)  # a bad file or an unindexed gallery: one line, no server
+    preflight.query_file(args.queries, settings)  # a bad file or an unindexed gallery: one line, no server
     check_models(settings, ["embedder", "reranker", "reasoner"])  # as in cmd_index
 
-    from r3tasks.report import terminal_table
+    from r3tasks.query.report import terminal_table
 
     out = Path(args.out)
     covrr_out = out.with_suffix(".covrr.json") if args.format == "covrr" else None
@@ -246,7 +247,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.index_flow import index_gallery
     from r3tasks.demo import build_demo
-    from r3tasks.report import terminal_table
+    from r3tasks.query.report import terminal_table
 
     settings = _settings(args)
     demo = build_demo(settings.home / "demo", settings.data.opencv_samples_dir)
@@ -276,7 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _settings(args)  # bad settings: one line, before Prefect starts
 
     from flows.eval_flow import evaluate_benchmark
-    from r3tasks.evaluation import markdown_table
+    from r3tasks.evaluation.tables import markdown_table
 
     report = evaluate_benchmark(
         dataset=args.dataset,
@@ -295,13 +296,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_galleries(args: argparse.Namespace) -> int:
-    from r3tasks.catalog import LEGACY, REINDEX_HINT, list_galleries
+    from r3tasks.gallery.catalog import LEGACY, REINDEX_HINT, list_galleries
 
     settings = _settings(args)
     dropped: list[str] = []
     if args.prune:
-        from flows.index_flow import open_store
-        from r3tasks.upkeep import drop_tables, retired_tables
+        from r3tasks.gallery.upkeep import drop_tables, retired_tables
+        from r3tasks.gallery.views import open_store
 
         store = open_store(
             settings.model_copy(update={"gallery": settings.gallery.model_copy(update={"name": args.gallery})})
@@ -351,7 +352,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _command(name: str) -> Any:
-    from flows.cli_upkeep import UPKEEP_COMMANDS
+    from flows.cli_watch import UPKEEP_COMMANDS
 
     return COMMANDS.get(name) or UPKEEP_COMMANDS[name]
 

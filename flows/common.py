@@ -14,7 +14,7 @@ from prefect.states import State
 
 import r3tasks
 from r3tasks.errors import TransientError
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings.tree import R3Settings, load_settings
 
 # r3tasks logs through the logging module; at INFO its lines (a model's one-time conversion, progress)
 # reach the console handler Prefect puts on the root logger, in flow runs and the CLI alike.

@@ -32,10 +32,9 @@ from flows.common import (
     retry_on_transient,
     stable_hash,
 )
-from r3tasks import validate
+from r3tasks.cache.stages import prune_older_than
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryRow
-from r3tasks.indexing import (
+from r3tasks.gallery.indexing import (
     EmbeddedBatch,
     IndexPlan,
     IndexSummary,
@@ -47,11 +46,12 @@ from r3tasks.indexing import (
     key_items,
     plan_index,
 )
+from r3tasks.gallery.table import GalleryRow
+from r3tasks.gallery.views import open_store
+from r3tasks.inputs import preflight
+from r3tasks.inputs.sources import GalleryItem, KeyedItem
 from r3tasks.models.registry import shared_embedder
-from r3tasks.settings import R3Settings
-from r3tasks.sources import GalleryItem, KeyedItem
-from r3tasks.stagecache import prune_older_than
-from r3tasks.store import open_store  # re-exported: callers import it from here
+from r3tasks.settings.tree import R3Settings
 
 PROGRESS_SECONDS = 2.0
 
@@ -221,7 +221,7 @@ def index_gallery(
 
     settings = flow_settings(preset, home, overrides, gallery)
     # The CLI's own check, first: a malformed source fails the run with its one line, before any task.
-    items = validate.gallery_source(source, settings)
+    items = preflight.gallery_source(source, settings)
     store = open_store(settings)
     previous = store.version() if store.exists() else None
     summary = _index(source, items, settings)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,32 +19,35 @@ from prefect.utilities.annotations import opaque, quote
 
 from flows.assets import record_results
 from flows.common import code_version, flow_settings, retry_on_transient
-from r3tasks import batch_output, rerank_stage, retrieval, store, validate
-from r3tasks.batch_output import covrr_submission  # noqa: F401 - re-exported for callers of the old name
-from r3tasks.gallery import PinnedGallery
+from r3tasks.cache.stages import StageCache
+from r3tasks.gallery.pinned import PinnedGallery
+from r3tasks.gallery.upkeep import resolve_version
+from r3tasks.gallery.views import open_store, pinned, release
+from r3tasks.inputs.preflight import query_file
+from r3tasks.inputs.queries import ComposedQuery, Query
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
-from r3tasks.queries import ComposedQuery, Query
-from r3tasks.report import markdown_report
-from r3tasks.retrieval import QueryState
-from r3tasks.settings import R3Settings
-from r3tasks.stagecache import StageCache
+from r3tasks.query.embedding import embed_queries
+from r3tasks.query.output import batch_caches, batch_lineage, write_batch
+from r3tasks.query.prepare import ensure_gallery_not_empty, prepare
+from r3tasks.query.reasoning import run_reasoning
+from r3tasks.query.recall import recall
+from r3tasks.query.state import QueryState
+from r3tasks.rerank.stage import rerank
+from r3tasks.settings.tree import R3Settings
 
 # The running batch's stage caches by cache folder: one set per batch, so its hits and misses add up.
 _batch_caches: dict[str, dict[str, StageCache]] = {}
 
 
 def _caches(settings: R3Settings) -> dict[str, StageCache]:
-    root = settings.cache_dir
-    if str(root) not in _batch_caches:
-        bound = settings.query.stage_cache_max_bytes
-        _batch_caches[str(root)] = {
-            name: StageCache(root, name, bound) for name in ("frames", "reasoning", "query-embedding", "rerank")
-        }
-    return _batch_caches[str(root)]
+    key = str(settings.cache_dir)
+    if key not in _batch_caches:
+        _batch_caches[key] = batch_caches(settings)
+    return _batch_caches[key]
 
 
 def _pinned(settings: R3Settings, version: int) -> PinnedGallery:
-    return store.pinned(settings, version)  # one view per batch: metadata and vectors read once
+    return pinned(settings, version)  # one view per batch: metadata and vectors read once
 
 
 def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None, version: int, n: int) -> None:
@@ -74,16 +75,14 @@ def _stage_lineage(stage: str, fingerprint: str | None, cache: StageCache | None
     retry_condition_fn=retry_on_transient,
 )
 def pin_task(settings: R3Settings, version: int | str | None) -> int:
-    from r3tasks.upkeep import resolve_version
-
-    gallery = store.pinned(settings, resolve_version(store.open_store(settings), version))
-    retrieval.ensure_gallery_not_empty(gallery)
+    gallery = pinned(settings, resolve_version(open_store(settings), version))
+    ensure_gallery_not_empty(gallery)
     return gallery.ref.version
 
 
 @task(name="validate-queries", cache_policy=NONE)
 def prepare_task(queries: list[Query], settings: R3Settings, version: int) -> list[QueryState]:
-    return retrieval.prepare(queries, _pinned(settings, version), settings)
+    return prepare(queries, _pinned(settings, version), settings)
 
 
 @task(name="reasoning", cache_policy=NONE)
@@ -94,7 +93,7 @@ def reasoning_task(states: list[QueryState], settings: R3Settings, version: int)
         return states
     caches = _caches(settings)
     reasoner = shared_reasoner(settings)
-    retrieval.run_reasoning(states, reasoner, settings, caches["reasoning"], caches["frames"])
+    run_reasoning(states, reasoner, settings, caches["reasoning"], caches["frames"])
     _stage_lineage("reasoning", reasoner.fingerprint, caches["reasoning"], version, len(needs))
     return states
 
@@ -103,14 +102,14 @@ def reasoning_task(states: list[QueryState], settings: R3Settings, version: int)
 def embedding_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
     caches = _caches(settings)
     embedder = shared_embedder(settings)
-    retrieval.embed_queries(states, embedder, settings, caches["query-embedding"], caches["frames"])
+    embed_queries(states, embedder, settings, caches["query-embedding"], caches["frames"])
     _stage_lineage("query-embedding", embedder.fingerprint, caches["query-embedding"], version, len(states))
     return states
 
 
 @task(name="fused-recall", cache_policy=NONE)
 def recall_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
-    retrieval.recall(states, _pinned(settings, version), settings)
+    recall(states, _pinned(settings, version), settings)
     return states
 
 
@@ -120,7 +119,7 @@ def rerank_task(
 ) -> list[QueryState]:
     caches = _caches(settings)
     reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
-    rerank_stage.rerank(
+    rerank(
         states,
         reranker,
         _pinned(settings, version),
@@ -145,38 +144,14 @@ def results_task(
     stage_seconds: dict[str, float],
 ) -> dict:
     gallery = _pinned(settings, version)
-    lineage = {
-        "gallery": {"uri": gallery.ref.uri, "table": gallery.ref.table, "version": gallery.ref.version},
-        "embedder": shared_embedder(settings).fingerprint,
-        "reasoner": shared_reasoner(settings).fingerprint
-        if settings.query.use_reasoning and any(s.reasoning is not None for s in states)
-        else None,
-        "reranker": shared_reranker(settings).fingerprint
-        if settings.query.rerank_k > 0 and any(s.ranked and s.ranked[0].reranker_score is not None for s in states)
-        else None,
-        "settings_hash": settings.settings_hash(),
-        "code_version": code_version(),
-        "cache": {name: cache.counts() for name, cache in _caches(settings).items()},
-    }
-    run_dir = settings.artifacts_dir / ("batch-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ"))
-    sheets = batch_output.contact_sheets(
-        states, gallery, settings, run_dir, _caches(settings)["frames"], get_run_logger()
+    caches = _caches(settings)
+    lineage = batch_lineage(states, gallery, settings, caches, code_version())
+    written = write_batch(
+        states, gallery, settings, lineage, caches["frames"], stage_seconds, out, covrr_out, get_run_logger()
     )
-    results = [retrieval.result_of(state, lineage) for state in states]
-    report = markdown_report(results, sheets)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "report.md").write_text(report)
-    payload = {"lineage": lineage, "results": results, "artifacts": str(run_dir), "stage_seconds": stage_seconds}
-    serialized = json.dumps(payload, indent=2)  # once: for a large batch this is seconds
-    (run_dir / "results.json").write_text(serialized)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(serialized)
-    if covrr_out:
-        Path(covrr_out).write_text(json.dumps(batch_output.covrr_submission(states), indent=2))
-    create_markdown_artifact(report, key="query-report", description="Each query's reasoning and top-5.")
-    create_link_artifact(run_dir.as_uri(), link_text="contact sheets and results", key="query-artifacts")
-    return payload
+    create_markdown_artifact(written.report, key="query-report", description="Each query's reasoning and top-5.")
+    create_link_artifact(written.run_dir.as_uri(), link_text="contact sheets and results", key="query-artifacts")
+    return written.payload
 
 
 def query_batch(
@@ -217,7 +192,7 @@ def query_batch_flow(
     """
     settings = flow_settings(preset, home, overrides, gallery)
     _batch_caches.pop(str(settings.cache_dir), None)  # this batch's hits and misses start at zero
-    loaded = validate.query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
+    loaded = query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
     logger = get_run_logger()
     version = pin_task(settings, gallery_version)
     logger.info("%d queries against gallery version %d", len(loaded), version)
@@ -272,7 +247,7 @@ def query_batch_flow(
         payload = results_task(opaque(states), settings, version, out, covrr_out, stage_seconds)
         record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
     finally:
-        store.release(settings, version)  # the batch is over: its vector matrix need not stay in RAM
+        release(settings, version)  # the batch is over: its vector matrix need not stay in RAM
     failed = [r for r in payload["results"] if r["error"]]
     if failed:
         logger.warning(

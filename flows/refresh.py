@@ -14,9 +14,9 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from flows.assets import record_gallery
-from r3tasks.gallery import GalleryStore
-from r3tasks.settings import R3Settings
-from r3tasks.upkeep import UpkeepReport, upkeep
+from r3tasks.gallery.table import GalleryStore
+from r3tasks.gallery.upkeep import UpkeepReport, upkeep
+from r3tasks.settings.tree import R3Settings
 
 REFRESHED_EVENT = "r3.gallery.refreshed"
 

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.query_flow import query_batch
-from r3tasks.standing import topk_changes
+from r3tasks.query.standing import topk_changes
 
 
 def _blank(value: int | str | None) -> int | str | None:

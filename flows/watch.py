@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from r3tasks.errors import R3Error
-from r3tasks.inbox import InboxState, landed, list_inbox
-from r3tasks.settings import WatchSettings
+from r3tasks.inputs.inbox import InboxState, landed, list_inbox
+from r3tasks.settings.operations import WatchSettings
 
 LANDED_EVENT = "r3.inbox.file-landed"
 

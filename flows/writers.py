@@ -29,8 +29,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryStore
-from r3tasks.settings import R3Settings
+from r3tasks.gallery.table import GalleryStore
+from r3tasks.settings.tree import R3Settings
 
 
 class WriterBusy(R3Error):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from r3tasks.synthetic import ClipSpec, edit_instruction, write_clip
+from r3tasks.datasets.synthetic import ClipSpec, edit_instruction, write_clip
 
 # Shipped sample videos and what a person sees in them (the offline preset embeds these captions).
 SAMPLE_VIDEOS: dict[str, tuple[str, str]] = {

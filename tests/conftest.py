@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from r3tasks.models.registry import clear_loaded_models, register_backend
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings.tree import R3Settings, load_settings
 
 # Before anything imports prefect: keep its home and telemetry out of the user's.
 _PREFECT_HOME = Path(os.environ.get("R3_TEST_PREFECT_HOME", f"/tmp/r3-test-prefect-home-{os.getpid()}"))

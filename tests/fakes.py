@@ -9,7 +9,7 @@ import numpy as np
 
 from r3tasks.errors import ItemError
 from r3tasks.models.base import EmbedInput, l2_normalise
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 FAKE_DIM = 16
 

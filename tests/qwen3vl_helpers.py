@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings.tree import R3Settings, load_settings
 
 
 def tiny_settings(home: Path, **models: object) -> R3Settings:

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3tasks import recall as recall_module
-from r3tasks.gallery import GalleryRow, GalleryStore
+from r3tasks.gallery.pinned import pin
+from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
 from r3tasks.models.base import Reasoning
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.retrieval import QueryState, SourceInfo
-from r3tasks.settings import load_settings
+from r3tasks.query import recall as recall_module
+from r3tasks.query.state import QueryState, SourceInfo
+from r3tasks.settings.tree import load_settings
 
 DIM = 16
 GROUPS = ["kitchen", "garden", None]
@@ -36,7 +37,7 @@ def store(tmp_path: Path) -> GalleryStore:
 
 def _states(store: GalleryStore, with_bad: bool = False) -> list[QueryState]:
     rng = np.random.default_rng(5)
-    pinned = store.pin()
+    pinned = pin(store)
     dup = store.table().search().where("id = 'z000'").to_arrow().column("vector").to_pylist()[0]
     states = []
     for i in range(14):
@@ -77,7 +78,7 @@ def test_batch_recall_gives_the_per_query_rankings_and_scores_ties_included(
     store: GalleryStore, fusion: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(preset="tiny", query={"recall_k": 40, "fusion": fusion, "copy_gate_threshold": None})
-    pinned = store.pin()
+    pinned = pin(store)
     batch, alone = _states(store), _states(store)
     monkeypatch.setattr(recall_module, "SCORE_CHUNK_FLOATS", 3 * 120)  # several chunks, three vectors each
     recall_module.recall(batch, pinned, settings)
@@ -95,7 +96,7 @@ def test_batch_recall_gives_the_per_query_rankings_and_scores_ties_included(
 def test_one_bad_query_vector_errors_only_its_query(store: GalleryStore) -> None:
     settings = load_settings(preset="tiny", query={"recall_k": 10})
     states = _states(store, with_bad=True)
-    recall_module.recall(states, store.pin(), settings)
+    recall_module.recall(states, pin(store), settings)
     errors = {s.query.id: s.error for s in states if s.error}
     assert set(errors) == {"t5", "t7"}
     assert "non-finite" in errors["t5"] and "shape (17,)" in errors["t7"]
@@ -103,7 +104,7 @@ def test_one_bad_query_vector_errors_only_its_query(store: GalleryStore) -> None
 
 
 def test_sampled_top_k_equals_the_full_sort_on_large_rows_with_ties_exclusions_and_dead_rows() -> None:
-    from r3tasks.fusion import top_k
+    from r3tasks.query.topk import top_k
 
     rng = np.random.default_rng(7)
     n = 100_000
@@ -123,7 +124,7 @@ def test_sampled_top_k_equals_the_full_sort_on_large_rows_with_ties_exclusions_a
 
 
 def test_top_k_over_fused_scores_with_non_finite_values_keeps_the_full_sort_order() -> None:
-    from r3tasks.fusion import top_k
+    from r3tasks.query.topk import top_k
 
     rng = np.random.default_rng(11)
     n = 50_000

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from r3tasks.evaluation import reranker_weight_sweep
-from r3tasks.fusion import rerank_topk
-from r3tasks.metrics import evaluate
+from r3tasks.evaluation.metrics import evaluate
+from r3tasks.evaluation.sweeps import reranker_weight_sweep
+from r3tasks.rerank.final import rerank_topk
 
 
 def _result(query_id: str, embedding: dict[str, float], reranker: dict[str, float], k: int) -> dict:
@@ -43,7 +43,7 @@ def test_sweep_of_an_arm_without_reranker_scores_is_the_recall_order() -> None:
 
 
 def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
-    from r3tasks.evaluation import arms
+    from r3tasks.evaluation.arms import arms
 
     # Default: the settings as they are, one stage at a time; the fixed-depth reference only when named.
     assert [a.name for a in arms(50)] == ["base", "+rerank", "+reasoning", "+reasoning+rerank"]
@@ -77,7 +77,7 @@ def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
 
 
 def test_split_record_says_dev_for_a_held_out_run_and_names_the_queries() -> None:
-    from r3tasks.evaluation import split_line, split_record
+    from r3tasks.evaluation.arms import split_line, split_record
 
     dev = split_record("egocvr", "global, queries from #500", 500, 200, 200)
     assert dev["role"] == "dev" and (dev["first_query"], dev["last_query"]) == (500, 699)

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3tasks import frames as frames_module
 from r3tasks.errors import VideoReadError
-from r3tasks.frames import (
+from r3tasks.inputs import frames as frames_module
+from r3tasks.inputs.frames import (
     SamplingPolicy,
-    policy_from_settings,
     probe_video,
     read_frames,
     sample_indices,
+    sampling_policy,
     target_size,
     thumbnail,
 )
-from r3tasks.settings import FrameSettings
+from r3tasks.settings.tree import FrameSettings
 from tests import videos
 
 # ---------------------------------------------------------------------------
@@ -133,11 +133,11 @@ def test_invalid_policy_is_refused(kwargs):
 
 def test_policy_from_settings_uses_the_stage_cap():
     settings = FrameSettings(fps=2.0, max_frames=64, rerank_frames=8, min_decode_pixels=1000)
-    assert policy_from_settings(settings, "gallery") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
-    assert policy_from_settings(settings, "reasoning") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
-    assert policy_from_settings(settings, "rerank") == SamplingPolicy(fps=2.0, max_frames=8, min_pixels=1000)
+    assert sampling_policy(settings, "gallery") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
+    assert sampling_policy(settings, "reasoning") == SamplingPolicy(fps=2.0, max_frames=64, min_pixels=1000)
+    assert sampling_policy(settings, "rerank") == SamplingPolicy(fps=2.0, max_frames=8, min_pixels=1000)
     with pytest.raises(ValueError, match="purpose"):
-        policy_from_settings(settings, "thumbnails")  # type: ignore[arg-type]
+        sampling_policy(settings, "thumbnails")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -486,7 +486,7 @@ def test_decode_size_never_undercuts_the_qwen3vl_pixel_budget(size):
 def test_sampled_frames_carry_their_native_indices_fps_and_size(clip, tmp_path):
     import pickle
 
-    from r3tasks.frames import frame_source
+    from r3tasks.inputs.frames import frame_source
 
     sampled = read_frames(clip, SamplingPolicy(fps=1.0), max_side=64)
     source = frame_source(sampled.frames)

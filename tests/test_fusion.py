@@ -8,18 +8,10 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from r3tasks.fusion import (
-    RankedItem,
-    final_fusion,
-    fuse,
-    fuse_base_queries,
-    gated_residual_fusion,
-    minmax,
-    reasoning_agreement,
-    rerank_topk,
-    rrf_fusion,
-    top_k,
-)
+from r3tasks.query.fusion import fuse, fuse_base_queries, gated_residual_fusion, reasoning_agreement, rrf_fusion
+from r3tasks.query.state import RankedItem
+from r3tasks.query.topk import top_k
+from r3tasks.rerank.final import final_fusion, minmax, rerank_topk
 
 INF = math.inf
 NAN = math.nan
@@ -222,7 +214,7 @@ def test_rerank_rejects_non_finite_recall_scores() -> None:
 
 
 def test_source_restatement_scores_copies_high_and_rewrites_low() -> None:
-    from r3tasks.fusion import source_restatement
+    from r3tasks.query.fusion import source_restatement
 
     source = "The camera wearer takes the sieve"
     assert source_restatement("The camera wearer takes the sieve.", source) == 1.0
@@ -233,7 +225,7 @@ def test_source_restatement_scores_copies_high_and_rewrites_low() -> None:
 
 
 def test_names_the_edit_needs_a_word_the_edit_asks_for_and_the_source_lacks() -> None:
-    from r3tasks.fusion import names_the_edit
+    from r3tasks.query.fusion import names_the_edit
 
     source = "#C C takes the knife"
     assert names_the_edit("#C C takes the fork", source, "Change knife to fork")

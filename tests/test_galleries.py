@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 from flows.cli import main as cli_main
-from flows.index_flow import index_gallery, open_store
+from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
-from r3tasks.catalog import list_galleries
+from r3tasks.datasets.synthetic import ClipSpec, write_clip
 from r3tasks.demo import build_demo
+from r3tasks.gallery.catalog import list_galleries
+from r3tasks.gallery.pinned import pin
+from r3tasks.gallery.views import open_store
 from r3tasks.models.registry import register_backend
-from r3tasks.report import _frame_or_none
-from r3tasks.synthetic import ClipSpec, write_clip
+from r3tasks.query.report import _frame_or_none
 from tests.conftest import fake_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -100,7 +102,7 @@ def test_a_non_utf8_file_name_reopens_as_source_candidate_and_thumbnail(tmp_path
     assert summary["failed"] == [] and summary["added"] == 2
 
     settings = fake_settings(r3_home)
-    record = open_store(settings).pin().records["caf\\xe9"]  # the id is printable text; the path is exact
+    record = pin(open_store(settings)).records["caf\\xe9"]  # the id is printable text; the path is exact
     assert os.fsencode(record.path) == os.fsencode(str(folder)) + b"/caf\xe9.mp4"
     assert _frame_or_none(record.path) is not None  # the contact sheet's thumbnail
 
@@ -135,4 +137,4 @@ def test_a_table_from_before_named_galleries_is_listed_as_legacy_with_the_fix(tm
     lancedb.connect(settings.gallery_uri).create_table(store.legacy_name, schema=old)
     assert [(g.gallery, g.table) for g in list_galleries(settings)] == [("(legacy)", store.legacy_name)]
     with pytest.raises(R3Error, match=r"before named galleries: rebuild it with `r3 index SOURCE --gallery default`"):
-        store.pin()
+        pin(store)

@@ -8,10 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from r3tasks import gallery
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryRow, GalleryStore, PinnedGallery, read_vectors
-from r3tasks.settings import GallerySettings
+from r3tasks.gallery import pinned as pinned_module
+from r3tasks.gallery.pinned import PinnedGallery, pin
+from r3tasks.gallery.matrix import read_vectors
+from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.settings.tree import GallerySettings
 
 DIM = 24
 ROWS = 300
@@ -56,7 +58,7 @@ def _assert_same(got: dict[str, float], expected: dict[str, float]) -> None:
 @pytest.mark.parametrize("limit", [10, 0])
 @pytest.mark.parametrize("group", [None, "kitchen"])
 def test_in_memory_search_matches_lancedb_flat_search(store: GalleryStore, limit: int, group: str | None) -> None:
-    pinned = store.pin()
+    pinned = pin(store)
     assert pinned.route(limit) == "memory"
     for query in _queries():
         got = pinned.search(query, limit, group)
@@ -70,8 +72,8 @@ def test_in_memory_search_matches_lancedb_flat_search(store: GalleryStore, limit
 @pytest.mark.parametrize("chunk_floats", [2**24, 2 * ROWS])
 def test_search_many_is_one_search_per_row(store: GalleryStore, chunk_floats: int, monkeypatch) -> None:
     # A small score budget makes the batch go through in chunks of two queries.
-    monkeypatch.setattr(gallery, "_SCORE_CHUNK_FLOATS", chunk_floats)
-    pinned = store.pin()
+    monkeypatch.setattr(pinned_module, "_SCORE_CHUNK_FLOATS", chunk_floats)
+    pinned = pin(store)
     queries = _queries(7)
     for limit, group in [(10, None), (0, "garden"), (5, "kitchen")]:
         batch = pinned.search_many(queries, limit, group)
@@ -82,14 +84,14 @@ def test_search_many_is_one_search_per_row(store: GalleryStore, chunk_floats: in
 
 def test_unknown_group_finds_nothing(store: GalleryStore) -> None:
     for settings in (None, GallerySettings(exact_search_max_bytes=1)):
-        pinned = store.pin(settings=settings)
+        pinned = pin(store, settings=settings)
         assert pinned.search(_queries(1)[0], 10, "no-such-group") == {}
         assert pinned.search_many(_queries(2), 0, "no-such-group") == [{}, {}]
 
 
 def test_over_the_memory_budget_lancedb_answers_the_same(store: GalleryStore) -> None:
-    in_memory = store.pin()
-    tiny_budget = store.pin(settings=GallerySettings(exact_search_max_bytes=1))
+    in_memory = pin(store)
+    tiny_budget = pin(store, settings=GallerySettings(exact_search_max_bytes=1))
     assert tiny_budget.route(10) == "flat" and tiny_budget.route(0) == "flat"
     for limit, group in [(10, None), (0, None), (10, "garden")]:
         for query in _queries(3):
@@ -100,14 +102,14 @@ def test_over_the_memory_budget_lancedb_answers_the_same(store: GalleryStore) ->
 def test_store_settings_reach_pinned_views(tmp_path: Path) -> None:
     store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM, settings=GallerySettings(exact_search_max_bytes=1))
     store.upsert(_rows(np.random.default_rng(1), 20))
-    assert store.pin().route(0) == "flat"
-    assert store.pin(settings=GallerySettings()).route(0) == "memory"
+    assert pin(store).route(0) == "flat"
+    assert pin(store, settings=GallerySettings()).route(0) == "memory"
 
 
 def test_pinned_gallery_does_not_see_later_upserts(store: GalleryStore) -> None:
     query = _queries(1)[0]
     before = _lance_flat(store, query, 0, None)
-    pinned = store.pin()
+    pinned = pin(store)
     # After the pin: one new row that would rank first, and an existing row changed to rank last.
     store.upsert(
         [
@@ -115,7 +117,7 @@ def test_pinned_gallery_does_not_see_later_upserts(store: GalleryStore) -> None:
             GalleryRow("v5", None, None, "kitchen", "key-v5b", 8, -query),
         ]
     )
-    latest = store.pin()
+    latest = pin(store)
     assert latest.search(query, 1) == {"new": pytest.approx(1.0, abs=1e-5)}
     assert latest.search(-query, 1) == {"v5": pytest.approx(1.0, abs=1e-5)}
     # The pinned view loads its vectors lazily, on this first search: still the pinned version.
@@ -130,7 +132,7 @@ def test_pinned_gallery_does_not_see_later_upserts(store: GalleryStore) -> None:
 def test_zero_vectors_give_no_nan(store: GalleryStore) -> None:
     store.upsert([GalleryRow("zero", None, None, "kitchen", "key-zero", 8, np.zeros(DIM, np.float32))])
     for settings in (None, GallerySettings(exact_search_max_bytes=1)):
-        pinned = store.pin(settings=settings)
+        pinned = pin(store, settings=settings)
         assert pinned.search(np.zeros(DIM, np.float32), 10) == {}
         batch = pinned.search_many(np.stack([np.zeros(DIM, np.float32), _queries(1)[0]]), 0, "kitchen")
         assert batch[0] == {}
@@ -140,7 +142,7 @@ def test_zero_vectors_give_no_nan(store: GalleryStore) -> None:
 
 
 def test_bad_query_vectors_are_typed_errors(store: GalleryStore) -> None:
-    pinned = store.pin()
+    pinned = pin(store)
     with pytest.raises(R3Error, match="expected"):
         pinned.search(np.ones(DIM + 1, np.float32))
     with pytest.raises(R3Error, match="expected"):
@@ -153,24 +155,24 @@ def test_ann_index_is_used_only_for_top_k_above_the_row_threshold(store: Gallery
     from lancedb.index import IvfFlat
 
     store.table().create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=2))
-    assert store.pin(settings=GallerySettings(ann_min_rows=100)).route(10) == "memory"  # off unless asked for
+    assert pin(store, settings=GallerySettings(ann_min_rows=100)).route(10) == "memory"  # off unless asked for
     settings = GallerySettings(ann_min_rows=100, use_ann_index=True, ann_nprobes=2, ann_refine_factor=2)
-    pinned = store.pin(settings=settings)
+    pinned = pin(store, settings=settings)
     assert pinned.route(10) == "ann"
     assert pinned.route(0) == "memory"  # every row's score is always exact
     hits = pinned.search(_queries(1)[0], 10)
     assert len(hits) == 10 and set(hits) <= set(pinned.records)
     assert list(hits.values()) == sorted(hits.values(), reverse=True)
     # Every partition probed and refined: the index gives the exact top 10.
-    assert list(hits) == list(store.pin(settings=GallerySettings()).search(_queries(1)[0], 10))
-    assert store.pin(settings=GallerySettings(ann_min_rows=ROWS, use_ann_index=True)).route(10) == "memory"
+    assert list(hits) == list(pin(store, settings=GallerySettings()).search(_queries(1)[0], 10))
+    assert pin(store, settings=GallerySettings(ann_min_rows=ROWS, use_ann_index=True)).route(10) == "memory"
 
 
 def test_an_index_for_another_distance_is_not_used(store: GalleryStore) -> None:
     from lancedb.index import IvfFlat
 
     store.table().create_index("vector", config=IvfFlat(distance_type="l2", num_partitions=2))
-    assert store.pin(settings=GallerySettings(ann_min_rows=0, use_ann_index=True)).route(10) == "memory"
+    assert pin(store, settings=GallerySettings(ann_min_rows=0, use_ann_index=True)).route(10) == "memory"
 
 
 def test_read_vectors_handles_chunks_slices_and_nulls() -> None:
@@ -189,7 +191,7 @@ def test_read_vectors_handles_chunks_slices_and_nulls() -> None:
 def test_empty_gallery_searches_to_nothing(tmp_path: Path) -> None:
     store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM)
     store.table()  # an indexed gallery whose rows were all removed (a never-indexed one refuses to pin)
-    pinned: PinnedGallery = store.pin()
+    pinned: PinnedGallery = pin(store)
     assert len(pinned) == 0
     assert pinned.search(_queries(1)[0], 0) == {}
     assert pinned.search_many(_queries(2), 10) == [{}, {}]
@@ -199,7 +201,7 @@ def test_gallery_without_groups_matches_lancedb(tmp_path: Path) -> None:
     store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM)
     rows = _rows(np.random.default_rng(3), ROWS)
     store.upsert([GalleryRow(r.id, r.path, r.text, None, r.content_key, r.num_frames, r.vector) for r in rows])
-    pinned = store.pin()
+    pinned = pin(store)
     for query in _queries(3):
         _assert_same(pinned.search(query, 0), _lance_flat(store, query, 0, None))
     assert pinned.search(_queries(1)[0], 5, "kitchen") == {}

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import r3tasks.models.gemma3.convert as convert
-from r3tasks.settings import load_settings
+from r3tasks.settings.tree import load_settings
 
 
 @pytest.fixture

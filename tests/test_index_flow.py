@@ -15,9 +15,10 @@ import pytest
 
 from flows.cli import main as cli_main
 from flows.index_flow import index_gallery
-from r3tasks.gallery import GalleryStore
+from r3tasks.datasets.synthetic import ClipSpec, write_clip
+from r3tasks.gallery.pinned import snapshot
+from r3tasks.gallery.table import GalleryStore
 from r3tasks.models.registry import shared_embedder
-from r3tasks.synthetic import ClipSpec, write_clip
 from tests.conftest import fake_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -62,10 +63,10 @@ def test_first_run_indexes_every_video_with_its_caption(tmp_path: Path, r3_home:
     assert summary["failed"] == []
     assert summary["table"]["name"].startswith("gallery_default_fake-16")
     assert isinstance(summary["version"], int)
-    snapshot = store_for(r3_home).snapshot()
-    assert sorted(snapshot.ids) == sorted(s.clip_id() for s in SPECS)
-    assert snapshot.ref.version == summary["version"]
-    texts = dict(zip(snapshot.ids, snapshot.texts))
+    stored = snapshot(store_for(r3_home))
+    assert sorted(stored.ids) == sorted(s.clip_id() for s in SPECS)
+    assert stored.ref.version == summary["version"]
+    texts = dict(zip(stored.ids, stored.texts))
     assert texts[SPECS[0].clip_id()] == SPECS[0].caption()
 
 
@@ -145,8 +146,8 @@ def test_manifest_with_text_only_items_and_relative_paths(tmp_path: Path, r3_hom
     )
     summary = run_index(manifest, r3_home)
     assert summary["added"] == 2 and summary["failed"] == []
-    snapshot = store_for(r3_home).snapshot()
-    paths = dict(zip(snapshot.ids, snapshot.paths))
+    stored = snapshot(store_for(r3_home))
+    paths = dict(zip(stored.ids, stored.paths))
     assert paths["caption-only"] is None
     assert Path(paths["clip"]).is_file()
 
@@ -248,8 +249,8 @@ def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path
 def test_non_finite_vector_fails_only_its_item(tmp_path: Path, r3_home: Path) -> None:
     import numpy as np
 
-    from r3tasks.indexing import embed_batch, key_items
-    from r3tasks.sources import GalleryItem
+    from r3tasks.gallery.indexing import embed_batch, key_items
+    from r3tasks.inputs.sources import GalleryItem
     from tests.fakes import FakeEmbedder
 
     class NanForOne(FakeEmbedder):
@@ -280,7 +281,7 @@ class _ConcurrencyProbe:
 def test_slow_embedder_keeps_batches_in_flight_bounded_and_commits_rarely(
     tmp_path: Path, r3_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import r3tasks.indexing as indexing
+    import r3tasks.gallery.indexing as indexing
 
     probe = _ConcurrencyProbe()
     real_part = indexing._embed_part

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from r3tasks.metrics import METRIC_KEYS, evaluate, per_query, ranked_ids, ranking_to_run
+from r3tasks.evaluation.metrics import METRIC_KEYS, evaluate, per_query, ranked_ids, ranking_to_run
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 

@@ -20,7 +20,7 @@ from r3tasks.models.base import (
     RerankQuery,
 )
 from r3tasks.models.registry import load_embedder, load_reasoner, load_reranker
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings.tree import R3Settings, load_settings
 
 
 def offline_settings(home: Path, **models: object) -> R3Settings:

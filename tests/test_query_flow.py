@@ -210,7 +210,7 @@ def test_query_against_an_empty_gallery_is_a_clear_error(tmp_path, r3_home, caps
 
 def test_tiny_preset_end_to_end_on_generated_videos(tmp_path, r3_home) -> None:
     """Pixels in, ranks out, through the real Qwen3-VL code path (tiny random weights: no quality claim)."""
-    from r3tasks.synthetic import edit_instruction
+    from r3tasks.datasets.synthetic import edit_instruction
     from tests.videos import write_three_clip_gallery
 
     gallery = tmp_path / "videos"

@@ -161,16 +161,16 @@ def test_reasoning_that_a_backend_chokes_on_is_left_out_and_the_query_answered(t
 def test_a_contact_sheet_that_fails_costs_only_its_picture(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import r3tasks.batch_output as batch_output
+    import r3tasks.query.report as report
 
-    real = batch_output.contact_sheet
+    real = report.contact_sheet
 
     def flaky_sheet(out_path, *args, **kwargs):
         if "q-cat" in out_path.name:
             raise OSError(28, "No space left on device (injected)")
         return real(out_path, *args, **kwargs)
 
-    monkeypatch.setattr(batch_output, "contact_sheet", flaky_sheet)
+    monkeypatch.setattr(report, "contact_sheet", flaky_sheet)
     results = run(tmp_path, home, QUERIES, "sheets")
 
     assert all(r["error"] is None and r["ranked"] for r in results.values())

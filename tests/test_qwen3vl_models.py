@@ -22,8 +22,8 @@ from r3tasks.models.base import (
     Reranker,
     RerankQuery,
 )
-from r3tasks.models.qwen3vl_tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
-from r3tasks.settings import load_settings
+from r3tasks.models.qwen3vl.tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
+from r3tasks.settings.tree import load_settings
 from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
 from tests.qwen3vl_helpers import random_frames as _frames
 from tests.qwen3vl_helpers import tiny_settings as _settings

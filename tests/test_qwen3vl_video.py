@@ -13,10 +13,10 @@ import torch
 pytest.importorskip("qwen_vl_utils")
 from qwen_vl_utils.vision_process import fetch_video, process_vision_info  # noqa: E402
 
-from r3tasks.frames import policy_from_settings, read_frames  # noqa: E402
+from r3tasks.inputs.frames import read_frames, sampling_policy
 from r3tasks.models import qwen3vl  # noqa: E402
 from r3tasks.models.base import EmbedInput, RerankCandidate, RerankQuery  # noqa: E402
-from r3tasks.settings import R3Settings, load_settings
+from r3tasks.settings.tree import R3Settings, load_settings
 from tests.qwen3vl_helpers import _one_torch_thread  # noqa: F401
 from tests.qwen3vl_helpers import tiny_settings as _settings  # noqa: E402
 from tests.videos import write_indexed_video  # noqa: E402
@@ -57,7 +57,7 @@ def reranker(home: Path) -> qwen3vl.Qwen3VLReranker:
 
 
 def _r3_item(path: Path, settings: R3Settings, purpose: str = "gallery", text: str | None = None) -> EmbedInput:
-    sampled = read_frames(path, policy_from_settings(settings.frames, purpose), settings.frames.max_side)  # type: ignore[arg-type]
+    sampled = read_frames(path, sampling_policy(settings.frames, purpose), settings.frames.max_side)  # type: ignore[arg-type]
     return EmbedInput(path.stem, text=text, frames=sampled.frames, fps=sampled.sample_fps)
 
 
@@ -102,7 +102,7 @@ def _official_rerank_score(reranker: qwen3vl.Qwen3VLReranker, query_text: str, i
     """Qwen3-VL-Reranker's `format_mm_instruction` + `tokenize` + `compute_scores` for one pair."""
     loaded = reranker._loaded
     pair = [
-        {"role": "system", "content": [{"type": "text", "text": qwen3vl.reranker.RERANK_SYSTEM}]},
+        {"role": "system", "content": [{"type": "text", "text": qwen3vl.prompts.RERANK_SYSTEM}]},
         {
             "role": "user",
             "content": [

@@ -11,9 +11,9 @@ import pytest
 
 from r3tasks.datasets import load_generic
 from r3tasks.errors import SourceError
-from r3tasks.queries import ComposedQuery, TextQuery, load_queries
-from r3tasks.records import read_records
-from r3tasks.sources import discover
+from r3tasks.inputs.queries import ComposedQuery, TextQuery, load_queries
+from r3tasks.inputs.rows import read_records
+from r3tasks.inputs.sources import discover
 
 REPO = Path(__file__).resolve().parents[1]
 

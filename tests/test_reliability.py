@@ -23,11 +23,11 @@ import tests.fakes as fakes
 from flows.cli import main as cli_main
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
+from r3tasks.datasets.synthetic import ClipSpec, write_clip
 from r3tasks.errors import TransientError
-from r3tasks.gallery import GalleryStore
+from r3tasks.gallery.table import GalleryStore
 from r3tasks.models.base import EmbedInput
 from r3tasks.models.registry import register_backend, shared_embedder
-from r3tasks.synthetic import ClipSpec, write_clip
 from tests import videos
 from tests.conftest import fake_settings
 

@@ -21,7 +21,7 @@ import pytest
 
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
-from r3tasks.gallery import open_committed
+from r3tasks.gallery.table import open_committed
 from tests.test_reliability import (
     CAPTIONS,
     FAKE_QUERY_MODELS,

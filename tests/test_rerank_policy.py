@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 import pytest
 
-from r3tasks.evaluation import policy_grid, policy_sweep
-from r3tasks.fusion import rerank_topk
+from r3tasks.evaluation.sweeps import policy_grid, policy_sweep
 from r3tasks.models.registry import query_templates
-from r3tasks.rerank_policy import RerankPolicy, apply_policy, policy_from_settings, stored_scorer
-from r3tasks.settings import load_settings
+from r3tasks.rerank.final import rerank_topk
+from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer
+from r3tasks.settings.tree import load_settings
 
 RECALLED = [(f"c{i}", 1.0 - i * 0.01) for i in range(20)]
 
@@ -107,9 +107,9 @@ def test_flat_gate_keeps_recall_order_when_reranker_cannot_tell_candidates_apart
 
 
 def test_policy_settings_default_to_the_reference_and_preset_values_can_be_overridden() -> None:
-    assert policy_from_settings(load_settings(preset="qwen3vl").query).is_reference
+    assert rerank_policy(load_settings(preset="qwen3vl").query).is_reference
     custom = load_settings(preset="qwen3vl", query={"rerank_start_depth": 5, "rerank_widen_margin": 0.3})
-    policy = policy_from_settings(custom.query)
+    policy = rerank_policy(custom.query)
     assert policy.depths(50) == [5, 10, 20, 40, 50]
     with pytest.raises(ValueError):
         load_settings(query={"rerank_depth_growth": 1.0})
@@ -145,7 +145,7 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
 
 
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:
-    shipped = policy_from_settings(load_settings(preset="offline").query)
+    shipped = rerank_policy(load_settings(preset="offline").query)
     assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.12
     assert shipped.recall_margin_gate is None and shipped.reranker_scale == 0.04
     # The reranker loves a candidate recall put far below the top-1 (outside the window).
@@ -153,7 +153,7 @@ def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None
     table = {item_id: -3.0 for item_id, _ in recalled} | {"c10": 0.0, "right": -2.5}
     assert apply_policy(recalled, CountingScorer(table), shipped).ranked[0].id == "right"
     assert apply_policy(recalled, CountingScorer(table), RerankPolicy(depth=20)).ranked[0].id == "c10"  # R^3 0.4/0.6
-    back = policy_from_settings(
+    back = rerank_policy(
         load_settings(
             preset="offline",
             query={"rerank_k": 50, "rerank_recall_window": None, "final_reranker_scale": None},

@@ -22,7 +22,8 @@ import tests.fakes as fakes
 from flows.cli import main as cli_main
 from flows.index_flow import embedding_task_runner, index_gallery
 from flows.query_flow import query_batch
-from r3tasks.gallery import GalleryStore
+from r3tasks.gallery.pinned import snapshot
+from r3tasks.gallery.table import GalleryStore
 from r3tasks.models.base import EmbedInput
 from r3tasks.models.registry import shared_embedder
 from tests.conftest import fake_settings
@@ -77,9 +78,9 @@ def stored(home: Path, **overrides) -> dict[str, np.ndarray]:
         model.dim,
         storage_options=settings.gallery.storage_options,
     )
-    snapshot = store.snapshot()
-    assert len(snapshot.ids) == len(set(snapshot.ids))
-    return dict(zip(snapshot.ids, snapshot.vectors))
+    rows = snapshot(store)
+    assert len(rows.ids) == len(set(rows.ids))
+    return dict(zip(rows.ids, rows.vectors))
 
 
 # ---------------------------------------------------------------------------

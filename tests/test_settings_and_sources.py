@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from r3tasks.errors import SourceError, VideoReadError
-from r3tasks.gallery import GalleryRow, GalleryStore
-from r3tasks.settings import R3Settings, load_settings
-from r3tasks.sources import GalleryItem, content_key, discover, file_fingerprint
+from r3tasks.gallery.pinned import snapshot
+from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.inputs.sources import GalleryItem, content_key, discover, file_fingerprint
+from r3tasks.settings.tree import R3Settings, load_settings
 
 EXTS = [".mp4", ".avi"]
 
@@ -136,8 +137,8 @@ def test_gallery_upsert_replaces_by_id_and_old_versions_stay_readable(tmp_path: 
     v2 = store.upsert(_rows(["b", "c"]))
     assert store.count() == 3
     assert sorted(store.content_keys()) == ["a", "b", "c"]
-    assert sorted(store.snapshot(v1).ids) == ["a", "b"]
-    assert store.snapshot(v2).ref.version == v2
+    assert sorted(snapshot(store, v1).ids) == ["a", "b"]
+    assert snapshot(store, v2).ref.version == v2
     store.delete_ids(["a", "it's quoted"])
     assert sorted(store.content_keys()) == ["b", "c"]
 

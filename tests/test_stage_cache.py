@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3tasks import cachekeys
+from r3tasks.cache import keys as cachekeys
+from r3tasks.cache.stages import StageCache, prune_older_than, stage_key
 from r3tasks.models.base import RerankQuery
 from r3tasks.models.gemma3.reranker import Gemma3Reranker
-from r3tasks.settings import load_settings
-from r3tasks.stagecache import StageCache, prune_older_than, stage_key
+from r3tasks.settings.tree import load_settings
 from tests.test_query_flow import FAKES, QUERIES, run, write_gallery, write_queries
 
 FRAMES_A, FRAMES_B = {"frames": {"max_side": 224}}, {"frames": {"max_side": 448}}

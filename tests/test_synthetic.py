@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3tasks.frames import SamplingPolicy, probe_video, read_frames
-from r3tasks.synthetic import (
+from r3tasks.datasets.synthetic import (
     ATTRIBUTES,
     BACKGROUNDS,
     COLOURS,
@@ -24,6 +23,7 @@ from r3tasks.synthetic import (
     render_frames,
     write_clip,
 )
+from r3tasks.inputs.frames import SamplingPolicy, probe_video, read_frames
 
 RED_CIRCLES = ClipSpec(shape="circle", colour="red", motion="right", background="night", count=2)
 

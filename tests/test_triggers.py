@@ -265,9 +265,10 @@ def test_a_file_dropped_in_the_inbox_runs_one_batch(deployed: dict) -> None:
 
 
 def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
-    from flows.index_flow import open_store
     from flows.writers import writer_slot
-    from r3tasks.settings import load_settings
+    from r3tasks.gallery.pinned import pin
+    from r3tasks.gallery.views import open_store
+    from r3tasks.settings.tree import load_settings
 
     url, env, root = deployed["url"], deployed["env"], deployed["root"]
     manifest = write_manifest(root / "g2.jsonl", {**CAPTIONS, "boat": "a boat on a lake"})
@@ -306,7 +307,7 @@ def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
             time.sleep(3)
             assert waiting.poll() is None  # still waiting for the slot this test holds
             store = open_store(settings)
-            assert not store.exists() or "boat" not in store.pin().records  # nothing written meanwhile
+            assert not store.exists() or "boat" not in pin(store).records  # nothing written meanwhile
         out, err = waiting.communicate(timeout=240)
     assert waiting.returncode == 0, err[-3000:]
-    assert json.loads(out)["added"] >= 1 and "boat" in open_store(settings).pin().records
+    assert json.loads(out)["added"] >= 1 and "boat" in pin(open_store(settings)).records

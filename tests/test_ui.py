@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
-from r3tasks.synthetic import ClipSpec, write_clip
+from r3tasks.datasets.synthetic import ClipSpec, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "prefect-server.sh"

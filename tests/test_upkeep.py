@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from r3tasks.errors import R3Error
-from r3tasks.gallery import GalleryRow, GalleryStore
-from r3tasks.inbox import InboxState, landed, list_inbox
-from r3tasks.settings import UpkeepSettings
-from r3tasks.standing import topk_changes
-from r3tasks.upkeep import drop_tables, health, resolve_version, retired_tables, upkeep
+from r3tasks.gallery.pinned import pin, snapshot
+from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.gallery.upkeep import drop_tables, health, resolve_version, retired_tables, upkeep
+from r3tasks.inputs.inbox import InboxState, landed, list_inbox
+from r3tasks.query.standing import topk_changes
+from r3tasks.settings.operations import UpkeepSettings
 
 
 def _refresh(store: GalleryStore, n: int, seed: int = 0) -> int:
@@ -39,7 +40,7 @@ def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> Non
     store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
     first = _refresh(store, 3)
     store.table().tags.create("before-change", first)
-    pinned_rows = {r for r in store.pin("before-change").records}
+    pinned_rows = {r for r in pin(store, "before-change").records}
     _refresh(store, 30, seed=1)
     before = health(store)
     assert before.fragments >= 5 and before.versions >= 30
@@ -50,7 +51,7 @@ def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> Non
     assert report.tag == f"refresh-{after.version}" and after.tags[report.tag] == after.version
     # The user's tag survives the pruning, and a batch can still pin it by name.
     assert resolve_version(store, "before-change") == "before-change"
-    assert set(store.pin("before-change").records) == pinned_rows
+    assert set(pin(store, "before-change").records) == pinned_rows
     assert any(list(index.columns) == ["id"] for index in store.table().list_indices())
 
     # Without the user's tag, old versions go: only the newest few (and the refresh tag) stay.
@@ -58,7 +59,7 @@ def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> Non
     pruned = upkeep(store, UpkeepSettings(keep_versions=5)).after
     assert pruned.versions < after.versions and pruned.versions <= 5 + 3
     with pytest.raises(R3Error, match="has no version 2"):
-        store.pin(2)
+        pin(store, 2)
     with pytest.raises(R3Error, match="no tag 'nope'"):
         resolve_version(store, "nope")
     assert resolve_version(store, "12") == 12 and resolve_version(store, "latest") is None
@@ -79,16 +80,16 @@ def test_refresh_tags_beyond_the_kept_number_are_deleted_but_user_tags_stay(tmp_
 def test_reads_never_create_a_table(tmp_path: Path) -> None:
     store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
     with pytest.raises(R3Error, match="has not been indexed .* run `r3 index`"):
-        store.pin()
+        pin(store)
     with pytest.raises(R3Error, match="has not been indexed"):
-        store.snapshot()
+        snapshot(store)
     assert not store.exists()
 
 
 def test_a_table_whose_first_commit_never_landed_reads_as_not_indexed_and_the_next_index_creates_it(
     tmp_path: Path,
 ) -> None:
-    from r3tasks.catalog import list_galleries
+    from r3tasks.gallery.catalog import list_galleries
     from tests.conftest import fake_settings
 
     settings = fake_settings(tmp_path)
@@ -97,7 +98,7 @@ def test_a_table_whose_first_commit_never_landed_reads_as_not_indexed_and_the_ne
     (Path(settings.gallery_uri) / f"{store.name}.lance" / "_versions").mkdir(parents=True)
     assert not store.exists()
     with pytest.raises(R3Error, match="has not been indexed"):
-        store.pin()
+        pin(store)
     assert list_galleries(settings) == []
     _refresh(store, 2)
     assert store.exists() and store.count() == 2
@@ -163,7 +164,7 @@ def test_cli_galleries_lists_and_prunes_retired_tables(
     import json
 
     from flows.cli import main as cli_main
-    from flows.index_flow import open_store
+    from r3tasks.gallery.views import open_store
     from tests.conftest import fake_settings
 
     monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
@@ -198,7 +199,7 @@ def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
             textwrap.dedent(f"""
         import sys, time
         from flows.writers import writer_slot
-        from r3tasks.gallery import GalleryStore
+        from r3tasks.gallery.table import GalleryStore
         from tests.conftest import fake_settings
         from pathlib import Path
         store = GalleryStore({str(tmp_path / "db")!r}, "gallery", "model-a-0123456789", 8)

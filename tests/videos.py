@@ -157,7 +157,7 @@ def make_unreadable(path: Path) -> Path:
 def write_three_clip_gallery(folder: Path) -> list:
     """Three generated 2 s clips with caption sidecars (a red circle by day and by night, two blue squares):
     the small gallery the tiny-preset end-to-end tests index. Returns their `ClipSpec`s."""
-    from r3tasks.synthetic import ClipSpec, write_clip
+    from r3tasks.datasets.synthetic import ClipSpec, write_clip
 
     specs = [
         ClipSpec(shape="circle", colour="red", motion="right", background="day"),

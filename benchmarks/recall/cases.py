@@ -24,6 +24,7 @@ from benchmarks.recall.search import (
     _projected_skip,
     _recall,
 )
+from r3tasks.gallery.pinned import pin, snapshot
 
 
 def clustered_rows(rng: np.random.Generator, centres: np.ndarray, n: int, chunk: int = 50_000) -> np.ndarray:
@@ -145,14 +146,14 @@ def _pinned(ctx: Context, store: Any, queries: np.ndarray, batches: list[np.ndar
     out["projected_keys_s"] = time.perf_counter() - start
     if 2.5 * n * d * 4 + GiB < mem_available_bytes():  # the Arrow table and the numpy copy coexist
         start = time.perf_counter()
-        snapshot = store.snapshot()
+        rows = snapshot(store)
         out["snapshot_s"] = time.perf_counter() - start
-        del snapshot
+        del rows
         gc.collect()
     else:
         out["snapshot_s"] = None  # skipped: not enough memory for it
     start = time.perf_counter()
-    pinned = store.pin()
+    pinned = pin(store)
     pin_s = time.perf_counter() - start
     out["pin_s"] = pin_s
     out["route"] = {"top": pinned.route(K), "all": pinned.route(0)}

@@ -48,7 +48,7 @@ def _open_or_write(ctx: Context, n: int, d: int, X: np.ndarray, data: str) -> tu
     """A GalleryStore table holding X (ids ``r<row>``); written unless an identical one is on disk."""
     import pyarrow as pa
 
-    from r3tasks.gallery import GalleryStore, gallery_schema
+    from r3tasks.gallery.table import GalleryStore, gallery_schema
 
     uri = ctx.work / "recall" / f"n{n}-d{d}-{data}"
     marker = uri / "r3-bench.json"

@@ -9,6 +9,7 @@ import numpy as np
 
 from benchmarks.common import Context, pct
 from benchmarks.recall.data import K
+from r3tasks.gallery.pinned import pin
 
 
 def _latencies(fn: Any, queries: np.ndarray) -> tuple[list[float], list[Any]]:
@@ -196,7 +197,7 @@ def _measure_ann(
 
 def _pinned_ann(store: Any, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """What the query flow gets on the indexed table: `PinnedGallery.search` with the default settings."""
-    pinned = store.pin()
+    pinned = pin(store)
     route = pinned.route(K)
     if route != "ann":  # at or under gallery.ann_min_rows the exact in-memory search is used instead
         return {"route": route}

@@ -26,8 +26,8 @@ from r3tasks.datasets.common import (
 from r3tasks.datasets.covr import load_covrr_json, load_webvid_covr_csv
 from r3tasks.datasets.egocvr import clean_narration, default_egocvr_dir, load_egocvr
 from r3tasks.datasets.generic import EGOCVR_NAMES, load_benchmark, load_generic, load_qrels
-from r3tasks.queries import ComposedQuery, Query, TextQuery
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, Query, TextQuery
+from r3tasks.inputs.sources import GalleryItem
 
 __all__ = [
     "COVRR_SECTION_EXT",

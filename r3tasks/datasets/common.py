@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r3tasks.errors import SourceError
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.records import read_csv as _read_csv
-from r3tasks.records import read_json as _read_json
-from r3tasks.records import read_records as _records
-from r3tasks.records import where as _where
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.inputs.rows import read_csv as _read_csv
+from r3tasks.inputs.rows import read_json as _read_json
+from r3tasks.inputs.rows import read_records as _records
+from r3tasks.inputs.rows import where as _where
+from r3tasks.inputs.sources import GalleryItem
 
 __all__ = [
     "Benchmark",

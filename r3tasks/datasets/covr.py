@@ -18,8 +18,8 @@ from r3tasks.datasets.common import (
     _where,
 )
 from r3tasks.errors import SourceError
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.inputs.sources import GalleryItem
 
 
 def load_webvid_covr_csv(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from r3tasks.datasets.common import Benchmark, EgoCVRSetting, NarrationStyle, SourceTargets, _check_limit, _read_csv
 from r3tasks.errors import SourceError
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.inputs.sources import GalleryItem
 
 _LEAD_CAMERA_WEARER = re.compile(r"^#\s*C\s*-?\s*(?:C\b)?\s*", re.IGNORECASE)
 _LEAD_OTHER_TAG = re.compile(r"^#\s*[OX]\b\s*", re.IGNORECASE)

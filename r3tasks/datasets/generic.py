@@ -11,9 +11,9 @@ from r3tasks.datasets.covr import load_covrr_json, load_webvid_covr_csv
 from r3tasks.datasets.egocvr import default_egocvr_dir, load_egocvr
 from r3tasks.datasets.swap import load_egocvr_swap
 from r3tasks.errors import SourceError
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.records import ManifestRow, QueryRow, parse_row, read_text
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.inputs.rows import ManifestRow, QueryRow, parse_row, read_text
+from r3tasks.inputs.sources import GalleryItem
 
 
 def _resolve(base: Path, value: str) -> Path:

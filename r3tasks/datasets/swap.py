@@ -20,8 +20,8 @@ from pathlib import Path
 
 from r3tasks.datasets.common import Benchmark, _check_limit, _read_csv
 from r3tasks.datasets.egocvr import clean_narration
-from r3tasks.queries import ComposedQuery, TextQuery
-from r3tasks.sources import GalleryItem
+from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.inputs.sources import GalleryItem
 
 EDIT_TEMPLATES: tuple[str, ...] = (
     "{new} instead of {old}",

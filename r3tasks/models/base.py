@@ -1,7 +1,7 @@
 """The three model interfaces. Backends live in their own modules and import torch lazily.
 
 Frames everywhere are ``uint8`` arrays shaped ``(T, H, W, 3)`` (RGB), as
-``r3tasks.frames.read_frames`` returns them.
+``r3tasks.inputs.frames.read_frames`` returns them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 from r3tasks.errors import MissingTextError, ModelNotAvailableError
 from r3tasks.models.base import EmbedInput, l2_normalise
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch
@@ -152,7 +152,7 @@ def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
     """Load all-MiniLM-L6-v2 from its package (float32; `models.device` picks CPU or GPU)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from r3tasks.models._torch import resolve_device
+    from r3tasks.models.device import resolve_device
 
     folder = model_dir()
     device = resolve_device(settings.models.device)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from r3tasks.errors import R3Error
 from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 Role = Literal["embedder", "reasoner", "reranker"]
 

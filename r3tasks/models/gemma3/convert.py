@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from r3tasks.errors import ModelNotAvailableError, R3Error
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch

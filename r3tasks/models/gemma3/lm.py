@@ -18,7 +18,7 @@ from r3tasks.models.gemma3.convert import (
     _package_version,
     ensure_converted,
 )
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ _HEAD_CACHES = 4
 def _load_lm(settings: R3Settings) -> tuple[Any, Any, torch.device, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r3tasks.models._torch import resolve_device, resolve_dtype_name
+    from r3tasks.models.device import resolve_device, resolve_dtype_name
 
     folder = ensure_converted(settings)
     device = resolve_device(settings.models.device)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from r3tasks.errors import MissingTextError
 from r3tasks.models.base import Reasoning, ReasonInput
 from r3tasks.models.gemma3.lm import _MIN_TEXT_BATCH, _fingerprint, _load_lm, _one_line, _short_hash, encode_text
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,7 @@ from r3tasks.errors import MissingTextError, R3Error
 from r3tasks.models.base import RerankCandidate, RerankQuery
 from r3tasks.models.gemma3.lm import _MIN_TEXT_BATCH, GemmaLM, _fingerprint, _load_lm, _one_line, _short_hash
 from r3tasks.models.gemma3.reasoner import REASON_EXAMPLES
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 RERANK_EXAMPLES: tuple[tuple[str, str, bool], ...] = (
     ("a person slices a tomato on a cutting board", "someone cuts a red tomato into pieces", True),

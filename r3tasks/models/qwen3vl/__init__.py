@@ -24,7 +24,7 @@ from r3tasks.models.qwen3vl.reasoner import (
 )
 from r3tasks.models.qwen3vl.reranker import Qwen3VLReranker, rerank_scores
 from r3tasks.models.qwen3vl.resolve import ResolvedModel, check_models, resolve_model
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 
 def load_embedder(settings: R3Settings) -> Qwen3VLEmbedder:

@@ -7,7 +7,6 @@ message; the user turn holds the video, then the text, which is not stripped.
 from __future__ import annotations
 
 import threading
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,33 +17,10 @@ from r3tasks.errors import ItemError, R3Error
 from r3tasks.models.base import EmbedInput
 from r3tasks.models.qwen3vl.inputs import Prompt, collate, last_token_pool, make_prompt, run_split_on_oom, token_batches
 from r3tasks.models.qwen3vl.loading import LazyWeights
+from r3tasks.models.qwen3vl.prompts import DEFAULT_EMBED_INSTRUCTION, with_full_stop
 from r3tasks.models.qwen3vl.resolve import config_hidden_size
-from r3tasks.models.qwen3vl.video import VideoPlan, check_frames, plan_video
-from r3tasks.settings import R3Settings
-
-DEFAULT_EMBED_INSTRUCTION = "Represent the user's input."
-
-
-def with_full_stop(instruction: str) -> str:
-    # Qwen3-VL-Embedding strips the instruction and ends it with punctuation before using it as the system message.
-    instruction = instruction.strip()
-    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
-        instruction += "."
-    return instruction
-
-
-def video_plan(backend: Any, item: str, frames: Any, fps: float | None, max_frames: int | None) -> VideoPlan:
-    vp = backend._loaded.processor.video_processor
-    return plan_video(
-        item,
-        frames,
-        fps,
-        backend._settings,
-        max_frames,
-        int(vp.patch_size),
-        int(vp.merge_size),
-        int(getattr(vp, "temporal_patch_size", 2)),
-    )
+from r3tasks.models.qwen3vl.video import check_frames, video_plan
+from r3tasks.settings.tree import R3Settings
 
 
 class Qwen3VLEmbedder(LazyWeights):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from r3tasks.errors import ModelNotAvailableError, R3Error
+from r3tasks.models.qwen3vl.prompts import prompt_version
 from r3tasks.models.qwen3vl.resolve import MODEL_SETTING, ResolvedModel, Role, resolve_model
-from r3tasks.settings import R3Settings
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +28,7 @@ RERANK_FORMAT_VERSION = 2
 
 
 def device_and_dtype(settings: R3Settings) -> tuple[torch.device, str]:
-    from r3tasks.models._torch import resolve_device, resolve_dtype_name
+    from r3tasks.models.device import resolve_device, resolve_dtype_name
 
     device = resolve_device(settings.models.device)
     return device, resolve_dtype_name(settings.models.dtype, device)
@@ -69,8 +70,6 @@ def fingerprint_parts(settings: R3Settings, role: Role) -> dict[str, Any]:
             "format": RERANK_FORMAT_VERSION,
             **_video_parts(settings),
         }
-    from r3tasks.models.qwen3vl.reasoner import prompt_version
-
     return {"max_new_tokens": m.reasoning_max_new_tokens, "prompt": prompt_version(), **_video_parts(settings)}
 
 

@@ -4,8 +4,6 @@ the answer is the text after the last ``</think>``."""
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -13,43 +11,16 @@ from typing import Any
 
 from r3tasks.errors import ItemError
 from r3tasks.models.base import Reasoning, ReasonInput
-from r3tasks.models.qwen3vl.embedder import video_plan
 from r3tasks.models.qwen3vl.inputs import Prompt, collate, encode_conversation
 from r3tasks.models.qwen3vl.loading import LazyWeights
-from r3tasks.settings import R3Settings
+from r3tasks.models.qwen3vl.prompts import prompt_version, reasoning_prompt
+from r3tasks.models.qwen3vl.video import video_plan
+from r3tasks.settings.tree import R3Settings
 
 log = logging.getLogger(__name__)
 
-_REASONING_PROMPT = (
-    "You are shown a source video{source_hint} and an edit instruction. Imagine the target video: "
-    "the source video after the edit has been applied.\n\n"
-    "{source_block}"
-    "Edit instruction:\n{edit}\n\n"
-    "Write one paragraph of 160 to 220 words that describes the target video itself, as a viewer "
-    "would see it. Make clear what is changed, added, removed or replaced, and what stays as in the "
-    "source: subjects and objects, actions and their order, scene and background, lighting and colour, "
-    "camera framing and motion. Use concrete visible details in the present tense. Do not use lists, "
-    "headings, markdown, greetings or remarks about yourself or the task; begin directly with the "
-    "description."
-)
-_REASONING_SOURCE_BLOCK = "Source video description:\n{source_text}\n\n"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>")
-
-
-def prompt_version() -> str:
-    """Short hash of the reasoning prompt template; changes whenever the wording does."""
-    blob = json.dumps([_REASONING_PROMPT, _REASONING_SOURCE_BLOCK], ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def reasoning_prompt(edit: str, source_text: str | None, has_video: bool) -> str:
-    """The user-turn text asking for one target-side paragraph."""
-    source_block = (
-        _REASONING_SOURCE_BLOCK.format(source_text=source_text.strip()) if source_text and source_text.strip() else ""
-    )
-    hint = "" if has_video else " (described below; the video itself is not shown)"
-    return _REASONING_PROMPT.format(source_hint=hint, source_block=source_block, edit=edit.strip())
 
 
 def parse_thinking_output(raw: str) -> Reasoning:

@@ -13,20 +13,15 @@ import numpy as np
 
 from r3tasks.errors import ItemError, R3Error
 from r3tasks.models.base import RerankCandidate, RerankQuery
-from r3tasks.models.qwen3vl.embedder import video_plan
 from r3tasks.models.qwen3vl.inputs import Prompt, collate, last_token_pool, make_prompt, run_split_on_oom, token_batches
 from r3tasks.models.qwen3vl.loading import LazyWeights
-from r3tasks.models.qwen3vl.video import VideoPlan, check_frames
-from r3tasks.settings import R3Settings
+from r3tasks.models.qwen3vl.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_SYSTEM
+from r3tasks.models.qwen3vl.video import VideoPlan, check_frames, video_plan
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch
 
-RERANK_SYSTEM = (
-    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
-    'Note that the answer can only be "yes" or "no".'
-)
-DEFAULT_RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 # RankVideo counts every vocabulary entry that reads "yes"/"no" once stripped and lower-cased.
 _YES, _NO = "yes", "no"
 

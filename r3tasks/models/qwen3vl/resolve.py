@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from urllib.request import getproxies
 
 from r3tasks.errors import ModelNotAvailableError, R3Error
-from r3tasks.settings import ModelSettings, R3Settings
+from r3tasks.settings.tree import ModelSettings, R3Settings
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def resolve_model(settings: R3Settings, role: Role) -> ResolvedModel:
         raise R3Error(f"unknown Qwen3-VL role {role!r}")
     models = settings.models
     if models.preset == "tiny":
-        from r3tasks.models.qwen3vl_tiny import TINY_VERSION, ensure_tiny_checkpoint
+        from r3tasks.models.qwen3vl.tiny import TINY_VERSION, ensure_tiny_checkpoint
 
         path = ensure_tiny_checkpoint(settings.models_dir, role)
         return ResolvedModel(

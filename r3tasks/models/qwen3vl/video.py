@@ -5,7 +5,7 @@ qwen-vl-utils' `fetch_video` decodes the sampled frames at the native size, resi
 n_frames x 2), 1.05 x min_pixels))`` with torchvision's antialiased bicubic resize, and hands the
 processor the native frame indices and native fps, so that each temporal patch is stamped with its true
 time; the processor then runs with ``do_resize=False``. The sizing below calls qwen-vl-utils' own
-`smart_resize` and constants; frames from `r3tasks.frames.read_frames` carry their native indices, fps and
+`smart_resize` and constants; frames from `r3tasks.inputs.frames.read_frames` carry their native indices, fps and
 size (`FrameArray`), so the same file gives the same frames, sizes and timestamps.
 """
 
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from r3tasks.errors import ItemError
-from r3tasks.frames import frame_source
-from r3tasks.settings import R3Settings
+from r3tasks.inputs.frames import frame_source
+from r3tasks.settings.tree import R3Settings
 
 if TYPE_CHECKING:
     import torch
@@ -152,3 +152,17 @@ def resized_pixels(plan: VideoPlan) -> torch.Tensor:
 
 
 __all__ = ["VideoPlan", "check_frames", "frame_pixel_bounds", "plan_video", "resized_pixels"]
+
+
+def video_plan(backend: Any, item: str, frames: Any, fps: float | None, max_frames: int | None) -> VideoPlan:
+    vp = backend._loaded.processor.video_processor
+    return plan_video(
+        item,
+        frames,
+        fps,
+        backend._settings,
+        max_frames,
+        int(vp.patch_size),
+        int(vp.merge_size),
+        int(getattr(vp, "temporal_patch_size", 2)),
+    )
