@@ -56,7 +56,7 @@ def run(ctx: Context) -> Result:
     ctx.log(f"  gallery of {len(bench.items)} narrations ready in {time.perf_counter() - start:.0f} s")
     ids = [it.id for it in bench.items]
     texts = {it.id: it.text for it in bench.items}
-    templates = query_templates(settings, embedder)
+    templates = query_templates(settings)
 
     # R^3's fixed depth (the query settings' default K), whatever depth the preset ships, at the preset's own
     # fusion: the two differ in which pairs are scored only.

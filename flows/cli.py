@@ -246,7 +246,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.index_flow import index_gallery
-    from r3tasks.demo import build_demo
+    from r3tasks.demo import build_demo, stages_report, target_stages
     from r3tasks.query.report import terminal_table
 
     settings = _settings(args)
@@ -262,13 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     expected = {row["id"]: row.get("expected") for row in map(json.loads, demo.queries.read_text().splitlines()) if row}
     print()
     print(terminal_table(payload["results"], _item_texts(payload, args), top=args.top))
-    hits = [
-        r["id"]
-        for r in payload["results"]
-        if expected.get(r["id"]) and r["ranked"] and r["ranked"][0]["id"] == expected[r["id"]]
-    ]
-    n_composed = sum(1 for v in expected.values() if v)
-    print(f"composed queries with the intended target at rank 1: {len(hits)}/{n_composed}")
+    stages = [target_stages(r, expected[r["id"]]) for r in payload["results"] if expected.get(r["id"])]
+    print(stages_report(stages))
     print(f"results: {out}\nreport and contact sheets: {payload['artifacts']}")
     return EXIT_OK if not any(r["error"] for r in payload["results"]) else EXIT_ITEM_FAILURES
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,57 @@ import r3tasks
 from r3tasks.errors import TransientError
 from r3tasks.settings.tree import R3Settings, load_settings
 
+LIBRARY_LOGGER = "r3tasks"
+_EXTRA_LOGGERS = "PREFECT_LOGGING_EXTRA_LOGGERS"
+
 # r3tasks logs through the logging module; at INFO its lines (a model's one-time conversion, progress)
 # reach the console handler Prefect puts on the root logger, in flow runs and the CLI alike.
-if logging.getLogger("r3tasks").level == logging.NOTSET:
-    logging.getLogger("r3tasks").setLevel(logging.INFO)
+if logging.getLogger(LIBRARY_LOGGER).level == logging.NOTSET:
+    logging.getLogger(LIBRARY_LOGGER).setLevel(logging.INFO)
+
+
+def _in_a_run(record: logging.LogRecord) -> bool:
+    # Outside a flow or task run (the CLI before or after its flow) a line has no run to belong to: Prefect's
+    # handler would warn about each one.
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+class _RunLogHandler(logging.Handler):
+    """Prefect's API log handler, for the lines logged inside a flow or task run only."""
+
+    def __init__(self) -> None:
+        from prefect.logging.handlers import APILogHandler
+
+        super().__init__()
+        self.api = APILogHandler()
+        self.addFilter(_in_a_run)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.api.handle(record)
+
+
+def route_library_logs() -> None:
+    """Send what r3tasks logs inside a run to that run's logs in the Prefect UI, as
+    `PREFECT_LOGGING_EXTRA_LOGGERS=r3tasks` would, without anyone setting it: Prefect reads that setting once,
+    when it sets up logging, which in a deployment run happens before r3 is imported. A value the user set is
+    extended, not replaced, and child processes (workers, Dask) inherit it."""
+    names = [name.strip() for name in os.environ.get(_EXTRA_LOGGERS, "").split(",") if name.strip()]
+    if LIBRARY_LOGGER not in names:
+        os.environ[_EXTRA_LOGGERS] = ",".join([*names, LIBRARY_LOGGER])
+    library = logging.getLogger(LIBRARY_LOGGER)
+    # Prefect's own set-up may already have put its API handler there (the setting was set in time).
+    if not any(isinstance(h, _RunLogHandler) or type(h).__name__ == "APILogHandler" for h in library.handlers):
+        library.addHandler(_RunLogHandler())
 
 
 def flow_settings(
     preset: str | None, home: str | None, overrides: dict[str, Any] | None, gallery: str | None = None
 ) -> R3Settings:
-    """Settings for one flow run: environment and r3.toml, then the run's parameters on top."""
+    """Settings for one flow run: environment and r3.toml, then the run's parameters on top. Also routes the
+    library's log lines to the run's logs (`route_library_logs`)."""
+    route_library_logs()
     merged = dict(overrides or {})
     if gallery is not None:
         merged["gallery"] = {**merged.get("gallery", {}), "name": gallery}

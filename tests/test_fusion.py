@@ -226,13 +226,19 @@ def test_source_restatement_scores_copies_high_and_rewrites_low() -> None:
 
 def test_names_the_edit_needs_a_word_the_edit_asks_for_and_the_source_lacks() -> None:
     from r3tasks.query.fusion import names_the_edit
+    from r3tasks.settings.query import QuerySettings
+
+    words = QuerySettings().edit_gate_function_words
+
+    def names(reasoning: str, source: str, edit: str) -> bool:
+        return names_the_edit(reasoning, source, edit, words)
 
     source = "#C C takes the knife"
-    assert names_the_edit("#C C takes the fork", source, "Change knife to fork")
-    assert not names_the_edit("#C C takes the knife", source, "Change knife to fork")  # a copy
-    assert not names_the_edit("#C C washes the knife", source, "Change knife to fork")  # another change
-    assert not names_the_edit(
-        "#C C takes it to the table", source, "Change it to a fork"
-    )  # "to", "it" are not asked for
-    assert names_the_edit("The same street AT NIGHT.", "a busy street by day", "make it night")
-    assert names_the_edit("#C C takes", source, "Without the knife")  # nothing new to name: not checked
+    assert names("#C C takes the fork", source, "Change knife to fork")
+    assert not names("#C C takes the knife", source, "Change knife to fork")  # a copy
+    assert not names("#C C washes the knife", source, "Change knife to fork")  # another change
+    assert not names("#C C takes it to the table", source, "Change it to a fork")  # "to", "it" are not asked for
+    assert names("The same street AT NIGHT.", "a busy street by day", "make it night")
+    assert names("#C C takes", source, "Without the knife")  # nothing new to name: not checked
+    # The word list is a setting: with "fork" counted as a function word, the edit asks for nothing new.
+    assert names_the_edit("#C C takes the knife", source, "Change knife to fork", [*words, "fork"])

@@ -133,7 +133,7 @@ def test_replay_on_stored_scores_equals_running_the_policy() -> None:
     assert grid["reference"].is_reference and "fixed depth 5" in grid
 
 
-def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
+def test_templates_are_the_presets_settings_and_the_user_wins() -> None:
     reference = load_settings(preset="tiny")
     assert query_templates(reference).base_template == "Reference video after edit instruction: {edit}"
     offline = load_settings(preset="offline")
@@ -142,6 +142,8 @@ def test_templates_follow_the_embedder_unless_set_explicitly() -> None:
     explicit = load_settings(preset="offline", query={"base_template": "Edit: {edit}"})
     assert query_templates(explicit).base_template == "Edit: {edit}"
     assert query_templates(explicit).source_text_template == "{source_text}"
+    # What `r3 settings --preset offline` prints is what runs.
+    assert offline.query.base_template == "{edit}" and offline.query.reasoning_template == "{edit}\n{reasoning}"
 
 
 def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None:

@@ -17,7 +17,6 @@ loader documents and counted in ``Benchmark.stats``.
 
 from r3tasks.datasets.common import (
     COVRR_SECTION_EXT,
-    VIDEO_SUFFIXES,
     Benchmark,
     EgoCVRSetting,
     NarrationStyle,
@@ -32,7 +31,6 @@ from r3tasks.inputs.sources import GalleryItem
 __all__ = [
     "COVRR_SECTION_EXT",
     "EGOCVR_NAMES",
-    "VIDEO_SUFFIXES",
     "Benchmark",
     "ComposedQuery",
     "EgoCVRSetting",

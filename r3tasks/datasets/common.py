@@ -14,6 +14,7 @@ from r3tasks.inputs.rows import read_json as _read_json
 from r3tasks.inputs.rows import read_records as _records
 from r3tasks.inputs.rows import where as _where
 from r3tasks.inputs.sources import GalleryItem
+from r3tasks.settings.tree import VIDEO_SUFFIXES
 
 __all__ = [
     "Benchmark",
@@ -21,7 +22,6 @@ __all__ = [
     "EgoCVRSetting",
     "NarrationStyle",
     "SourceTargets",
-    "VIDEO_SUFFIXES",
     "_check_limit",
     "_find_video",
     "_read_csv",
@@ -36,7 +36,6 @@ NarrationStyle = Literal["raw", "clean"]
 EgoCVRSetting = Literal["global", "local"]
 SourceTargets = Literal["keep", "drop"]
 
-VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 # The reference (Lee-zixu/R-3 data.py) stores CoVR-R ss2 videos as .webm and everything else as .mp4.
 COVRR_SECTION_EXT: dict[str, str] = {"webvid": ".mp4", "ss2": ".webm"}
 

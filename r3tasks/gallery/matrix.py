@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+# Floats of one query-block x gallery score matrix (64 MiB): bounds the memory of a search however large the
+# batch, while each product stays large enough to run at the machine's matrix speed.
+SCORE_CHUNK_FLOATS = 2**24
+
 
 @dataclass(frozen=True)
 class ExactMatrix:
@@ -70,18 +74,6 @@ def load_exact(table: Any, dim: int, rows: int) -> ExactMatrix:
     if len(spans) > 1:
         id_order = np.argsort(np.array(id_array.tolist(), dtype=str), kind="stable")
     return ExactMatrix(ids=id_array, vectors=vectors, spans=spans, id_order=id_order)
-
-
-def best(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
-    """{id: score} of the `limit` best scores (all when <= 0), best first."""
-    n = len(scores)
-    k = n if limit <= 0 else min(limit, n)
-    if k < n:
-        top = np.argpartition(scores, n - k)[n - k :]
-        order = top[np.argsort(scores[top])[::-1]]
-    else:
-        order = np.argsort(scores)[::-1]
-    return dict(zip(ids[order].tolist(), scores[order].tolist()))
 
 
 def read_vectors(column: pa.ChunkedArray | pa.Array, dim: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -10,11 +10,12 @@ from typing import Any, Literal
 import numpy as np
 
 from r3tasks.errors import R3Error
+from r3tasks.gallery.matrix import SCORE_CHUNK_FLOATS as _SCORE_CHUNK_FLOATS
 from r3tasks.gallery.matrix import ExactMatrix as _ExactMatrix
-from r3tasks.gallery.matrix import best as _best
 from r3tasks.gallery.matrix import load_exact as _load_exact
 from r3tasks.gallery.matrix import read_vectors
 from r3tasks.gallery.table import GalleryRef, GalleryStore, sql_string, stored_path
+from r3tasks.query.topk import best_first
 from r3tasks.settings.tree import GallerySettings
 
 
@@ -28,7 +29,6 @@ class ItemRecord:
 
 
 SearchRoute = Literal["memory", "flat", "ann"]
-_SCORE_CHUNK_FLOATS = 2**24
 
 
 class PinnedGallery:
@@ -111,14 +111,14 @@ class PinnedGallery:
             return out
         unit = queries[usable] / norms[usable, None]
         if len(usable) == 1:  # a matrix-vector product (gemv) rather than a 1-row gemm
-            out[usable[0]] = _best(block @ unit[0], ids, limit)
+            out[usable[0]] = _best_scores(block @ unit[0], ids, limit)
             return out
         # Queries in chunks, so the score matrix stays near 64 MiB however many there are.
         step = max(1, _SCORE_CHUNK_FLOATS // len(block))
         for start in range(0, len(usable), step):
             scores = unit[start : start + step] @ block.T
             for row, position in zip(scores, usable[start : start + step]):
-                out[position] = _best(row, ids, limit)
+                out[position] = _best_scores(row, ids, limit)
         return out
 
     def exact_matrix(self) -> _ExactMatrix | None:
@@ -221,3 +221,10 @@ def snapshot(store: GalleryStore, version: int | str | None = None) -> GallerySn
         groups=data.column("group").to_pylist(),
         vectors=vectors,
     )
+
+
+def _best_scores(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
+    """{id: score} of the `limit` best scores (all when <= 0), best first, ties by position."""
+    k = len(scores) if limit <= 0 else min(limit, len(scores))
+    order = best_first(scores, k)[:k]
+    return dict(zip(ids[order].tolist(), scores[order].tolist()))

@@ -28,8 +28,8 @@ class QueryTemplates:
     """How a composed query is written for one embedder (fields as in the query settings).
 
     R^3's templates ("Reference video after edit instruction: {edit}") are written for a VLM that sees
-    the source video; a text embedder reads them as noise words. A backend declares its own (as an
-    attribute `query_templates`, or in the registry's mapping); a template set in the settings wins.
+    the source video; a text embedder reads them as noise words, so a preset sets its own (the offline
+    preset's are in `r3tasks.settings.presets`).
     """
 
     base_template: str
@@ -39,11 +39,7 @@ class QueryTemplates:
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Maps items and queries to L2-normalised float32 vectors in one space.
-
-    Optional: a `query_templates: QueryTemplates` attribute (see `r3tasks.models.registry.query_templates`);
-    without it the registry's declaration for the backend, else R^3's reference templates, apply.
-    """
+    """Maps items and queries to L2-normalised float32 vectors in one space."""
 
     @property
     def dim(self) -> int: ...

@@ -30,35 +30,20 @@ _BACKENDS: dict[Role, dict[str, str]] = {
 }
 
 
-# How each embedder backend writes a composed query, where it departs from R^3's reference templates
-# (the query settings' defaults). MiniLM embeds text only: on held-out EgoCVR queries plain
-# "source caption + edit" beats the templated query (README, "Evaluation"); qwen3vl keeps the reference.
-_QUERY_TEMPLATES: dict[str, QueryTemplates] = {
-    "minilm": QueryTemplates(
-        base_template="{edit}", reasoning_template="{edit}\n{reasoning}", source_text_template="{source_text}"
-    ),
-}
-_TEMPLATE_FIELDS = ("base_template", "reasoning_template", "source_text_template")
-
-
-def query_templates(settings: R3Settings, embedder: object | None = None) -> QueryTemplates:
-    """The templates queries are written with: a template set explicitly in the settings, else the
-    embedder's own (`query_templates` attribute, then the registry's declaration), else the reference."""
+def query_templates(settings: R3Settings) -> QueryTemplates:
+    """The templates queries are written with: the query settings' (a preset's defaults where the user set
+    none, e.g. the offline preset's plain caption + edit for MiniLM)."""
     q = settings.query
-    declared = getattr(embedder, "query_templates", None) or _QUERY_TEMPLATES.get(settings.models.backend("embedder"))
-    values = {
-        name: getattr(declared, name) if declared is not None and name not in q.model_fields_set else getattr(q, name)
-        for name in _TEMPLATE_FIELDS
-    }
-    return QueryTemplates(**values)
+    return QueryTemplates(
+        base_template=q.base_template,
+        reasoning_template=q.reasoning_template,
+        source_text_template=q.source_text_template,
+    )
 
 
-def register_backend(role: Role, name: str, target: str, templates: QueryTemplates | None = None) -> None:
-    """Add a backend (``"package.module:factory"``) so settings can pick it by name; an embedder may
-    declare how queries are written for it."""
+def register_backend(role: Role, name: str, target: str) -> None:
+    """Add a backend (``"package.module:factory"``) so settings can pick it by name."""
     _BACKENDS[role][name] = target
-    if templates is not None and role == "embedder":
-        _QUERY_TEMPLATES[name] = templates
 
 
 def available_backends(role: Role) -> list[str]:

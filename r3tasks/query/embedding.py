@@ -56,7 +56,7 @@ def embed_queries(
 ) -> None:
     """Base and reasoning query vectors, one query at a time; whatever one query raises ends only it."""
     text_only = not embedder.uses_frames
-    templates = query_templates(settings, embedder)
+    templates = query_templates(settings)
     for state in states:
         if state.ok:
             try:

@@ -17,7 +17,8 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,20 +92,11 @@ def source_restatement(reasoning: str, source_text: str) -> float:
 
 
 # Words an edit is written with, not what it asks for: "change X to Y instead" names Y, not "to".
-_EDIT_FUNCTION_WORDS = frozenset(
-    "a an the it its this that these those to of in on at by for from with into onto instead rather than "
-    "and or but not no without make change replace swap turn add remove same one ones is are be was were do does "
-    "so then now".split()
-)
+def _content_words(text: str, function_words: Collection[str]) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower())) - set(function_words)
 
 
-def _content_words(text: str) -> set[str]:
-    import re
-
-    return set(re.findall(r"[a-z0-9']+", text.lower())) - _EDIT_FUNCTION_WORDS
-
-
-def names_the_edit(reasoning: str, source_text: str, edit: str) -> bool:
+def names_the_edit(reasoning: str, source_text: str, edit: str, function_words: Collection[str]) -> bool:
     """Whether a reasoning paragraph carries the edit into its target description: it holds at least one of
     the edit's content words that the source's text lacks ("Change knife to fork": "fork").
 
@@ -112,8 +104,9 @@ def names_the_edit(reasoning: str, source_text: str, edit: str) -> bool:
     asked, which pulls recall towards clips that match neither. An edit that adds no new word (it only
     removes or reorders, "without the knife") cannot be checked this way and passes.
     """
-    asked = _content_words(edit) - _content_words(source_text)
-    return not asked or bool(asked & _content_words(reasoning))
+    words = frozenset(function_words)
+    asked = _content_words(edit, words) - _content_words(source_text, words)
+    return not asked or bool(asked & _content_words(reasoning, words))
 
 
 def gated_residual_fusion(base_scores: np.ndarray, reasoning_scores: np.ndarray, weight: float) -> np.ndarray:

@@ -12,24 +12,18 @@ vectors the batch path refuses, so one bad vector still costs only its own query
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from r3tasks.errors import R3Error
-from r3tasks.gallery.matrix import ExactMatrix
+from r3tasks.gallery.matrix import SCORE_CHUNK_FLOATS, ExactMatrix
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery
 from r3tasks.query.fusion import fuse, fuse_base_queries, names_the_edit, reasoning_agreement, source_restatement
 from r3tasks.query.isolation import reason_of
+from r3tasks.query.state import QueryState
 from r3tasks.query.topk import best_pool, top_k
 from r3tasks.settings.tree import R3Settings
-
-if TYPE_CHECKING:
-    from r3tasks.query.state import QueryState
-
-# Floats of one chunk's score matrix (query vectors x gallery rows): about 64 MiB however big the batch.
-SCORE_CHUNK_FLOATS = 2**24
 
 
 def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
@@ -160,7 +154,10 @@ def _fuse_into(
             reasoning_scores = None  # a restatement of the source: recall as if the gate had failed
         if state.reasoning is not None and isinstance(state.query, ComposedQuery):
             state.names_edit = names_the_edit(
-                state.reasoning.text, state.source.text if state.source is not None else "", state.query.edit
+                state.reasoning.text,
+                state.source.text if state.source is not None else "",
+                state.query.edit,
+                q.edit_gate_function_words,
             )
             if q.edit_gate and not state.names_edit:
                 reasoning_scores = None  # it leaves out what the edit asks for: recall as if the gate had failed

@@ -23,7 +23,7 @@ def top_k(scores: np.ndarray, ids: Sequence[str], k: int, exclude: Collection[st
     if k <= 0:
         return []
     excluded = set(exclude)
-    order = _best_first(arr, k + len(excluded))
+    order = best_first(arr, k + len(excluded))
     out: list[tuple[str, float]] = []
     for i in order:
         s = float(arr[i])
@@ -41,7 +41,7 @@ def top_k(scores: np.ndarray, ids: Sequence[str], k: int, exclude: Collection[st
     return out
 
 
-def _best_first(scores: np.ndarray, m: int) -> np.ndarray:
+def best_first(scores: np.ndarray, m: int) -> np.ndarray:
     """Positions of the `m` best scores and every tie of the m-th, best first, ties by position (what a
     stable descending sort of the whole array starts with); +inf and NaN rank as -inf.
 

@@ -64,6 +64,15 @@ class QuerySettings(Section):
         "content words that the source's text lacks: a reasoner that restates the source, or rewrites it some "
         "other way than asked, adds no target-side information. False (the reference) turns the check off.",
     )
+    edit_gate_function_words: list[str] = Field(
+        default_factory=lambda: (
+            "a an the it its this that these those to of in on at by for from with into onto instead rather than "
+            "and or but not no without make change replace swap turn add remove same one ones is are be was were do "
+            "does so then now"
+        ).split(),
+        description="Words the edit gate does not count as content: an edit's new content words are its words "
+        "minus these and minus the source's.",
+    )
     fusion: FusionMode = Field("gated_residual", description="How base and reasoning scores combine.")
     fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")

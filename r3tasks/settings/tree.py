@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from r3tasks.settings.operations import DataSettings, UpkeepSettings, WatchSettings
+from r3tasks.settings.presets import PRESET_BACKENDS, PRESET_DEFAULTS
 from r3tasks.settings.query import QuerySettings
 from r3tasks.settings.section import Section
 
@@ -36,44 +37,8 @@ RerankRule = Literal["yes_no_sigmoid", "rankvideo_logsumexp", "edit_likelihood"]
 FingerprintMode = Literal["content", "stat"]
 TaskRunnerName = Literal["thread", "dask"]
 
-# The backend each preset picks for each role; a role set explicitly wins.
-PRESET_BACKENDS: dict[str, dict[str, str]] = {
-    "tiny": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
-    "qwen3vl": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
-    "offline": {"embedder": "minilm", "reasoner": "gemma3", "reranker": "gemma3"},
-}
-
-
-# Defaults a preset changes from the reference, because measurement says so (README, "Evaluation").
-# The offline preset's Gemma 3 270M is a base LM. Asked yes/no it is worse than no reranker (EgoCVR
-# global R@1 17.8 -> 15.0, demo 3/5 -> 0/5); scored by query likelihood it finds the target (EgoCVR
-# 17.8 -> 41.6, demo 5/5). Its reasoning mostly restates the source caption, which passes the
-# agreement gate (median 0.96) and lowers R@1; the edit gate, chosen on dev queries, keeps only
-# reasoning that names what the edit asks for. Reasoning stays off by default on this CPU preset (about 1 s per
-# query); set query.use_reasoning. Whatever the user sets wins.
-PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "offline": {
-        "models": {"rerank_rule": "edit_likelihood"},
-        # Protected rerank, chosen on dev data only (README, "Protected rerank"): EgoCVR global (#500-#1499),
-        # EgoCVR local (#500-#1499) and egocvr-swap (#300-#1599), K = 20 scores stored once and replayed. Rule: every
-        # dev set must gain even where recall is right for 92% of queries (break-even base R@1 >= 92), then the
-        # largest smallest gain, then fewer pairs. R^3's min-max 0.4/0.6 moved 3-16% of correct rank-1s off
-        # (break-even 77-96: a loss on strong-recall data, as a held-out set measured). Additive fusion at 0.04 per
-        # nat of the likelihood reranker, inside a 0.12 cosine window: +10.9 / +11.1 / +11.5 R@1, break-even >= 92.9.
-        # (0.05, chosen on 600 swap dev queries, fell to 91.7 on 1,300.)
-        "query": {
-            "use_reasoning": False,
-            # +reasoning, chosen on dev (EgoCVR #500-#1499, egocvr-swap #1000-#1599; README, "+reasoning"): the
-            # edit gate in place of the copy gate, at R^3's own residual weight 0.5, gained on both (26.0 -> 27.2,
-            # 61.8 -> 63.2); the copy gate at 0.25 gained +0.6 / +0.5, at 0.5 +1.2 / 0.0.
-            "edit_gate": True,
-            "rerank_k": 20,
-            "rerank_recall_window": 0.12,
-            "final_reranker_scale": 0.04,
-        },
-    },
-}
-
+# What a gallery folder scan and a benchmark folder treat as videos, unless index.video_extensions says else.
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 DEFAULT_GALLERY = "default"
 DEMO_GALLERY = "demo"
@@ -176,6 +141,15 @@ class ModelSettings(Section):
     reasoning_max_new_tokens: int = Field(4096, ge=1, description="Token limit for the reasoner (greedy decoding).")
     offline_reasoning_max_new_tokens: int = Field(
         96, ge=1, description="Token limit for the offline preset's small base-model reasoner."
+    )
+    offline_rerank_query_chars: int = Field(
+        2000,
+        ge=1,
+        description="Characters of a query (and of a composed query's source caption and edit) the offline reranker "
+        "reads; the rest is cut, so one long query cannot crowd out its candidates in the prompt.",
+    )
+    offline_rerank_candidate_chars: int = Field(
+        1000, ge=1, description="Characters of a candidate's text the offline reranker reads; the rest is cut."
     )
 
     def backend(self, role: Literal["embedder", "reasoner", "reranker"]) -> str:
@@ -292,7 +266,7 @@ class IndexSettings(Section):
     )
     commit_max_rows: int = Field(4096, ge=1, description="Rows waiting to be written that force a commit.")
     video_extensions: list[str] = Field(
-        default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
+        default_factory=lambda: list(VIDEO_SUFFIXES),
         description="File suffixes a gallery folder scan treats as videos.",
     )
     retries: int = Field(2, ge=0, description="Retries for stages whose failures can be transient (I/O).")

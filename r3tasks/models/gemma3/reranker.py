@@ -14,7 +14,7 @@ from r3tasks.errors import MissingTextError, R3Error
 from r3tasks.models.base import RerankCandidate, RerankQuery
 from r3tasks.models.gemma3.lm import _MIN_TEXT_BATCH, GemmaLM, _fingerprint, _load_lm, _one_line, _short_hash
 from r3tasks.models.gemma3.reasoner import REASON_EXAMPLES
-from r3tasks.settings.tree import R3Settings
+from r3tasks.settings.tree import ModelSettings, R3Settings
 
 RERANK_EXAMPLES: tuple[tuple[str, str, bool], ...] = (
     ("a person slices a tomato on a cutting board", "someone cuts a red tomato into pieces", True),
@@ -26,8 +26,9 @@ _RERANK_QUERY = "Query: {query}\nCandidate video:"
 _RERANK_CANDIDATE = " {candidate}\nRelevant:"
 # The reranker reads this much of a query or caption (about MiniLM's 256 word pieces for a
 # caption): a transcript-length text would cost seconds per pair on a CPU for little gain.
-MAX_QUERY_CHARS = 2000
-MAX_CANDIDATE_CHARS = 1000
+# The settings' defaults (one source): the prompt versions below are computed with them.
+MAX_QUERY_CHARS: int = ModelSettings.model_fields["offline_rerank_query_chars"].default
+MAX_CANDIDATE_CHARS: int = ModelSettings.model_fields["offline_rerank_candidate_chars"].default
 
 
 def _rerank_head(instruction: str) -> str:
@@ -39,11 +40,17 @@ def _rerank_head(instruction: str) -> str:
     )
 
 
-def rerank_prompt_parts(instruction: str, query: str, candidates: Sequence[str]) -> tuple[str, list[str]]:
+def rerank_prompt_parts(
+    instruction: str,
+    query: str,
+    candidates: Sequence[str],
+    query_chars: int = MAX_QUERY_CHARS,
+    candidate_chars: int = MAX_CANDIDATE_CHARS,
+) -> tuple[str, list[str]]:
     """The prompt split where candidates start: the prefix (instruction, examples, query) is shared
     by every candidate of one query, so its keys and values are computed once."""
-    prefix = _rerank_head(instruction) + _RERANK_QUERY.format(query=_one_line(query)[:MAX_QUERY_CHARS])
-    return prefix, [_RERANK_CANDIDATE.format(candidate=_one_line(c)[:MAX_CANDIDATE_CHARS]) for c in candidates]
+    prefix = _rerank_head(instruction) + _RERANK_QUERY.format(query=_one_line(query)[:query_chars])
+    return prefix, [_RERANK_CANDIDATE.format(candidate=_one_line(c)[:candidate_chars]) for c in candidates]
 
 
 def rerank_prompt(instruction: str, query: str, candidate: str) -> str:
@@ -69,7 +76,12 @@ TEXT_LIKELIHOOD_EXAMPLES: tuple[tuple[str, str], ...] = (
 
 
 def likelihood_prompt_parts(
-    query: str, candidates: Sequence[str], source_text: str | None, edit: str | None
+    query: str,
+    candidates: Sequence[str],
+    source_text: str | None,
+    edit: str | None,
+    query_chars: int = MAX_QUERY_CHARS,
+    candidate_chars: int = MAX_CANDIDATE_CHARS,
 ) -> tuple[str, list[str], str]:
     """(shared prefix, per-candidate suffix, scored target) for `edit_likelihood`.
 
@@ -78,12 +90,12 @@ def likelihood_prompt_parts(
     Text query: "Video / Search query" lines, each candidate as Video, the query as the target.
     """
     if source_text and edit:
-        prefix = _likelihood_head(composed=True) + "Before: " + _one_line(source_text)[:MAX_QUERY_CHARS] + "\nAfter:"
-        suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nInstruction:" for c in candidates]
-        return prefix, suffixes, " " + _one_line(edit)[:MAX_QUERY_CHARS] + "\n"
+        prefix = _likelihood_head(composed=True) + "Before: " + _one_line(source_text)[:query_chars] + "\nAfter:"
+        suffixes = [" " + _one_line(c)[:candidate_chars] + "\nInstruction:" for c in candidates]
+        return prefix, suffixes, " " + _one_line(edit)[:query_chars] + "\n"
     prefix = _likelihood_head(composed=False) + "Video:"
-    suffixes = [" " + _one_line(c)[:MAX_CANDIDATE_CHARS] + "\nSearch query:" for c in candidates]
-    return prefix, suffixes, " " + _one_line(query)[:MAX_QUERY_CHARS] + "\n"
+    suffixes = [" " + _one_line(c)[:candidate_chars] + "\nSearch query:" for c in candidates]
+    return prefix, suffixes, " " + _one_line(query)[:query_chars] + "\n"
 
 
 def _likelihood_head(composed: bool) -> str:
@@ -149,6 +161,8 @@ class Gemma3Reranker(GemmaLM):
     yes_ids: list[int]
     no_ids: list[int]
     _fingerprint: str
+    query_chars: int = MAX_QUERY_CHARS
+    candidate_chars: int = MAX_CANDIDATE_CHARS
 
     @property
     def fingerprint(self) -> str:
@@ -181,10 +195,14 @@ class Gemma3Reranker(GemmaLM):
             return np.zeros(0, dtype=np.float64)
         texts = [c.text or "" for c in candidates]
         if self.rule == "edit_likelihood":
-            prefix, suffixes, target = likelihood_prompt_parts(query.text, texts, query.source_text, query.edit)
+            prefix, suffixes, target = likelihood_prompt_parts(
+                query.text, texts, query.source_text, query.edit, self.query_chars, self.candidate_chars
+            )
             head = _likelihood_head(composed=bool(query.source_text and query.edit))
             return self.target_log_likelihood(prefix, suffixes, target, head)
-        prefix, suffixes = rerank_prompt_parts(query.instruction, query.text, texts)
+        prefix, suffixes = rerank_prompt_parts(
+            query.instruction, query.text, texts, self.query_chars, self.candidate_chars
+        )
         logits = self.next_token_logits(prefix, suffixes, _rerank_head(query.instruction))
         return yes_no_score(logits, self.rule, self.yes_id, self.no_id, self.yes_ids, self.no_ids)
 
@@ -208,5 +226,15 @@ def load_reranker(settings: R3Settings) -> Gemma3Reranker:
             dtype,
             rule=rule,
             prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
+            # Only a cut other than the default enters the fingerprint, so default caches stay valid.
+            **_non_default_caps(settings.models),
         ),
+        query_chars=settings.models.offline_rerank_query_chars,
+        candidate_chars=settings.models.offline_rerank_candidate_chars,
     )
+
+
+def _non_default_caps(models: ModelSettings) -> dict[str, int]:
+    caps = {"query_chars": models.offline_rerank_query_chars, "candidate_chars": models.offline_rerank_candidate_chars}
+    defaults = {"query_chars": MAX_QUERY_CHARS, "candidate_chars": MAX_CANDIDATE_CHARS}
+    return {name: value for name, value in caps.items() if value != defaults[name]}
