@@ -5,7 +5,7 @@ preset's MiniLM embedder over all 10,666 narrations, then reranked by the Gemma 
 reranker with no cache, once per policy: reranker pairs and wall seconds per query, and R@1 on those
 queries. Quality at scale comes from `r3 eval` reports (their policy replay over K = 50 scores stored
 once): set ``BENCH_EVAL_REPORTS`` to a comma-separated list of report JSONs to copy their rows in.
-Target (issue 13): the adaptive policy cuts pairs per query by at least half at equal or better R@1.
+Target: the adaptive policy cuts pairs per query by at least half at equal or better R@1.
 """
 
 from __future__ import annotations

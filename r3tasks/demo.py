@@ -115,6 +115,7 @@ class TargetStages:
     recall_rank: int | None  # 1-based rank by recall's embedding score; None: not recalled
     final_rank: int | None  # 1-based rank after reranking (the answer)
     reranker_choice: str | None  # the candidate the reranker scored highest; None: nothing was scored
+    rerank_gate: str | None = None  # the guard that kept recall's order without asking the reranker
 
 
 def target_stages(result: dict, target: str) -> TargetStages:
@@ -132,6 +133,7 @@ def target_stages(result: dict, target: str) -> TargetStages:
         recall_rank=recall_ids.index(target) + 1 if target in recall_ids else None,
         final_rank=final_ids.index(target) + 1 if target in final_ids else None,
         reranker_choice=choice,
+        rerank_gate=(result.get("rerank") or {}).get("gate"),
     )
 
 
@@ -146,7 +148,9 @@ def stages_report(stages: list[TargetStages]) -> str:
     width = max((len(stage.query_id) for stage in stages), default=0)
     for stage in stages:
         if stage.reranker_choice is None:
-            verdict = "not reranked"
+            verdict = "not reranked" + (
+                f" (the {stage.rerank_gate.replace('_', ' ')} kept recall's order)" if stage.rerank_gate else ""
+            )
         elif stage.reranker_choice == stage.target:
             verdict = "reranker picks the target" + ("" if stage.final_rank == 1 else ", outvoted by recall's lead")
         else:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Registers r3's deployments on the Prefect server at PREFECT_API_URL (see README, "Scheduled refreshes").
+# Registers r3's deployments on the Prefect server at PREFECT_API_URL (docs/operations.md).
 #   R3DEPLOY_GALLERY   folder or manifest to keep indexed      (required)
 #   R3DEPLOY_CRON  cron of the refresh                (default: hourly)
 #   R3DEPLOY_PRESET    model preset                           (default: offline)

@@ -79,8 +79,8 @@ def test_demo_indexes_its_clips_and_answers_its_batch(
     assert [" ".join(line.split()) for line in stages] == [
         "composed queries, stage by stage (the intended target's rank):",
         "edit-red-circle-x1-right-day-to-red-circle-x1-right-night recall 5 final 5 reranker picks blue-circle-x1-right-day",
-        "edit-red-circle-x1-right-day-to-blue-circle-x1-right-day recall 9 final 9 not reranked",
-        "edit-red-circle-x1-right-day-to-red-square-x1-right-day recall 1 final 1 not reranked",
+        "edit-red-circle-x1-right-day-to-blue-circle-x1-right-day recall 9 final 9 not reranked (the recall window kept recall's order)",
+        "edit-red-circle-x1-right-day-to-red-square-x1-right-day recall 1 final 1 not reranked (the recall window kept recall's order)",
         "edit-green-triangle-x2-up-grass-to-green-triangle-x2-down-grass recall 13 final 13 "
         "reranker picks blue-square-x2-down-night",
         "edit-white-square-x3-still-day-to-white-square-x3-still-night recall 12 final 12 "

@@ -5,7 +5,7 @@ stage caches survive a stop); every metric `r3 eval` reports is a mean over quer
 weighted by their query counts are exactly the whole range's. Chunks must be of one benchmark, setting and
 preset, with the same arms, and their ranges must not overlap; a gap is allowed and named in the output.
 
-    python -m benchmarks.merge_reports chunk-0.json chunk-500.json ... --out whole.json
+    python -m r3tasks.evaluation.merge chunk-0.json chunk-500.json ... --out whole.json
 """
 
 from __future__ import annotations

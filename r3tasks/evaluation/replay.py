@@ -4,9 +4,9 @@ An `r3 eval ... --arms "base,+rerank (reference)"` report keeps, per query, ever
 and (for the top K) its reranker score. Each pair's score does not depend on the others, so any policy
 whose depth stays within K (gates, windows, adaptive depth, fusion weights) replays exactly; choosing a
 policy costs one model pass per dataset. Reports from several datasets are replayed side by side, because a
-policy is chosen on dev splits of more than one dataset (issue 13).
+policy is chosen on dev splits of more than one dataset.
 
-    python -m benchmarks.replay_policies dev-global.json dev-local.json dev-swap.json [--out table.md]
+    python -m r3tasks.evaluation.replay dev-global.json dev-local.json dev-swap.json [--out table.md]
 
 Reports of disjoint query ranges of one dataset are pooled into one set.
 """

@@ -1,7 +1,7 @@
 """The protected rerank stage: which recalled candidates the reranker scores, and whether its scores are used.
 
 R^3 reranks a fixed top-K (K = 50) and always fuses the reranker's scores in. A reranker that is weak
-on some data then costs rank-1 hits there (issue 13: -11.7 R@1 on a set where recall was already
+on some data then costs rank-1 hits there (-11.7 R@1 on a held-out set where recall was already
 strong). Three guards, each off by default (the reference), each a setting in the query section:
 
 - **recall-margin gate** (`rerank_recall_margin_gate`): when the recall's top-1 leads its top-2 by at

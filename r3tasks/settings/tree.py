@@ -5,7 +5,7 @@ other module reads the environment. Sources, strongest first: explicit
 arguments, ``R3_*`` environment variables (nested with ``__``, e.g.
 ``R3_MODELS__PRESET=offline``), an optional TOML file (``r3.toml`` in the
 working directory, or the path in ``R3_CONFIG``), then the defaults below.
-Defaults are the R^3 reference values (see design.md); a deliberate change is
+Defaults are the R^3 reference values (docs/design.md); a deliberate change is
 a setting, never an edit of the code.
 """
 
