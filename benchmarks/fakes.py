@@ -1,56 +1,28 @@
-"""Embedders the benchmarks plug in through the registry: a counting wrapper and a hashing fake.
+"""Embedders the benchmarks plug in through the registry: a counting wrapper around the tests' fake embedder.
 
-The hashing fake costs almost nothing per item, so a run with it measures the
-orchestration, decoding and storage around the model, not the model.
+The fake (`tests.fakes.FakeEmbedder`, one definition for tests and benchmarks) costs almost nothing per item,
+so a run with it measures the orchestration, decoding and storage around the model, not the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from r3tasks.models.base import Embedder, EmbedInput, l2_normalise
+from r3tasks.models.base import Embedder, EmbedInput
 from r3tasks.models.registry import register_backend
 from r3tasks.settings.tree import R3Settings
+from tests.fakes import FakeEmbedder
 
 HASH_DIM = 64
 
 
-class HashEmbedder:
-    """Deterministic vectors from a hash of the text plus the frames' mean colour (frames are really decoded)."""
-
-    def __init__(self, dim: int = HASH_DIM, uses_frames: bool = False) -> None:
-        self._dim = dim
-        self._uses_frames = uses_frames
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def fingerprint(self) -> str:
-        return f"bench-hash-{self._dim}-{int(self._uses_frames)}"
-
-    @property
-    def uses_frames(self) -> bool:
-        return self._uses_frames
-
-    def _vector(self, item: EmbedInput) -> np.ndarray:
-        seed = int(hashlib.sha256((item.text or item.item_id).encode()).hexdigest()[:8], 16)
-        vector = np.random.default_rng(seed).standard_normal(self._dim).astype(np.float32)
-        if item.frames is not None:
-            vector[:3] += item.frames.reshape(-1, 3).mean(axis=0).astype(np.float32) / 64.0
-        return vector
-
-    def embed_documents(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
-        return l2_normalise(np.stack([self._vector(i) for i in items]))
-
-    def embed_queries(self, items: Sequence[EmbedInput], instruction: str) -> np.ndarray:
-        return self.embed_documents(items, instruction)
+def hash_embedder(dim: int = HASH_DIM, uses_frames: bool = False) -> FakeEmbedder:
+    """The fake embedder under the benchmarks' own name (fingerprint `bench-hash-<dim>-<frames>`)."""
+    return FakeEmbedder(dim=dim, uses_frames=uses_frames, name="bench-hash")
 
 
 class CountingEmbedder:
@@ -104,15 +76,15 @@ class SerialSlowEmbedder(CountingEmbedder):
 
 
 def load_hash_text(settings: R3Settings) -> CountingEmbedder:
-    return CountingEmbedder(HashEmbedder(uses_frames=False))
+    return CountingEmbedder(hash_embedder(uses_frames=False))
 
 
 def load_hash_video(settings: R3Settings) -> CountingEmbedder:
-    return CountingEmbedder(HashEmbedder(uses_frames=True))
+    return CountingEmbedder(hash_embedder(uses_frames=True))
 
 
 def load_hash_video_serial(settings: R3Settings) -> CountingEmbedder:
-    return SerialSlowEmbedder(HashEmbedder(uses_frames=True), per_item_s=SERIAL_S_PER_ITEM)
+    return SerialSlowEmbedder(hash_embedder(uses_frames=True), per_item_s=SERIAL_S_PER_ITEM)
 
 
 def load_counted_qwen3vl(settings: R3Settings) -> CountingEmbedder:
@@ -150,11 +122,11 @@ class EchoReasoner:
 
 
 def load_hash_text_384(settings: R3Settings) -> CountingEmbedder:
-    return CountingEmbedder(HashEmbedder(dim=384, uses_frames=False))
+    return CountingEmbedder(hash_embedder(dim=384))
 
 
 def load_hash_text_2048(settings: R3Settings) -> CountingEmbedder:
-    return CountingEmbedder(HashEmbedder(dim=2048, uses_frames=False))
+    return CountingEmbedder(hash_embedder(dim=2048))
 
 
 def load_echo_reasoner(settings: R3Settings) -> EchoReasoner:

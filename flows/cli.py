@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_ITEM_FAILURES, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -74,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin this table version or tag, e.g. refresh-12 (default: latest)",
     )
     query.add_argument("--top", type=int, default=5, help="rows per query in the printed table")
+    query.add_argument(
+        "--where",
+        default=None,
+        metavar="SQL",
+        help="search only the gallery rows this filter keeps, in LanceDB's SQL syntax on the stored columns "
+        "(id, path, text, `group`, content_key, num_frames, indexed_at), e.g. \"`group` = 'holiday'\"",
+    )
+    query.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="have a running `r3 serve` at URL answer (e.g. http://127.0.0.1:8765): no local models, no Prefect",
+    )
     _add_gallery(query, "default", "the gallery to search (default: default)")
     _add_common(query)
 
@@ -134,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_watch import add_upkeep_commands
 
     add_upkeep_commands(sub, _add_common)
+    from flows.cli_serve import add_serve_command
+
+    add_serve_command(sub, _add_common, _add_gallery)
     return parser
 
 
@@ -202,6 +222,7 @@ def _run_queries(queries: Path, out: Path, args: argparse.Namespace, covrr_out: 
         gallery_version=getattr(args, "gallery_version", None),
         covrr_out=str(covrr_out.resolve()) if covrr_out else None,
         gallery=args.gallery,
+        where=getattr(args, "where", None),
     )
 
 
@@ -218,7 +239,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     from r3tasks.models.qwen3vl import check_models
 
     settings = _settings(args)
+    if args.server:  # the service has the gallery and the models: nothing here to check or load
+        from flows.cli_serve import query_via_server
+
+        return EXIT_ITEM_FAILURES if query_via_server(args, settings) else EXIT_OK
     preflight.query_file(args.queries, settings)  # a bad file or an unindexed gallery: one line, no server
+    preflight.where_filter(args.where, settings)  # a filter LanceDB cannot run: `--where: reason`, exit 2
     check_models(settings, ["embedder", "reranker", "reasoner"])  # as in cmd_index
 
     from r3tasks.query.report import terminal_table
@@ -325,6 +351,12 @@ def cmd_galleries(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.cli_serve import cmd_serve as serve
+
+    return serve(args)
+
+
 COMMANDS = {
     "eval": cmd_eval,
     "index": cmd_index,
@@ -332,6 +364,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "settings": cmd_settings,
     "galleries": cmd_galleries,
+    "serve": cmd_serve,
 }
 
 
@@ -352,6 +385,43 @@ def _command(name: str) -> Any:
     return COMMANDS.get(name) or UPKEEP_COMMANDS[name]
 
 
+class _Interrupted(BaseException):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt (a scheduler's stop, `timeout`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted(signum)
+
+
+def _signal_number(error: BaseException) -> int:
+    # Prefect's flow engine turns SIGTERM into its own TerminationSignal, which carries the number.
+    return int(getattr(error, "signum", getattr(error, "signal", signal.SIGINT)))
+
+
+def _end_interrupted(command: str, signum: int) -> NoReturn:
+    """One line, then exit 128 + the signal number at once. What the process was doing (a flow run, Prefect's
+    temporary server, its log and event threads) is cut off: left to run, each would print a page of
+    connection errors about a server that is already gone."""
+    name = signal.Signals(signum).name
+    print(
+        f"r3 {command}: interrupted by {name}; nothing half-written (a results file is whole or absent)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.disable(logging.CRITICAL)
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is not None:  # Prefect's temporary server is a child process: stop it, not orphan it
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            with contextlib.suppress(Exception):
+                server.stop()
+    os._exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
@@ -359,12 +429,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from r3tasks.errors import R3Error
 
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if on_main_thread else None
     try:
         return _command(args.command)(args)
     except (R3Error, ValidationError) as error:
         print(f"r3 {args.command}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt | _Interrupted) or type(error).__name__ == "TerminationSignal":
+            _end_interrupted(args.command, _signal_number(error))
+        raise
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run() -> NoReturn:
+    """The `r3` console command: `main`, then an exit that a late SIGINT or SIGTERM cannot turn into a traceback
+    (the work is done and written; what is left is Prefect's shutdown)."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -23,7 +23,7 @@ from r3tasks.cache.stages import StageCache
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.gallery.upkeep import resolve_version
 from r3tasks.gallery.views import open_store, pinned, release
-from r3tasks.inputs.preflight import query_file
+from r3tasks.inputs.preflight import query_file, where_filter
 from r3tasks.inputs.queries import ComposedQuery, Query
 from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
 from r3tasks.query.embedding import embed_queries
@@ -108,8 +108,10 @@ def embedding_task(states: list[QueryState], settings: R3Settings, version: int)
 
 
 @task(name="fused-recall", cache_policy=NONE)
-def recall_task(states: list[QueryState], settings: R3Settings, version: int) -> list[QueryState]:
-    recall(states, _pinned(settings, version), settings)
+def recall_task(
+    states: list[QueryState], settings: R3Settings, version: int, where: str | None = None
+) -> list[QueryState]:
+    recall(states, _pinned(settings, version), settings, where)
     return states
 
 
@@ -142,10 +144,11 @@ def results_task(
     out: str | None,
     covrr_out: str | None,
     stage_seconds: dict[str, float],
+    where: str | None = None,
 ) -> dict:
     gallery = _pinned(settings, version)
     caches = _caches(settings)
-    lineage = batch_lineage(states, gallery, settings, caches, code_version())
+    lineage = batch_lineage(states, gallery, settings, caches, code_version(), where)
     written = write_batch(
         states, gallery, settings, lineage, caches["frames"], stage_seconds, out, covrr_out, get_run_logger()
     )
@@ -164,11 +167,12 @@ def query_batch(
     covrr_out: str | None = None,
     gallery: str = "default",
     return_state: bool = False,
+    where: str | None = None,
 ) -> Any:
     """Run the `query-batch` flow (`query_batch_flow`) and return its payload (or, with `return_state`, the
     flow run's final state)."""
     outcome = query_batch_flow(
-        queries, out, preset, home, overrides, gallery_version, covrr_out, gallery, return_state=return_state
+        queries, out, preset, home, overrides, gallery_version, covrr_out, gallery, where, return_state=return_state
     )
     return outcome if return_state else outcome.unquote()
 
@@ -183,19 +187,23 @@ def query_batch_flow(
     gallery_version: int | str | None = None,
     covrr_out: str | None = None,
     gallery: str = "default",
+    where: str | None = None,
 ) -> quote:
     """Answer a batch of composed and text queries against one pinned version of gallery GALLERY.
 
     `gallery_version`: a table version number, a tag (each refresh tags its version `refresh-<n>`), or
-    None for the latest. The payload comes back in `quote`: Prefect walks a flow's return value looking
-    for futures, and a 1,000-query payload took seconds to walk.
+    None for the latest. `where`: a filter on the gallery's stored columns in LanceDB's SQL syntax (e.g.
+    `` `group` = 'holiday' ``), applied before each query's top-K; None searches every row. The payload
+    comes back in `quote`: Prefect walks a flow's return value looking for futures, and a 1,000-query
+    payload took seconds to walk.
     """
     settings = flow_settings(preset, home, overrides, gallery)
     _batch_caches.pop(str(settings.cache_dir), None)  # this batch's hits and misses start at zero
     loaded = query_file(queries, settings)  # the CLI's check: a bad file fails the run with one line
+    where = where_filter(where, settings)  # and a filter LanceDB cannot run, before any model is loaded
     logger = get_run_logger()
     version = pin_task(settings, gallery_version)
-    logger.info("%d queries against gallery version %d", len(loaded), version)
+    logger.info("%d queries against gallery version %d%s", len(loaded), version, f" where {where}" if where else "")
     size = settings.query.task_queries
     chunks = [loaded[i : i + size] for i in range(0, len(loaded), size)]
     progress = create_progress_artifact(0.0, key="query-progress", description="Queries answered")
@@ -227,7 +235,7 @@ def query_batch_flow(
             embedded.extend(timed("embedding", embedding_task, opaque(chunk_states), settings, version))
             update_progress_artifact(progress, 50.0 * len(embedded) / max(1, len(loaded)))
         # One recall for the batch: a product per chunk of query vectors with the matrix loaded once.
-        recalled = timed("recall", recall_task, opaque(embedded), settings, version)
+        recalled = timed("recall", recall_task, opaque(embedded), settings, version, where)
         step = model_step if settings.query.rerank_k > 0 else max(1, len(recalled))
         states: list[QueryState] = []
         for start in range(0, len(recalled), step):  # its progress line counts the whole batch
@@ -244,7 +252,7 @@ def query_batch_flow(
             )
             update_progress_artifact(progress, 50.0 + 50.0 * len(states) / max(1, len(loaded)))
             logger.info("answered %d/%d queries", len(states), len(loaded))
-        payload = results_task(opaque(states), settings, version, out, covrr_out, stage_seconds)
+        payload = results_task(opaque(states), settings, version, out, covrr_out, stage_seconds, where)
         record_results(out or str(Path(payload["artifacts"]) / "results.json"), queries, payload["lineage"])
     finally:
         release(settings, version)  # the batch is over: its vector matrix need not stay in RAM

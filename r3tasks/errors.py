@@ -44,3 +44,14 @@ class ModelNotAvailableError(R3Error):
 
 class TransientError(R3Error):
     """A failure worth retrying (I/O, storage, a flaky model server)."""
+
+
+class FilterError(R3Error):
+    """A gallery filter (SQL WHERE over the stored columns) that cannot run; `str()` is one line naming
+    where the filter came from (`label`: `--where` on the command line), `reason` is LanceDB's."""
+
+    def __init__(self, reason: str, where: str, label: str = "--where") -> None:
+        self.reason = reason
+        self.where = where
+        self.label = label
+        super().__init__(f"{label}: {reason}")

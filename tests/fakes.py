@@ -1,4 +1,8 @@
-"""A fake embedder for flow tests (LanceDB's own tests do the same): fast, deterministic, countable."""
+"""Fake models for flow tests (LanceDB's own tests do the same): fast, deterministic, countable.
+
+`FakeEmbedder` is the one fake embedder of the project: the benchmarks (benchmarks/fakes.py) use it too, to
+measure everything around a model at almost no cost per item.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,17 @@ FAKE_DIM = 16
 
 
 class FakeEmbedder:
-    """Vectors from a hash of the text and the mean colour of the frames; counts what it embeds."""
+    """Vectors from a hash of the text and the mean colour of the frames (really decoded); counts what it embeds.
 
-    def __init__(self, dim: int = FAKE_DIM, uses_frames: bool = True, fail_ids: Sequence[str] = ()) -> None:
+    `name` opens the fingerprint (so the table name): fakes under different names never share a table.
+    """
+
+    def __init__(
+        self, dim: int = FAKE_DIM, uses_frames: bool = True, fail_ids: Sequence[str] = (), name: str = "fake"
+    ) -> None:
         self._dim = dim
         self._uses_frames = uses_frames
+        self._name = name
         self.fail_ids = set(fail_ids)
         self.documents_embedded = 0
         self.queries_embedded = 0
@@ -30,7 +40,7 @@ class FakeEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        return f"fake-{self._dim}-{int(self._uses_frames)}"
+        return f"{self._name}-{self._dim}-{int(self._uses_frames)}"
 
     @property
     def uses_frames(self) -> bool:

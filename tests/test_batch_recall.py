@@ -14,6 +14,7 @@ from r3tasks.models.base import Reasoning
 from r3tasks.query import recall as recall_module
 from r3tasks.query.state import QueryState, SourceInfo
 from r3tasks.settings.tree import load_settings
+from tests.stores import gallery_store
 
 DIM = 16
 GROUPS = ["kitchen", "garden", None]
@@ -29,10 +30,8 @@ def store(tmp_path: Path) -> GalleryStore:
     # Ids whose written order is not their sorted order (z..., a..., m...), groups interleaved.
     ids = [f"{'zam'[i % 3]}{i:03d}" for i in range(120)]
     rows = [GalleryRow(ids[i], None, f"item {i}", GROUPS[i % 3], f"k{i}", None, vectors[i]) for i in range(120)]
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp-batch", DIM)
-    store.upsert(rows[60:])  # two commits: the stored order is not the id order either
-    store.upsert(rows[:60])
-    return store
+    # Two commits: the stored order is not the id order either.
+    return gallery_store(str(tmp_path / "db"), "fp-batch", DIM, rows[60:], rows[:60])
 
 
 def _states(store: GalleryStore, with_bad: bool = False) -> list[QueryState]:

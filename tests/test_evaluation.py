@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import pytest
+
+from r3tasks.evaluation.arms import arm_report
 from r3tasks.evaluation.metrics import evaluate
-from r3tasks.evaluation.sweeps import reranker_weight_sweep
+from r3tasks.evaluation.sweeps import policy_sweep, reranker_weight_sweep
 from r3tasks.rerank.final import rerank_topk
+from r3tasks.rerank.policy import RerankPolicy, apply_policy
 
 
 def _result(query_id: str, embedding: dict[str, float], reranker: dict[str, float], k: int) -> dict:
@@ -31,15 +35,69 @@ def test_sweep_reproduces_the_arm_and_shows_what_the_reranker_adds() -> None:
 
     stored = evaluate({r["id"]: {i["id"]: i["score"] for i in r["ranked"]} for r in results}, qrels)
     assert sweep[0.6] == stored  # the weights the arm ran with give the arm's own figures
-    assert sweep[0.0]["R@1"] == 0.0 and sweep[0.0]["MRR"] == 1 / 3  # recall order: the hit stays 3rd
-    assert sweep[1.0]["R@1"] == 100.0
-    assert set(sweep) == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
+    # By hand, at reranker weight wr (embedding weight 1 - wr) over the block a, b, hit, c: min-max embedding
+    # a 1, b 2/3, hit 0.33 / 0.30 / 0.27 (q0, q1, q2), c 0; min-max reranker a 0.02, b 0.04, hit 1, c 0.
+    # wr 0 and 0.2: a 0.80 > b 0.54 > hit 0.47 at most (3rd, MRR 1/3); wr 0.4: a 0.608 > hit 0.60 at most > b 0.42
+    # (2nd, 1/2); from wr 0.6 on the hit leads (0.71 > a 0.41). The hit is always in the top 5.
+    assert {w: (m["R@1"], m["R@5"], round(m["MRR"], 9)) for w, m in sweep.items()} == {
+        0.0: (0.0, 100.0, round(1 / 3, 9)),
+        0.2: (0.0, 100.0, round(1 / 3, 9)),
+        0.4: (0.0, 100.0, 0.5),
+        0.6: (100.0, 100.0, 1.0),
+        0.8: (100.0, 100.0, 1.0),
+        1.0: (100.0, 100.0, 1.0),
+    }
 
 
 def test_sweep_of_an_arm_without_reranker_scores_is_the_recall_order() -> None:
     results = [_result("q", {"a": 0.9, "hit": 0.8}, {}, k=0)]
     sweep = reranker_weight_sweep(results, {"q": {"hit": 1}}, weights=[0.0, 1.0])
     assert [row["metrics"]["R@1"] for row in sweep] == [0.0, 0.0]
+
+
+RECALLED = [(f"c{i}", 1.0 - i * 0.01) for i in range(20)]
+# Six queries' raw reranker scores over the 20 recalled candidates, and the one relevant candidate of each.
+TABLES = [{f"c{i}": float((i * (n + 3)) % 11) for i in range(20)} for n in range(6)]
+QRELS = {f"q{n}": {f"c{(n * 3) % 20}": 1} for n in range(6)}
+
+
+def _live_results(policy: RerankPolicy) -> list[dict]:
+    """A query batch's results with `policy` run live: the reranker scores whatever the policy asks for."""
+    results = []
+    for n, table in enumerate(TABLES):
+        outcome = apply_policy(RECALLED, lambda ids, table=table: {i: table[i] for i in ids}, policy)
+        ranked = [asdict(item) for item in outcome.ranked]
+        results.append(
+            {"id": f"q{n}", "kind": "composed", "error": None, "reasoning": None, "ranked": ranked}
+            | {"rerank": outcome.decision()}
+        )
+    return results
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RerankPolicy(depth=20),
+        RerankPolicy(depth=5),
+        RerankPolicy(depth=20, start_depth=5, widen_margin=2.0, recall_margin_gate=0.5),
+        RerankPolicy(depth=20, recall_window=0.035, reranker_scale=0.04),
+        RerankPolicy(depth=5, flat_gate=8.5, embedding_weight=0.7, reranker_weight=0.3),
+    ],
+    ids=["reference", "depth-5", "adaptive-gated", "window-additive", "flat-gate-weights"],
+)
+def test_replay_on_stored_scores_equals_the_live_runs_report(policy: RerankPolicy) -> None:
+    # The scores a fixed-depth arm stored (every pair of the top 20), replayed: the same metrics, reranker pairs
+    # and share of queries left in recall order as the report of an arm that ran the policy, exactly.
+    stored = [
+        {"id": f"q{n}", "ranked": [asdict(i) for i in rerank_topk(RECALLED, table, 20, 0.4, 0.6)]}
+        for n, table in enumerate(TABLES)
+    ]
+    [replayed] = policy_sweep(stored, QRELS, [("policy", policy)])
+    live = _live_results(policy)
+    report = arm_report("+rerank", {"results": live}, QRELS)
+    assert replayed["metrics"] == report["metrics"]
+    assert replayed["pairs_per_query"] == report["pairs_per_query"]
+    assert replayed["kept_recall_order"] == sum(r["rerank"]["gate"] is not None for r in live) / len(live)
 
 
 def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
@@ -70,8 +128,6 @@ def test_arms_pick_by_name_and_leave_out_a_reference_policy_duplicate() -> None:
     # When the settings are the reference at that depth, it would repeat +rerank: left out.
     assert [a.name for a in arms(50, ["+rerank", "+rerank (reference)"])] == ["+rerank"]
     assert arms(20, ["+rerank"], settings_k=20)[0].overrides["query"]["rerank_k"] == 20
-    import pytest
-
     with pytest.raises(ValueError, match="unknown eval arm"):
         arms(50, ["rerank"])
 

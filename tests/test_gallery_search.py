@@ -10,10 +10,11 @@ import pytest
 
 from r3tasks.errors import R3Error
 from r3tasks.gallery import pinned as pinned_module
-from r3tasks.gallery.pinned import PinnedGallery, pin
 from r3tasks.gallery.matrix import read_vectors
+from r3tasks.gallery.pinned import PinnedGallery, pin
 from r3tasks.gallery.table import GalleryRow, GalleryStore
 from r3tasks.settings.tree import GallerySettings
+from tests.stores import gallery_store
 
 DIM = 24
 ROWS = 300
@@ -31,9 +32,7 @@ def _rows(rng: np.random.Generator, n: int, prefix: str = "v") -> list[GalleryRo
 
 @pytest.fixture
 def store(tmp_path: Path) -> GalleryStore:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp-search", DIM)
-    store.upsert(_rows(np.random.default_rng(7), ROWS))
-    return store
+    return gallery_store(str(tmp_path / "db"), "fp-search", DIM, _rows(np.random.default_rng(7), ROWS))
 
 
 def _queries(n: int = 5, seed: int = 11) -> np.ndarray:
@@ -100,8 +99,8 @@ def test_over_the_memory_budget_lancedb_answers_the_same(store: GalleryStore) ->
 
 
 def test_store_settings_reach_pinned_views(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM, settings=GallerySettings(exact_search_max_bytes=1))
-    store.upsert(_rows(np.random.default_rng(1), 20))
+    rows = _rows(np.random.default_rng(1), 20)
+    store = gallery_store(str(tmp_path / "db"), "fp", DIM, rows, settings=GallerySettings(exact_search_max_bytes=1))
     assert pin(store).route(0) == "flat"
     assert pin(store, settings=GallerySettings()).route(0) == "memory"
 
@@ -189,7 +188,7 @@ def test_read_vectors_handles_chunks_slices_and_nulls() -> None:
 
 
 def test_empty_gallery_searches_to_nothing(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM)
+    store = gallery_store(str(tmp_path / "db"), "fp", DIM)
     store.table()  # an indexed gallery whose rows were all removed (a never-indexed one refuses to pin)
     pinned: PinnedGallery = pin(store)
     assert len(pinned) == 0
@@ -198,9 +197,9 @@ def test_empty_gallery_searches_to_nothing(tmp_path: Path) -> None:
 
 
 def test_gallery_without_groups_matches_lancedb(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", DIM)
     rows = _rows(np.random.default_rng(3), ROWS)
-    store.upsert([GalleryRow(r.id, r.path, r.text, None, r.content_key, r.num_frames, r.vector) for r in rows])
+    ungrouped = [GalleryRow(r.id, r.path, r.text, None, r.content_key, r.num_frames, r.vector) for r in rows]
+    store = gallery_store(str(tmp_path / "db"), "fp", DIM, ungrouped)
     pinned = pin(store)
     for query in _queries(3):
         _assert_same(pinned.search(query, 0), _lance_flat(store, query, 0, None))

@@ -18,6 +18,7 @@ from flows.index_flow import index_gallery
 from r3tasks.datasets.synthetic import ClipSpec, write_clip
 from r3tasks.gallery.pinned import snapshot
 from r3tasks.gallery.table import GalleryStore
+from r3tasks.gallery.views import open_store
 from r3tasks.models.registry import shared_embedder
 from tests.conftest import fake_settings
 
@@ -41,9 +42,7 @@ def make_gallery(folder: Path, specs=SPECS) -> Path:
 
 
 def store_for(home: Path) -> GalleryStore:
-    settings = fake_settings(home)
-    embedder = shared_embedder(settings)
-    return GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, embedder.fingerprint, embedder.dim)
+    return open_store(fake_settings(home))
 
 
 def stored_ids(home: Path) -> list[str]:
@@ -183,59 +182,85 @@ def test_cli_rejects_a_malformed_manifest_with_exit_2(tmp_path: Path, r3_home: P
     assert "bad.jsonl:2" in err and "bad JSON line" in err and err.count("\n") == 1
 
 
-SLOW_INDEX_SCRIPT = textwrap.dedent(
+STALLING_INDEX_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys, threading
     from r3tasks.models.registry import register_backend
     import tests.fakes as fakes
 
-    class SlowFake(fakes.FakeEmbedder):
+    STALL_AFTER = int(sys.argv[3]) if len(sys.argv) > 3 else None  # items; None: never stall
+
+    class StallingFake(fakes.FakeEmbedder):
+        # Embeds the first STALL_AFTER items, then blocks every later batch until the process is killed:
+        # the run is mid-way for as long as the test needs, however fast or slow the machine is.
+        lock = threading.Lock()
+        admitted = 0
+
         def embed_documents(self, items, instruction):
-            time.sleep(0.4)
+            with StallingFake.lock:
+                stall = STALL_AFTER is not None and StallingFake.admitted + len(items) > STALL_AFTER
+                if not stall:
+                    StallingFake.admitted += len(items)
+            if stall:
+                threading.Event().wait()
             return super().embed_documents(items, instruction)
 
-    fakes.load_slow = lambda settings: SlowFake(uses_frames=False)
-    register_backend("embedder", "slow", "tests.fakes:load_slow")
+    fakes.load_stalling = lambda settings: StallingFake(uses_frames=False)
+    register_backend("embedder", "stalling", "tests.fakes:load_stalling")
     from flows.cli import main
-    sys.exit(main(["index", sys.argv[1], "--home", sys.argv[2]]))
+    sys.exit(main(["index", sys.argv[1], "--home", sys.argv[2], "--json"]))
     """
 )
+
+
+def stored_rows(home: Path) -> int:
+    """Rows committed to the one gallery table in `home` so far (0 before it exists); read from outside."""
+    import lancedb
+
+    tables = list((home / "lancedb").glob("gallery_*.lance")) if (home / "lancedb").exists() else []
+    if not tables or not list((tables[0] / "_versions").glob("*")):
+        return 0
+    return lancedb.connect(home / "lancedb").open_table(tables[0].name.removesuffix(".lance")).count_rows()
 
 
 def test_kill_9_mid_run_then_rerun_leaves_no_duplicate_and_no_gap(tmp_path: Path, r3_home: Path) -> None:
     import prefect.settings
 
-    n_items = 60
+    n_items, batch, stall_after = 60, 4, 16
     manifest = tmp_path / "gallery.jsonl"
     manifest.write_text("\n".join(json.dumps({"id": f"item-{i:03d}", "text": f"caption {i}"}) for i in range(n_items)))
-    script = tmp_path / "slow_index.py"
-    script.write_text(SLOW_INDEX_SCRIPT)
+    script = tmp_path / "stalling_index.py"
+    script.write_text(STALLING_INDEX_SCRIPT)
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
         "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
-        "R3_MODELS__EMBEDDER": "slow",
-        "R3_INDEX__BATCH_SIZE": "4",
+        "R3_MODELS__EMBEDDER": "stalling",
+        "R3_INDEX__BATCH_SIZE": str(batch),
         "R3_INDEX__COMMIT_SECONDS": "0",  # a commit per batch, so there is something to kill between
+        "R3_INDEX__MAX_BATCHES_IN_FLIGHT": "1",  # batches in order: the first four are the ones stored
     }
-    process = subprocess.Popen([sys.executable, str(script), str(manifest), str(r3_home)], env=env)
+    args = [sys.executable, str(script), str(manifest), str(r3_home)]
+    process = subprocess.Popen([*args, str(stall_after)], env=env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            lance_dir = r3_home / "lancedb"
-            tables = list(lance_dir.glob("gallery_*.lance")) if lance_dir.exists() else []
-            if tables and len(list((tables[0] / "_versions").glob("*"))) >= 4:
-                break  # a few batches are in the table: kill mid-run
+        # The event: the four batches embedded before the stall are committed (the fifth never will be).
+        deadline = time.monotonic() + 240
+        while stored_rows(r3_home) < stall_after:
             assert process.poll() is None, "the index run ended before it could be killed"
+            assert time.monotonic() < deadline, f"{stored_rows(r3_home)} of {stall_after} rows stored before the stall"
             time.sleep(0.1)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
+    assert stored_rows(r3_home) == stall_after  # killed mid-run: 16 of the 60 rows stored
 
-    completed = subprocess.run([sys.executable, str(script), str(manifest), str(r3_home)], env=env, timeout=300)
-    assert completed.returncode == 0
+    completed = subprocess.run(args, env=env, timeout=300, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout)
+    # The rerun embeds exactly what the killed run did not store, and keeps what it did.
+    assert (summary["added"], summary["unchanged"], summary["failed"]) == (n_items - stall_after, stall_after, [])
     import lancedb
 
     table_dirs = list((r3_home / "lancedb").glob("gallery_*.lance"))

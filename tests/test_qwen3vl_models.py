@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import time
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -239,29 +240,71 @@ def test_thinking_reasoner_cut_off_inside_think_gives_no_answer(home: Path, tmp_
 # --- model availability and fingerprints ----------------------------------------------------------
 
 
-def test_missing_local_path_fails_fast_and_says_how_to_supply(tmp_path: Path) -> None:
+class HubCalls:
+    """What resolving a model asked of the network: TCP connects (host, port, timeout) and hub downloads.
+
+    The network is blackholed (a connect times out) and the hub cache is empty (an offline lookup finds
+    nothing), so no test here depends on the machine's network.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import huggingface_hub
+        from huggingface_hub import constants
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        self.connects: list[tuple[str, int, float | None]] = []
+        self.downloads: list[str] = []  # online snapshot_download calls (offline cache lookups are not network)
+
+        def create_connection(address, timeout=None, *args, **kwargs):
+            self.connects.append((address[0], address[1], timeout))
+            raise TimeoutError("timed out (blackholed network, injected)")
+
+        def snapshot_download(repo_id, *args, local_files_only=False, **kwargs):
+            if not local_files_only:
+                self.downloads.append(repo_id)
+            raise LocalEntryNotFoundError(f"{repo_id} is not in the cache (injected)")
+
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)  # behind a proxy r3 leaves the reachability check to HTTP
+
+
+def test_missing_local_path_fails_fast_and_says_how_to_supply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fast: a path that is not there is refused before any network or hub call (each could wait on a timeout).
+    calls = HubCalls(monkeypatch)
     missing = tmp_path / "no-such-model"
     settings = load_settings(home=tmp_path, models={"preset": "qwen3vl", "embedding_model": str(missing)})
-    started = time.perf_counter()
     with pytest.raises(ModelNotAvailableError) as info:
         qwen3vl.load_embedder(settings)
-    assert time.perf_counter() - started < 5
+    assert (calls.connects, calls.downloads) == ([], [])
     assert info.value.model == str(missing)
     message = str(info.value)
     assert str(missing) in message and "download" in message and "R3_MODELS__EMBEDDING_MODEL" in message
 
 
 @pytest.mark.parametrize("local_files_only", [True, False])
-def test_missing_hub_model_fails_fast(tmp_path: Path, local_files_only: bool) -> None:
+def test_missing_hub_model_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_files_only: bool) -> None:
+    # Fast: with local_files_only nothing reaches the network; without it, one connect to the hub with a short
+    # timeout decides, and a hub that does not answer it never gets a (slow, retried) download.
+    calls = HubCalls(monkeypatch)
     model_id = "r3-tests/no-such-reranker"
     settings = load_settings(
         home=tmp_path,
         models={"preset": "qwen3vl", "reranker_model": model_id, "local_files_only": local_files_only},
     )
-    started = time.perf_counter()
     with pytest.raises(ModelNotAvailableError) as info:
         qwen3vl.load_reranker(settings)
-    assert time.perf_counter() - started < 10
+    assert calls.downloads == []
+    if local_files_only:
+        assert calls.connects == [] and "local_files_only" in str(info.value)
+    else:
+        from huggingface_hub import constants
+
+        [(host, _port, timeout)] = calls.connects
+        assert host == urlparse(constants.ENDPOINT).hostname and timeout is not None and timeout <= 5
+        assert "cannot be reached" in str(info.value)
     assert info.value.model == model_id
     assert model_id in str(info.value) and "R3_MODELS__RERANKER_MODEL" in str(info.value)
 

@@ -12,7 +12,6 @@ import os
 import pathlib
 import shutil
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +24,10 @@ from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.datasets.synthetic import ClipSpec, write_clip
 from r3tasks.errors import TransientError
-from r3tasks.gallery.table import GalleryStore
+from r3tasks.gallery.views import open_store
+from r3tasks.inputs import frames as frames_module
 from r3tasks.models.base import EmbedInput
-from r3tasks.models.registry import register_backend, shared_embedder
+from r3tasks.models.registry import register_backend
 from tests import videos
 from tests.conftest import fake_settings
 
@@ -106,9 +106,7 @@ register_backend("embedder", "refusing", f"{__name__}:load_refusing")
 
 def table_ids(home: Path, embedder: str = "fake") -> list[str]:
     """Every id in the gallery table, duplicates kept (an upsert bug would show as a repeat)."""
-    settings = fake_settings(home, models={"embedder": embedder})
-    model = shared_embedder(settings)
-    store = GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, model.fingerprint, model.dim)
+    store = open_store(fake_settings(home, models={"embedder": embedder}))
     if not store.exists():
         return []
     return sorted(store.table().to_arrow().column("id").to_pylist())
@@ -208,10 +206,17 @@ def test_fault_matrix_names_every_bad_item_and_indexes_all_the_good_ones(
     failing, indexed = build_fault_gallery(gallery, monkeypatch)
     RecordingEmbedder.frame_shapes.clear()
     overrides = {"models": {"embedder": "recording"}, "index": {"batch_size": 3}}
+    # Every file a decoder (FFmpeg's demuxer) opens: a pipe there would block the run; a retried file would stall it.
+    opened: list[str] = []
+    real_probe = frames_module._probe_header
 
-    started = time.monotonic()
+    def probe(path):
+        opened.append(Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+        return real_probe(path)
+
+    monkeypatch.setattr(frames_module, "_probe_header", probe)
+
     summary = index_gallery(source=str(gallery), home=str(r3_home), overrides=overrides)
-    elapsed = time.monotonic() - started
 
     reasons = {f["id"]: f["reason"] for f in summary["failed"]}
     assert set(reasons) == set(failing), reasons
@@ -224,7 +229,12 @@ def test_fault_matrix_names_every_bad_item_and_indexes_all_the_good_ones(
     # The 8k clip reached the model resized on decode (to about frames.min_decode_pixels, not 8k).
     frames, height, width, _ = RecordingEmbedder.frame_shapes["huge-8k"]
     assert height * width <= 1.01 * 768 * 32 * 32 and max(height, width) < 7680 // 4 and frames >= 1
-    assert elapsed < 60, f"a bad file stalled the run ({elapsed:.0f} s)"
+    # No bad file stalled the run: what is not a regular, non-empty, readable file never reached a decoder
+    # (a pipe would have blocked it), and no file was decoded twice (no retry loop on a broken one).
+    refused_before_decoding = {"zero-byte", "a-folder", "unreadable", "a-pipe"}
+    assert not refused_before_decoding & set(opened), opened
+    assert sorted(set(opened)) == sorted(opened), opened
+    assert set(opened) == (set(failing) | indexed) - refused_before_decoding
     # The summary and the CLI's JSON must be printable whatever the file names were.
     json.dumps(summary, ensure_ascii=False).encode("utf-8")
 

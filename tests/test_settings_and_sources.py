@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from r3tasks.errors import SourceError, VideoReadError
 from r3tasks.gallery.pinned import snapshot
-from r3tasks.gallery.table import GalleryRow, GalleryStore
+from r3tasks.gallery.table import GalleryRow
 from r3tasks.inputs.sources import GalleryItem, content_key, discover, file_fingerprint
 from r3tasks.settings.tree import R3Settings, load_settings
+from tests.stores import gallery_store
 
 EXTS = [".mp4", ".avi"]
 
@@ -132,7 +133,7 @@ def _rows(ids: list[str], dim: int = 4) -> list[GalleryRow]:
 
 
 def test_gallery_upsert_replaces_by_id_and_old_versions_stay_readable(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp-abc", dim=4)
+    store = gallery_store(str(tmp_path / "db"), "fp-abc", 4)
     v1 = store.upsert(_rows(["a", "b"]))
     v2 = store.upsert(_rows(["b", "c"]))
     assert store.count() == 3
@@ -144,7 +145,7 @@ def test_gallery_upsert_replaces_by_id_and_old_versions_stay_readable(tmp_path: 
 
 
 def test_gallery_refuses_bad_vectors(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "fp", dim=4)
+    store = gallery_store(str(tmp_path / "db"), "fp", 4)
     bad = _rows(["a"])[0]
     with pytest.raises(Exception, match="shape"):
         store.upsert([GalleryRow(**{**bad.__dict__, "vector": np.zeros(3, np.float32)})])

@@ -26,10 +26,29 @@ BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 SITE = """
+import os
 from r3tasks.models.registry import register_backend
 register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")
 register_backend("reasoner", "fake", "tests.fakes:load_fake_reasoner")
 register_backend("reranker", "fake", "tests.fakes:load_fake_reranker")
+
+if os.environ.get("R3TEST_FLOCK_LOG"):
+    # One line per refused try at a gallery writer's file lock (flows/writers.py): a test sees a writer waiting.
+    import fcntl
+
+    _flock = fcntl.flock
+
+    def _logged_flock(fd, operation):
+        try:
+            return _flock(fd, operation)
+        except BlockingIOError:
+            number = fd if isinstance(fd, int) else fd.fileno()
+            if "/.r3-writers/" in os.readlink(f"/proc/self/fd/{number}"):
+                with open(os.environ["R3TEST_FLOCK_LOG"], "a") as log:
+                    log.write("refused\\n")
+            raise
+
+    fcntl.flock = _logged_flock
 """
 CAPTIONS = {
     "dog-day": "a dog runs in a park during the day",
@@ -159,6 +178,18 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=60)
 
 
+def refreshed_events(url: str) -> list[dict]:
+    """The `r3.gallery.refreshed` events the server has recorded."""
+    page = api(url, "events/filter", {"filter": {"event": {"name": ["r3.gallery.refreshed"]}}, "limit": 50})
+    return page["events"]
+
+
+def emitted_by(event: dict) -> str | None:
+    """The id of the flow run an event was emitted from."""
+    runs = [r["prefect.resource.id"] for r in event["related"] if r.get("prefect.resource.role") == "flow-run"]
+    return runs[0].removeprefix("prefect.flow-run.") if runs else None
+
+
 def completed(url: str, deployment: str, n: int = 1) -> list[dict] | None:
     runs = runs_of(url, deployment)
     done = [r for r in runs if r["state_type"] == "COMPLETED"]
@@ -210,9 +241,8 @@ def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: 
     until("the hand-started batch", lambda: completed(url, "query-batch"))
     results = json.loads(out.read_text())["results"]
     assert results[0]["ranked"][0]["id"] == "cat-sofa"
-    del refresh
 
-    # An unchanged refresh emits nothing: still one standing run.
+    # An unchanged refresh emits nothing, so it starts no standing run.
     subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh"],
         env=env,
@@ -222,8 +252,34 @@ def test_a_batch_by_hand_and_after_a_refresh_that_changed_the_gallery(deployed: 
         check=True,
     )
     until("the second refresh", lambda: completed(url, "gallery-refresh", 2))
-    time.sleep(5)  # give a (wrong) trigger time to fire; not a timing assertion
-    assert len(runs_of(url, "standing-queries")) == 1
+    # Nothing to wait for proves a negative; something later does. The server handles events in the order they
+    # arrive, so an event of the second refresh would be recorded, and its standing run created, before those of
+    # a later refresh: a third refresh that does change the gallery (one clip added) is that later event.
+    more = write_manifest(root / "gallery-more.jsonl", {**CAPTIONS, "fish-tank": "a fish swims in a tank"})
+    subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "index-gallery/gallery-refresh", "-p", f"source={more}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    refreshes = until("the third refresh", lambda: completed(url, "gallery-refresh", 3))
+    third = next(r for r in refreshes if r["parameters"]["source"] == str(more))
+    events = until(
+        "the server to record the third refresh's event",
+        lambda: [e for e in refreshed_events(url) if emitted_by(e) == third["id"]] and refreshed_events(url),
+    )
+    assert sorted(emitted_by(e) for e in events) == sorted([refresh["id"], third["id"]])  # none from the second
+    third_tag = next(e["payload"]["tag"] for e in events if emitted_by(e) == third["id"])
+    until(
+        "the standing run the third refresh triggered",
+        lambda: [
+            r for r in completed(url, "standing-queries") or [] if r["parameters"]["gallery_version"] == third_tag
+        ],
+    )
+    tags = sorted(r["parameters"]["gallery_version"] for r in runs_of(url, "standing-queries"))
+    assert tags == sorted(e["payload"]["tag"] for e in events)  # one standing run per changing refresh, no other
 
 
 def test_a_file_dropped_in_the_inbox_runs_one_batch(deployed: dict) -> None:
@@ -275,8 +331,13 @@ def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
     settings = load_settings(home=deployed["home"], models={"embedder": "fake-text"})
     import prefect.settings
 
+    def version_now() -> int | None:
+        store = open_store(settings)  # a fresh handle: it sees commits made by other processes
+        return store.version() if store.exists() else None
+
     with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: f"{url}/api"}):
         with writer_slot(open_store(settings), settings):  # this test is the writer now
+            held_at = version_now()
             refused = subprocess.run(
                 [sys.executable, "-m", "flows.cli", "index", str(manifest)],
                 env={**env, "R3_UPKEEP__WRITER_WAIT_SECONDS": "0"},
@@ -287,27 +348,24 @@ def test_a_second_writer_waits_or_is_refused(deployed: dict) -> None:
             )
             assert refused.returncode == 2
             assert "is being written by another run" in refused.stderr and "not waiting" in refused.stderr
+            refusals = root / "waiting-writer-flock.log"
             waiting = subprocess.Popen(
                 [sys.executable, "-m", "flows.cli", "index", str(manifest), "--json"],
-                env=env,
+                env={**env, "R3TEST_FLOCK_LOG": str(refusals)},  # the sitecustomize logs its refused lock tries
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
+            # The event: the second writer was refused the slot and tried again, so it waits. A writer that
+            # ignored the slot would have written after its first refusal; one that gave up would have exited.
             until(
-                "the second writer's flow run to start",
-                lambda: [
-                    r
-                    for r in api(url, "flow_runs/filter", {"flows": {"name": {"any_": ["index-gallery"]}}})
-                    if r["state_type"] == "RUNNING"
-                ],
+                "the second writer to be refused the slot twice",
+                lambda: refusals.exists() and refusals.read_text().count("refused") >= 2,
                 timeout=180,
             )
-            time.sleep(3)
             assert waiting.poll() is None  # still waiting for the slot this test holds
-            store = open_store(settings)
-            assert not store.exists() or "boat" not in pin(store).records  # nothing written meanwhile
+            assert version_now() == held_at  # nothing written meanwhile
         out, err = waiting.communicate(timeout=240)
     assert waiting.returncode == 0, err[-3000:]
     assert json.loads(out)["added"] >= 1 and "boat" in pin(open_store(settings)).records

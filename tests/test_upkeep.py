@@ -14,6 +14,7 @@ from r3tasks.gallery.upkeep import drop_tables, health, resolve_version, retired
 from r3tasks.inputs.inbox import InboxState, landed, list_inbox
 from r3tasks.query.standing import topk_changes
 from r3tasks.settings.operations import UpkeepSettings
+from tests.stores import gallery_store
 
 
 def _refresh(store: GalleryStore, n: int, seed: int = 0) -> int:
@@ -37,7 +38,7 @@ def _refresh(store: GalleryStore, n: int, seed: int = 0) -> int:
 
 
 def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
+    store = gallery_store(str(tmp_path / "db"), "model-a-0123456789", 8)
     first = _refresh(store, 3)
     store.table().tags.create("before-change", first)
     pinned_rows = {r for r in pin(store, "before-change").records}
@@ -66,7 +67,7 @@ def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> Non
 
 
 def test_refresh_tags_beyond_the_kept_number_are_deleted_but_user_tags_stay(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
+    store = gallery_store(str(tmp_path / "db"), "model-a-0123456789", 8)
     _refresh(store, 2)
     store.table().tags.create("mine", store.version())
     tags = []
@@ -78,7 +79,7 @@ def test_refresh_tags_beyond_the_kept_number_are_deleted_but_user_tags_stay(tmp_
 
 
 def test_reads_never_create_a_table(tmp_path: Path) -> None:
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
+    store = gallery_store(str(tmp_path / "db"), "model-a-0123456789", 8)
     with pytest.raises(R3Error, match="has not been indexed .* run `r3 index`"):
         pin(store)
     with pytest.raises(R3Error, match="has not been indexed"):
@@ -93,7 +94,7 @@ def test_a_table_whose_first_commit_never_landed_reads_as_not_indexed_and_the_ne
     from tests.conftest import fake_settings
 
     settings = fake_settings(tmp_path)
-    store = GalleryStore(settings.gallery_uri, "gallery", "model-a-0123456789", 8)
+    store = gallery_store(settings.gallery_uri, "model-a-0123456789", 8, gallery=settings.gallery.name)
     # What a writer killed inside LanceDB's create_table leaves: the folder, no manifest.
     (Path(settings.gallery_uri) / f"{store.name}.lance" / "_versions").mkdir(parents=True)
     assert not store.exists()
@@ -107,18 +108,19 @@ def test_a_table_whose_first_commit_never_landed_reads_as_not_indexed_and_the_ne
 
 def test_retired_embedder_tables_are_listed_and_dropped_never_the_current_one(tmp_path: Path) -> None:
     uri = str(tmp_path / "db")
-    old = GalleryStore(uri, "gallery", "old-model-aaaaaaaa", 8)
+    old = gallery_store(uri, "old-model-aaaaaaaa", 8)
     _refresh(old, 1)
-    _refresh(GalleryStore(uri, "other", "old-model-aaaaaaaa", 8), 1)  # another gallery: not ours to drop
-    current = GalleryStore(uri, "gallery", "new-model-bbbbbbbb", 8)
+    other = gallery_store(uri, "old-model-aaaaaaaa", 8, gallery="other")  # another gallery: not ours to drop
+    _refresh(other, 1)
+    current = gallery_store(uri, "new-model-bbbbbbbb", 8)
     _refresh(current, 1)
     assert retired_tables(current) == [old.name]
     with pytest.raises(R3Error, match="current embedder"):
         drop_tables(current, [current.name])
     with pytest.raises(R3Error, match="not retired"):
-        drop_tables(current, ["other_old-model-aaaaaaaa"])
+        drop_tables(current, [other.name])
     assert drop_tables(current, retired_tables(current)) == [old.name]
-    assert retired_tables(current) == [] and current.exists() and not old.exists()
+    assert retired_tables(current) == [] and current.exists() and not old.exists() and other.exists()
 
 
 def test_inbox_reports_a_file_once_when_its_size_stopped_changing(tmp_path: Path) -> None:
@@ -169,7 +171,7 @@ def test_cli_galleries_lists_and_prunes_retired_tables(
 
     monkeypatch.setenv("R3_MODELS__EMBEDDER", "fake")
     current = open_store(fake_settings(tmp_path))
-    _refresh(GalleryStore(current.uri, "gallery", "retired-model-0000", 8), 1)
+    _refresh(gallery_store(current.uri, "retired-model-0000", 8, gallery=current.gallery), 1)
     assert cli_main(["galleries", "--home", str(tmp_path)]) == 0
     listed = capsys.readouterr().out
     assert "gallery_default_retired-model-00" in listed
@@ -191,7 +193,7 @@ def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no server: the file lock alone
     settings = fake_settings(tmp_path, upkeep={"writer_wait_seconds": 0})
-    store = GalleryStore(str(tmp_path / "db"), "gallery", "model-a-0123456789", 8)
+    store = gallery_store(str(tmp_path / "db"), "model-a-0123456789", 8)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -199,10 +201,10 @@ def test_a_killed_writer_never_blocks_the_table_and_a_live_one_refuses_the_next(
             textwrap.dedent(f"""
         import sys, time
         from flows.writers import writer_slot
-        from r3tasks.gallery.table import GalleryStore
         from tests.conftest import fake_settings
+        from tests.stores import gallery_store
         from pathlib import Path
-        store = GalleryStore({str(tmp_path / "db")!r}, "gallery", "model-a-0123456789", 8)
+        store = gallery_store({str(tmp_path / "db")!r}, "model-a-0123456789", 8)
         with writer_slot(store, fake_settings(Path({str(tmp_path)!r}))):
             print("held", flush=True)
             time.sleep(120)

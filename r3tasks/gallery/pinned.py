@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from r3tasks.errors import R3Error
+from r3tasks.gallery.filters import RowFilter, evaluate, normalise_where, with_group
 from r3tasks.gallery.matrix import SCORE_CHUNK_FLOATS as _SCORE_CHUNK_FLOATS
 from r3tasks.gallery.matrix import ExactMatrix as _ExactMatrix
 from r3tasks.gallery.matrix import load_exact as _load_exact
@@ -30,6 +32,10 @@ class ItemRecord:
 
 SearchRoute = Literal["memory", "flat", "ann"]
 
+# Filters kept evaluated per pinned version: a service answering many different filters holds at most
+# this many masks (one byte per row each).
+MAX_FILTERS = 32
+
 
 class PinnedGallery:
     """One table version, searched by a whole query batch so a refresh meanwhile changes nothing in it.
@@ -41,7 +47,8 @@ class PinnedGallery:
     `use_ann_index` is on and it holds more than `ann_min_rows` rows: that search is approximate
     (ANN), it may miss some of the true top-k. A search of every row (limit <= 0) is always exact.
     As in LanceDB, a zero vector has no cosine: such rows are never returned and a zero query
-    returns {}.
+    returns {}. A `where` filter (LanceDB's SQL syntax on the stored columns) applies before the top-k on
+    every route, so a search returns `limit` rows whenever that many match.
     """
 
     def __init__(self, store: GalleryStore, table: Any, settings: GallerySettings | None = None) -> None:
@@ -67,6 +74,9 @@ class PinnedGallery:
         self._exact: _ExactMatrix | None = None
         self._ann: bool | None = None
         self._lock = threading.Lock()
+        # Its own lock: evaluating a filter loads the matrix, which takes `_lock`.
+        self._filters: OrderedDict[str, RowFilter] = OrderedDict()
+        self._filter_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,47 +86,84 @@ class PinnedGallery:
         """Size of the in-memory vector matrix of this version."""
         return len(self.records) * self.store.dim * 4
 
+    @property
+    def lance_table(self) -> Any:
+        """The LanceDB table checked out at this version (read only: a filter check runs on it)."""
+        return self._table
+
+    def row_filter(self, where: str) -> RowFilter:
+        """What `where` keeps of this version: evaluated by LanceDB once per filter, then shared by every
+        search and thread; its mask follows the in-memory matrix's rows. `FilterError` if it cannot run."""
+        with self._filter_lock:  # one evaluation however many threads ask at once
+            found = self._filters.get(where)
+            if found is None:
+                exact = self.exact_matrix()
+                found = evaluate(self._table, where, exact.ids if exact is not None else None)
+                self._filters[where] = found
+                while len(self._filters) > MAX_FILTERS:
+                    self._filters.popitem(last=False)
+            else:
+                self._filters.move_to_end(where)
+            return found
+
     def route(self, limit: int = 0) -> SearchRoute:
         """Which search a call with this limit uses: `memory` (exact), `flat` (LanceDB, exact) or `ann`."""
         if limit > 0 and self._ann_usable():
             return "ann"
         return "memory" if self.matrix_bytes <= self.settings.exact_search_max_bytes else "flat"
 
-    def search(self, vector: np.ndarray, limit: int = 0, group: str | None = None) -> dict[str, float]:
-        """Cosine similarity of the best `limit` items (all when <= 0), best first, optionally within one group."""
+    def search(
+        self, vector: np.ndarray, limit: int = 0, group: str | None = None, where: str | None = None
+    ) -> dict[str, float]:
+        """Cosine similarity of the best `limit` items (all when <= 0), best first, optionally within one group
+        and among the rows filter `where` keeps."""
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.store.dim,):
             raise R3Error(f"query vector for {self.store.name}: shape {query.shape}, expected ({self.store.dim},)")
-        return self.search_many(query[None, :], limit, group)[0]
+        return self.search_many(query[None, :], limit, group, where)[0]
 
-    def search_many(self, vectors: np.ndarray, limit: int = 0, group: str | None = None) -> list[dict[str, float]]:
+    def search_many(
+        self, vectors: np.ndarray, limit: int = 0, group: str | None = None, where: str | None = None
+    ) -> list[dict[str, float]]:
         """`search` for each row of a (queries, dim) array; in memory it is one matrix product for all."""
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.store.dim:
             raise R3Error(f"query vectors for {self.store.name}: shape {queries.shape}, expected (n, {self.store.dim})")
         if not np.all(np.isfinite(queries)):
             raise R3Error(f"query vectors for {self.store.name}: non-finite values")
+        where = normalise_where(where)
         route = self.route(limit)
         if route != "memory":
-            return [self._lance_search(q, limit, group, approximate=route == "ann") for q in queries]
+            return [self._lance_search(q, limit, group, route == "ann", where) for q in queries]
         exact = self._matrix()
         span = (0, len(exact.ids)) if group is None else exact.spans.get(group)
         out: list[dict[str, float]] = [{} for _ in range(len(queries))]
         if span is None or span[0] == span[1] or len(queries) == 0:
             return out
         block, ids = exact.vectors[span[0] : span[1]], exact.ids[span[0] : span[1]]
+        dropped = None
+        if where is not None:
+            keep = self.row_filter(where).mask[span[0] : span[1]]  # type: ignore[index]
+            if not keep.any():
+                return out
+            dropped = np.flatnonzero(~keep)
         norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
         usable = np.flatnonzero(norms > 0)  # a zero query has no cosine (LanceDB returns nothing for it)
         if len(usable) == 0:
             return out
         unit = queries[usable] / norms[usable, None]
         if len(usable) == 1:  # a matrix-vector product (gemv) rather than a 1-row gemm
-            out[usable[0]] = _best_scores(block @ unit[0], ids, limit)
+            scores = block @ unit[0]
+            if dropped is not None:
+                scores[dropped] = -np.inf  # before the top-k, so the rows kept fill all `limit` places
+            out[usable[0]] = _best_scores(scores, ids, limit)
             return out
         # Queries in chunks, so the score matrix stays near 64 MiB however many there are.
         step = max(1, _SCORE_CHUNK_FLOATS // len(block))
         for start in range(0, len(usable), step):
             scores = unit[start : start + step] @ block.T
+            if dropped is not None:
+                scores[:, dropped] = -np.inf
             for row, position in zip(scores, usable[start : start + step]):
                 out[position] = _best_scores(row, ids, limit)
         return out
@@ -142,7 +189,9 @@ class PinnedGallery:
             self._ann = _has_cosine_vector_index(self._table)
         return self._ann
 
-    def _lance_search(self, query: np.ndarray, limit: int, group: str | None, approximate: bool) -> dict[str, float]:
+    def _lance_search(
+        self, query: np.ndarray, limit: int, group: str | None, approximate: bool, where: str | None
+    ) -> dict[str, float]:
         size = self._group_sizes.get(group, 0) if group is not None else len(self.records)
         if size == 0:
             return {}
@@ -154,12 +203,17 @@ class PinnedGallery:
             tuning = self.settings
             if tuning.ann_nprobes is not None:
                 search = search.nprobes(tuning.ann_nprobes)
+            if where is not None:
+                # A narrow filter leaves few rows in the probed partitions: probe on until `limit` are
+                # found (with its default probes, an IVF search here returned 3 of 10 matching rows).
+                search = search.maximum_nprobes(0)
             if tuning.ann_ef is not None:
                 search = search.ef(tuning.ann_ef)
             if tuning.ann_refine_factor is not None:
                 search = search.refine_factor(tuning.ann_refine_factor)
-        if group is not None:
-            search = search.where(f"`group` = {sql_string(group)}", prefilter=True)
+        clause = with_group(where, f"`group` = {sql_string(group)}" if group is not None else None)
+        if clause is not None:
+            search = search.where(clause, prefilter=True)
         hits = search.select(["id", "_distance"]).to_arrow()
         distances = hits.column("_distance").to_numpy(zero_copy_only=False)
         return {
@@ -224,7 +278,9 @@ def snapshot(store: GalleryStore, version: int | str | None = None) -> GallerySn
 
 
 def _best_scores(scores: np.ndarray, ids: np.ndarray, limit: int) -> dict[str, float]:
-    """{id: score} of the `limit` best scores (all when <= 0), best first, ties by position."""
+    """{id: score} of the `limit` best scores (all when <= 0), best first, ties by position; -inf (a row a
+    filter dropped) is never returned."""
     k = len(scores) if limit <= 0 else min(limit, len(scores))
     order = best_first(scores, k)[:k]
+    order = order[scores[order] > -np.inf]
     return dict(zip(ids[order].tolist(), scores[order].tolist()))

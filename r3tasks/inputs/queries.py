@@ -63,7 +63,7 @@ def load_queries(path: str | Path) -> list[Query]:
         rows = [(at, row, None) for at, row in read_records(path)]
     else:
         raise SourceError(f"{path}: queries are .jsonl, .json or .csv")
-    queries = [_to_query(path, at, row, section) for at, row, section in rows]
+    queries = [query_from_row(path, at, row, section) for at, row, section in rows]
     seen: set[str] = set()
     for query in queries:
         if query.id in seen:
@@ -94,7 +94,9 @@ def _json_rows(path: Path) -> list[Row]:
     raise SourceError(f"{path}: expected a list of queries or an object of sections")
 
 
-def _to_query(path: Path, at: Where, raw: object, section: str | None) -> Query:
+def query_from_row(path: Path, at: Where, raw: object, section: str | None = None) -> Query:
+    """One row of a queries file (or of a service request, `path` naming it) as a typed query; `SourceError`
+    naming `path`, `at` and the reason when the row is malformed."""
     row = parse_row(QueryRow, path, at, raw)
     query_id = row.query_key
     if not query_id:

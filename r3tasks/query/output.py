@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,13 +42,16 @@ def batch_lineage(
     settings: R3Settings,
     caches: dict[str, StageCache],
     code_version: str,
+    where: str | None = None,
 ) -> dict:
-    """What every result of a batch carries: gallery version, the fingerprints of the models that ran,
-    the settings hash, the code version and the stage caches' hits and misses."""
+    """What every result of a batch carries: gallery version and the filter it was searched with (`where`,
+    None for none), the fingerprints of the models that ran, the settings hash, the code version and the
+    stage caches' hits and misses."""
     reasoned = settings.query.use_reasoning and any(s.reasoning is not None for s in states)
     reranked = settings.query.rerank_k > 0 and any(s.ranked and s.ranked[0].reranker_score is not None for s in states)
     return {
         "gallery": {"uri": gallery.ref.uri, "table": gallery.ref.table, "version": gallery.ref.version},
+        "where": where,
         "embedder": shared_embedder(settings).fingerprint,
         "reasoner": shared_reasoner(settings).fingerprint if reasoned else None,
         "reranker": shared_reranker(settings).fingerprint if reranked else None,
@@ -80,11 +84,22 @@ def write_batch(
     serialized = json.dumps(payload, indent=2)  # once: for a large batch this is seconds
     (run_dir / "results.json").write_text(serialized)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(serialized)
+        write_whole(Path(out), serialized)
     if covrr_out:
-        Path(covrr_out).write_text(json.dumps(covrr_submission(states), indent=2))
+        write_whole(Path(covrr_out), json.dumps(covrr_submission(states), indent=2))
     return BatchOutput(payload, report, run_dir)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` so that it is either whole or absent: a run interrupted mid-write (SIGTERM, a full disk)
+    leaves the previous file or none, never half a JSON document."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def covrr_submission(states: Sequence[QueryState]) -> dict:

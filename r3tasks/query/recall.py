@@ -7,6 +7,10 @@ of that product. Scores come out in id order, the order the per-query path below
 {id: score} dicts, so both paths rank ties the same and give the same scores. The per-query path
 serves a candidate pool, LanceDB searches (a gallery over the memory budget, ANN), and any query whose
 vectors the batch path refuses, so one bad vector still costs only its own query.
+
+A `where` filter is evaluated once for the batch (`PinnedGallery.row_filter`); on the batch path the rows
+it drops score -inf in every product before fusion and top-k, so a query still gets K results whenever K
+rows match; the per-query path hands the filter to `PinnedGallery.search`, which does the same.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from r3tasks.errors import R3Error
+from r3tasks.gallery.filters import no_match_warning, normalise_where
 from r3tasks.gallery.matrix import SCORE_CHUNK_FLOATS, ExactMatrix
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery
@@ -26,9 +31,24 @@ from r3tasks.query.topk import best_pool, top_k
 from r3tasks.settings.tree import R3Settings
 
 
-def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings) -> None:
-    """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K."""
+def recall(
+    states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Settings, where: str | None = None
+) -> None:
+    """Gated fusion of base and reasoning scores over the pinned gallery; source excluded; top-K among the
+    rows filter `where` keeps (all when None). A filter that keeps no row leaves every query an empty
+    ranking and a warning; one that cannot run raises `FilterError` (the CLI checks it before any work)."""
+    where = normalise_where(where)
     todo = [s for s in states if s.ok and s.base_vectors is not None]
+    mask = None
+    if where is not None and todo:
+        kept = gallery.row_filter(where)
+        if kept.matches == 0:
+            warning = no_match_warning(where, gallery.ref.version)
+            for state in todo:
+                state.recalled = []
+                state.warnings.append(warning)
+            return
+        mask = kept.mask
     exact = gallery.exact_matrix() if settings.query.candidate_pool == 0 and todo else None
     alone: list[QueryState] = []
     by_group: dict[str | None, list[QueryState]] = {}
@@ -44,12 +64,12 @@ def recall(states: Sequence[QueryState], gallery: PinnedGallery, settings: R3Set
         by_group.setdefault(state.query.gallery_group, []).append(state)
     for group, members in by_group.items():
         try:
-            _recall_group(members, exact, group, settings)  # type: ignore[arg-type]
+            _recall_group(members, exact, group, settings, mask)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - the batch path failed as a whole: each query alone says why
             alone.extend(members)
     for state in alone:
         try:
-            _recall_one(state, gallery, settings)
+            _recall_one(state, gallery, settings, where)
         except Exception as error:  # noqa: BLE001 - one query's failure is its own
             state.error = f"recall failed: {reason_of(error)}"
 
@@ -76,8 +96,16 @@ def _unit_rows(state: QueryState) -> np.ndarray:
     return np.divide(matrix, norms[:, None], out=np.zeros_like(matrix), where=norms[:, None] > 0)
 
 
-def _recall_group(members: list[QueryState], exact: ExactMatrix, group: str | None, settings: R3Settings) -> None:
+def _recall_group(
+    members: list[QueryState], exact: ExactMatrix, group: str | None, settings: R3Settings, mask: np.ndarray | None
+) -> None:
     block, ids, column_order = exact.block(group)
+    dropped = None
+    if mask is not None:
+        keep = _columns(mask, exact, group)
+        dropped = np.flatnonzero(~keep)
+        if not keep.any():
+            block, ids = block[:0], ids[:0]  # the filter keeps nothing of this group: as an empty group
     if len(block) == 0:
         for state in members:  # an empty group: what the per-query path gives for it
             empty = np.zeros(0) if state.reasoning_vector is not None else None
@@ -95,6 +123,8 @@ def _recall_group(members: list[QueryState], exact: ExactMatrix, group: str | No
         scores = np.concatenate(units) @ block.T
         if column_order is not None:
             scores = scores[:, column_order]
+        if dropped is not None:
+            scores[:, dropped] = -np.inf  # before fusion and top-k: the kept rows fill all K places
         zero = np.concatenate([np.einsum("ij,ij->i", u, u) == 0 for u in units])
         scores[zero] = -np.inf  # a zero vector returns nothing, as in a LanceDB search
         at = 0
@@ -107,6 +137,14 @@ def _recall_group(members: list[QueryState], exact: ExactMatrix, group: str | No
             else:
                 rows = rows.astype(np.float64)  # fusion arithmetic in float64, as on the per-query path
                 _fuse_into(state, rows[:nb], rows[nb], ids, settings)
+
+
+def _columns(mask: np.ndarray, exact: ExactMatrix, group: str | None) -> np.ndarray:
+    """A mask over the matrix's rows as the columns of `exact.block(group)`'s scores."""
+    if group is None:
+        return mask if exact.id_order is None else mask[exact.id_order]
+    start, stop = exact.spans.get(group, (0, 0))
+    return mask[start:stop]
 
 
 def _base_only(state: QueryState, rows: np.ndarray, ids: np.ndarray, settings: R3Settings) -> None:
@@ -178,13 +216,14 @@ def _fuse_into(
     state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
 
 
-def _recall_one(state: QueryState, gallery: PinnedGallery, settings: R3Settings) -> None:
+def _recall_one(state: QueryState, gallery: PinnedGallery, settings: R3Settings, where: str | None = None) -> None:
     """One query through `PinnedGallery.search`: a candidate pool, LanceDB routes, or a lone retry."""
     q = settings.query
     group = state.query.gallery_group
-    base_hits = [gallery.search(v, q.candidate_pool, group) for v in state.base_vectors]  # type: ignore[union-attr]
+    pool = q.candidate_pool
+    base_hits = [gallery.search(v, pool, group, where) for v in state.base_vectors]  # type: ignore[union-attr]
     reason_hits = (
-        gallery.search(state.reasoning_vector, q.candidate_pool, group) if state.reasoning_vector is not None else {}
+        gallery.search(state.reasoning_vector, pool, group, where) if state.reasoning_vector is not None else {}
     )
     ids = sorted(set().union(*base_hits, reason_hits))
     base_matrix = np.array([[hits.get(i, -np.inf) for i in ids] for hits in base_hits], dtype=np.float64)

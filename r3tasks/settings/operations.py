@@ -1,4 +1,4 @@
-"""The settings sections of operations: data locations, gallery upkeep, the inbox watcher.
+"""The settings sections of operations: data locations, gallery upkeep, the inbox watcher, the query service.
 
 Part of the one settings tree (`r3tasks.settings.R3Settings`), kept apart so that module stays about
 what changes results; import them from `r3tasks.settings`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from r3tasks.settings.section import Section
 
@@ -77,4 +77,38 @@ class WatchSettings(Section):
     )
     patterns: list[str] = Field(
         default_factory=lambda: ["*.jsonl", "*.json", "*.csv"], description="File names the watcher reports."
+    )
+
+
+class ServeSettings(Section):
+    """`r3 serve`: the warm query service (docs/serving.md) and `r3 query --server`."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address `r3 serve` binds (`--host`); any address but a loopback one needs `serve.token`.",
+    )
+    port: int = Field(8765, ge=0, le=65535, description="Port `r3 serve` listens on (`--port`); 0 picks a free one.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every request must carry (`Authorization: Bearer <token>`) when set; "
+        "`r3 query --server` sends it. Required to bind a non-loopback address. Best set as R3_SERVE__TOKEN.",
+    )
+    max_pending: int = Field(
+        8,
+        ge=1,
+        description="Query requests admitted at once (the one the models are answering and those waiting for "
+        "them); one more is answered 503 with Retry-After, so a burst cannot queue unbounded work.",
+    )
+    retry_after_seconds: int = Field(2, ge=0, description="The Retry-After a 503 (queue full) carries, in seconds.")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1, description="Largest request body accepted; a bigger one is answered 413 and read no further."
+    )
+    version_check_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often a request checks the gallery table for a version committed since (a refresh); a "
+        "new one is pinned and served from the next request on. 0 checks on every request.",
+    )
+    client_timeout_seconds: float = Field(
+        600.0, gt=0, description="How long `r3 query --server` waits for the service's answer."
     )

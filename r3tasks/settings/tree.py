@@ -27,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from r3tasks.settings.operations import DataSettings, UpkeepSettings, WatchSettings
+from r3tasks.settings.operations import DataSettings, ServeSettings, UpkeepSettings, WatchSettings
 from r3tasks.settings.presets import PRESET_BACKENDS, PRESET_DEFAULTS
 from r3tasks.settings.query import QuerySettings
 from r3tasks.settings.section import Section
@@ -300,6 +300,7 @@ class R3Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     upkeep: UpkeepSettings = Field(default_factory=UpkeepSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @classmethod
     def settings_customise_sources(
