@@ -41,6 +41,7 @@ def index_plain(source: Path, home: Path, overrides: dict[str, Any]) -> dict:
         embedder.fingerprint,
         embedder.dim,
         storage_options=settings.gallery.storage_options,
+        gallery=settings.gallery.name,
     )
     stored = store.content_keys() if store.exists() else {}
     plan = plan_index(keying.keyed, [f.id for f in keying.failed], stored)
@@ -83,7 +84,13 @@ def phase_times(source: Path, home: Path, overrides: dict[str, Any]) -> dict[str
     keying = key_items(items, settings)
     out["content keys (hash)"] = time.perf_counter() - start
     start = time.perf_counter()
-    store = GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, embedder.fingerprint, embedder.dim)
+    store = GalleryStore(
+        settings.gallery_uri,
+        settings.gallery.table_prefix,
+        embedder.fingerprint,
+        embedder.dim,
+        gallery=settings.gallery.name,
+    )
     stored = store.content_keys()
     out["read stored keys (GalleryStore.content_keys)"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -96,7 +103,13 @@ def table_shape(home: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Rows, versions and fragments of the gallery table (many small commits make many fragments)."""
     settings = settings_for(home, overrides)
     embedder = shared_embedder(settings)
-    store = GalleryStore(settings.gallery_uri, settings.gallery.table_prefix, embedder.fingerprint, embedder.dim)
+    store = GalleryStore(
+        settings.gallery_uri,
+        settings.gallery.table_prefix,
+        embedder.fingerprint,
+        embedder.dim,
+        gallery=settings.gallery.name,
+    )
     table = store.table()
     info: dict[str, Any] = {"rows": table.count_rows(), "version": int(table.version)}
     try:

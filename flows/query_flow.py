@@ -25,7 +25,7 @@ from r3tasks.gallery.upkeep import resolve_version
 from r3tasks.gallery.views import open_store, pinned, release
 from r3tasks.inputs.preflight import query_file, where_filter
 from r3tasks.inputs.queries import ComposedQuery, Query
-from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
+from r3tasks.models.registry import LazyReranker, shared_embedder, shared_reasoner
 from r3tasks.query.embedding import embed_queries
 from r3tasks.query.output import batch_caches, batch_lineage, write_batch
 from r3tasks.query.prepare import ensure_gallery_not_empty, prepare
@@ -120,7 +120,7 @@ def rerank_task(
     states: list[QueryState], settings: R3Settings, version: int, done_before: int = 0, total: int | None = None
 ) -> list[QueryState]:
     caches = _caches(settings)
-    reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
+    reranker = LazyReranker(settings) if settings.query.rerank_k > 0 else None
     rerank(
         states,
         reranker,
@@ -132,7 +132,9 @@ def rerank_task(
         done_before=done_before,
         total=total,
     )
-    _stage_lineage("rerank", reranker.fingerprint if reranker else None, caches["rerank"], version, len(states))
+    _stage_lineage(
+        "rerank", reranker.fingerprint if reranker and reranker.loaded else None, caches["rerank"], version, len(states)
+    )
     return states
 
 

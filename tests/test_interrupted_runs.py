@@ -69,6 +69,8 @@ def test_an_interrupted_query_run_says_so_and_writes_nothing(
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            # A shell's background job ignores SIGINT and its children inherit that: a user's terminal does not.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             while not marker.exists():

@@ -1,8 +1,8 @@
 """`r3 index` then `r3 query --preset offline` on the preset's real, packaged weights, no network.
 
 What a user of the offline preset sees first: captions in, the right clip first out, through MiniLM recall
-and the Gemma 3 270M likelihood reranker as shipped (reasoning is off by default in this preset). About 50 s
-on a 2-core CPU, most of it Gemma's one-time conversion in the fresh data home: marked `slow`.
+and the Gemma 3 270M likelihood reranker as shipped (reasoning is off by default in this preset). Gemma comes
+converted from the session's data home (its conversion has its own tests in test_offline_models.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from flows.cli import main as cli_main
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 # Narrations in EgoCVR's style: each edit's target shares the source's scene, and near misses share most words.
 CAPTIONS = {
@@ -43,9 +43,16 @@ QUERIES = [
 EXPECTED_TOP1 = {"q-pick": "phone-pick", "q-close": "door-close", "t-window": "window-open"}
 
 
+def share_converted_gemma(converted_home: Path, home: Path) -> None:
+    """Point `home`'s models folder at the session's converted Gemma (a link: nothing is copied)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(converted_home / "models", target_is_directory=True)
+
+
 def test_offline_preset_indexes_and_answers_composed_and_text_queries_with_its_real_models(
-    tmp_path: Path, r3_home: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, r3_home: Path, converted_gemma_home: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    share_converted_gemma(converted_gemma_home, r3_home)  # the conversion has its own tests
     manifest = tmp_path / "gallery.jsonl"
     manifest.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in CAPTIONS.items()))
     queries = tmp_path / "queries.jsonl"

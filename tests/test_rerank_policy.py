@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
+from r3tasks.evaluation.metrics import evaluate
 from r3tasks.evaluation.sweeps import policy_grid, policy_sweep
 from r3tasks.models.registry import query_templates
 from r3tasks.rerank.final import rerank_topk
@@ -127,6 +128,10 @@ def test_replay_on_stored_scores_equals_running_the_policy() -> None:
     [row] = policy_sweep(results, qrels, [("p", policy)])
     live = [apply_policy(RECALLED, CountingScorer(t), policy) for t in tables]
     assert row["pairs_per_query"] == sum(o.pairs for o in live) / 6
+    # The replayed metrics are the live run's, exactly: the same rankings scored the same way.
+    live_run = {f"q{n}": {item.id: item.score for item in outcome.ranked} for n, outcome in enumerate(live)}
+    assert row["metrics"] == evaluate(live_run, qrels)
+    assert row["kept_recall_order"] == sum(o.gate is not None for o in live) / 6
     recalled, _, depth = stored_scorer(results[0]["ranked"])
     assert recalled == RECALLED and depth == 20
     grid = dict(policy_grid(results, RerankPolicy(depth=20)))

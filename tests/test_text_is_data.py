@@ -64,8 +64,8 @@ def test_minilm_embeds_special_token_strings_as_plain_text(minilm, side: str, te
 
 
 @pytest.fixture(scope="module")
-def gemma_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gemma-text-home")
+def gemma_home(converted_gemma_home: Path) -> Path:
+    return converted_gemma_home
 
 
 @pytest.fixture(scope="module")

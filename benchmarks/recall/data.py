@@ -49,20 +49,21 @@ def _open_or_write(ctx: Context, n: int, d: int, X: np.ndarray, data: str) -> tu
     import pyarrow as pa
 
     from r3tasks.gallery.table import GalleryStore, gallery_schema
+    from r3tasks.settings.tree import DEFAULT_GALLERY
 
     uri = ctx.work / "recall" / f"n{n}-d{d}-{data}"
     marker = uri / "r3-bench.json"
     expected = {"n": n, "d": d, "data": data, "seed": SEED, "version": TABLE_VERSION}
     fingerprint = f"recall-{n}-{d}"
     if marker.is_file() and json.loads(marker.read_text()) == expected:
-        store = GalleryStore(str(uri), "bench", fingerprint, d)
+        store = GalleryStore(str(uri), "bench", fingerprint, d, gallery=DEFAULT_GALLERY)
         if store.exists() and store.count() == n:
             table = store.table()
             for index in table.list_indices():
                 table.drop_index(index.name)
             return store, table, None
     shutil.rmtree(uri, ignore_errors=True)
-    store = GalleryStore(str(uri), "bench", fingerprint, d)
+    store = GalleryStore(str(uri), "bench", fingerprint, d, gallery=DEFAULT_GALLERY)
     schema = gallery_schema(d, fingerprint)
 
     def chunks() -> Iterator[pa.RecordBatch]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import Literal
+from typing import Any, Literal
 
 from r3tasks.errors import R3Error
 from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker
@@ -98,6 +98,29 @@ def shared_reasoner(settings: R3Settings) -> Reasoner:
 
 def shared_reranker(settings: R3Settings) -> Reranker:
     return _cached("reranker", settings, load_reranker)  # type: ignore[return-value]
+
+
+class LazyReranker:
+    """The shared reranker, loaded on its first use: a batch whose every query keeps recall's order (a
+    confident recall, a recall window holding one candidate) loads no reranker at all (Gemma: seconds, and
+    a one-time conversion in a new data home)."""
+
+    def __init__(self, settings: R3Settings) -> None:
+        self._settings = settings
+        self._model: Reranker | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def model(self) -> Reranker:
+        if self._model is None:
+            self._model = shared_reranker(self._settings)
+        return self._model
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names this class lacks get here: everything the Reranker interface has.
+        return getattr(self.model(), name)
 
 
 def clear_loaded_models() -> None:

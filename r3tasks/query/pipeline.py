@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from r3tasks.cache.stages import StageCache
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery, Query
-from r3tasks.models.registry import shared_embedder, shared_reasoner, shared_reranker
+from r3tasks.models.registry import LazyReranker, shared_embedder, shared_reasoner
 from r3tasks.query.embedding import embed_queries
 from r3tasks.query.prepare import prepare
 from r3tasks.query.reasoning import run_reasoning
@@ -42,6 +42,6 @@ def answer(
         run_reasoning(states, shared_reasoner(settings), settings, caches["reasoning"], caches["frames"])
     embed_queries(states, shared_embedder(settings), settings, caches["query-embedding"], caches["frames"])
     recall(states, gallery, settings, where)
-    reranker = shared_reranker(settings) if settings.query.rerank_k > 0 else None
+    reranker = LazyReranker(settings) if settings.query.rerank_k > 0 else None
     rerank(states, reranker, gallery, settings, caches["rerank"], caches["frames"], logger=logger)
     return states

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,19 +87,33 @@ def _rerank_one(
 ) -> int:
     """Rerank one query under the rerank policy (r3tasks.rerank.policy: which of the top `k` get scored,
     and whether the scores are used) into `state.ranked`; returns the pairs the model scored."""
+    policy = rerank_policy(settings.query)
+
+    # Built when the policy first asks for a score: a query whose policy keeps recall's order needs no
+    # rerank query, so no source frames and no reranker (see LazyReranker).
+    def query_with(with_reasoning: bool) -> Callable[[], RerankQuery]:
+        built: list[RerankQuery] = []
+
+        def build() -> RerankQuery:
+            if not built:
+                try:
+                    built.append(_rerank_query(state, reranker, settings, frame_cache, with_reasoning))
+                except ItemError as error:
+                    raise _NoRerankQuery(error.item, error.reason) from None
+            return built[0]
+
+        return build
+
     try:
-        rerank_query = _rerank_query(state, reranker, settings, frame_cache)
-    except ItemError as error:
+        outcome, scores, failures, pairs = _apply_policy(
+            state, query_with(True), policy, reranker, gallery, settings, cache, frame_cache
+        )
+    except _NoRerankQuery as error:
         state.error = error.reason
         return 0
-    policy = rerank_policy(settings.query)
-    outcome, scores, failures, pairs = _apply_policy(
-        state, rerank_query, policy, reranker, gallery, settings, cache, frame_cache
-    )
     if not scores and failures and state.gate_used and state.reasoning is not None:
         # The reasoning is model output inside the prompt: when nothing scores with it, try the edit alone.
-        plain = _rerank_query(state, reranker, settings, frame_cache, with_reasoning=False)
-        retry = _apply_policy(state, plain, policy, reranker, gallery, settings, cache, frame_cache)
+        retry = _apply_policy(state, query_with(False), policy, reranker, gallery, settings, cache, frame_cache)
         pairs += retry[3]
         if retry[1]:
             state.warnings.append(f"rerank without the reasoning, which failed: {next(iter(failures.values()))}")
@@ -114,9 +128,13 @@ def _rerank_one(
     return pairs
 
 
+class _NoRerankQuery(ItemError):
+    """The query cannot be put to the reranker (no source video or caption): the query's error."""
+
+
 def _apply_policy(
     state: QueryState,
-    rerank_query: RerankQuery,
+    rerank_query: Callable[[], RerankQuery],
     policy: RerankPolicy,
     reranker: Reranker,
     gallery: PinnedGallery,
@@ -132,7 +150,7 @@ def _apply_policy(
     def score(ids: Sequence[str]) -> dict[str, float]:
         nonlocal pairs
         got, failed, scored = _score_candidates(
-            state, ids, rerank_query, reranker, gallery, settings, cache, frame_cache
+            state, ids, rerank_query(), reranker, gallery, settings, cache, frame_cache
         )
         scores.update(got)
         failures.update(failed)

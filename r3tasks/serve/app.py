@@ -177,6 +177,25 @@ def create_app(service: QueryService) -> FastAPI:
     def galleries() -> Response:
         return ResultsJSON(service.galleries())
 
+    @app.get("/v1/items", summary="Stored items whose id or text holds `q`, a page at a time")
+    def items(
+        q: str = "",
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+        gallery: str | None = None,
+        gallery_version: str | None = None,
+    ) -> Response:
+        """`{"items": [{id, text, kind}], "total", "gallery"}`: ids holding `q` first (case-insensitive), then
+        texts holding it, each by id; what the search page's source picker lists."""
+        follower = service.follower(gallery)
+        view = follower.at(gallery_version)
+        needle = q.strip().casefold()
+        found = [r for r in view.records.values() if needle in r.id.casefold() or needle in (r.text or "").casefold()]
+        found.sort(key=lambda r: (needle not in r.id.casefold(), r.id))
+        listed = [{"id": r.id, "text": r.text, "kind": "video" if r.path else "text"} for r in found[offset:][:limit]]
+        ref = {"name": follower.name, "table": view.ref.table, "version": view.ref.version}
+        return ResultsJSON({"items": listed, "total": len(found), "gallery": ref})
+
     @app.get("/v1/items/{item_id:path}/thumbnail", summary="The middle frame of a video item, as a JPEG")
     def thumbnail(
         item_id: str,
