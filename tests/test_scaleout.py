@@ -388,3 +388,42 @@ def test_cli_reads_the_s3_gallery_from_the_environment(
     assert [r["id"] for r in results] == [q["id"] for q in QUERIES]
     assert all(r["ranked"] and r["lineage"]["gallery"]["uri"] == uri for r in results)
     assert bucket_keys(s3_server, "galleries/from-env/")
+
+
+def test_two_service_replicas_serve_one_s3_gallery_and_both_follow_a_refresh(
+    tmp_path: Path, r3_home: Path, s3_server: dict[str, str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from flows.common import code_version
+    from r3tasks.serve.app import create_app
+    from r3tasks.serve.service import QueryService
+    from r3tasks.settings.tree import load_settings
+
+    uri = f"s3://{s3_server['bucket']}/galleries/replicas"
+    gallery = {"uri": uri, "storage_options": s3_options(s3_server)}
+    overrides = {"models": FAKES, "gallery": gallery}
+    first = index_gallery(source=str(write_gallery(tmp_path / "g")), home=str(r3_home), overrides=overrides)
+    rows = [json.loads(line) for line in write_queries(tmp_path / "q.jsonl").read_text().splitlines() if line]
+
+    def replica(home: Path) -> TestClient:
+        # Each replica its own data home (caches): the gallery is the only thing they share.
+        settings = load_settings(home=home, models=FAKES, gallery=gallery, serve={"version_check_seconds": 0})
+        return TestClient(create_app(QueryService(settings, code_version())))
+
+    with replica(tmp_path / "replica-a") as a, replica(tmp_path / "replica-b") as b:
+        answers = [client.post("/v1/query", json={"queries": rows}).json() for client in (a, b)]
+        assert [r["ranked"] for r in answers[0]["results"]] == [r["ranked"] for r in answers[1]["results"]]
+        assert {r["lineage"]["gallery"]["version"] for answer in answers for r in answer["results"]} == {
+            first["version"]
+        }
+        # A refresh written by a third process (the flow) is what both replicas answer from next.
+        captions = {**CAPTIONS, "cat-2": "a cat sleeping in the sun"}
+        second = index_gallery(
+            source=str(write_gallery(tmp_path / "g", captions)), home=str(r3_home), overrides=overrides
+        )
+        text = [{"id": "t", "text": "a cat sleeping in the sun"}]
+        for client in (a, b):
+            result = client.post("/v1/query", json={"queries": text}).json()["results"][0]
+            assert result["lineage"]["gallery"]["version"] == second["version"]
+            assert result["ranked"][0]["id"] == "cat-2"
