@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.common import REPO_ROOT, WORK_DIR
+from benchmarks.common import WORK_DIR
 
 SERVE_DIR = WORK_DIR / "serve"
 CAPTIONS_VERSION = 1  # bump when the caption templates change: cached galleries are rebuilt
@@ -277,30 +277,20 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class Service:
-    """`r3 serve --preset offline --port 0 --json` as a child process (its own pid: RSS, SIGKILL).
-
-    `nodelay`: the same service started by `benchmarks.serve_extras.serve_nodelay` instead (diagnostic only)."""
+    """`r3 serve --preset offline --port 0 --json` as a child process (its own pid: RSS, SIGKILL)."""
 
     def __init__(
-        self,
-        home: Path,
-        log_path: Path,
-        settings_env: dict[str, str] | None = None,
-        gallery: str = "default",
-        nodelay: bool = False,
+        self, home: Path, log_path: Path, settings_env: dict[str, str] | None = None, gallery: str = "default"
     ):
         self.home, self.log_path = home, log_path
-        args = ["--preset", "offline", "--home", str(home), "--gallery", gallery, "--port", "0", "--json"]
-        if nodelay:
-            command = [sys.executable, "-m", "benchmarks.serve_extras", "serve-nodelay", *args]
-        else:
-            command = [*r3_command(), "serve", *args]
+        args = ["serve", "--preset", "offline", "--home", str(home), "--gallery", gallery, "--port", "0", "--json"]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         started = time.perf_counter()
         # stdout to a file, not a pipe: uvicorn's access log would fill a pipe nobody reads and block the service.
-        env = child_env({"PYTHONPATH": str(REPO_ROOT), **(settings_env or {})})
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        self.proc = subprocess.Popen(
+            [*r3_command(), *args], stdout=self._log, stderr=subprocess.STDOUT, env=child_env(settings_env)
+        )
         self.url = self._wait_ready(timeout=600)
         self.start_s = time.perf_counter() - started
         parts = urlsplit(self.url)

@@ -1,5 +1,5 @@
-"""For `benchmarks.serve` (and `serve_load`'s entry point): the command line beside the warm service, a
-diagnostic launcher of it, and the standalone run that writes a result file and RESULTS.md.
+"""For `benchmarks.serve` (and `serve_load`'s entry point): the command line beside the warm service, and the
+standalone run that writes a result file and RESULTS.md.
 
 The CLI: the one-shot `r3 query` on the demo gallery,
 `r3 query --server` against `r3 serve` on the same data home, and a burst of 16 requests at the default
@@ -8,18 +8,14 @@ The CLI: the one-shot `r3 query` on the demo gallery,
 `r3 demo --home H` builds the demo gallery once (H is kept under ``benchmarks/out/serve/cli-home``); each query
 below is a fresh process with its own query text, the home's stage caches emptied first, and Prefect's home under
 ``benchmarks/out/serve/prefect-home`` (its database made by the demo run, as a user's would be by then).
-
-`python -m benchmarks.serve_extras serve-nodelay ...`: `r3 serve` with one change (see `serve_nodelay`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -174,42 +170,3 @@ def burst_at_default_limit(service: Service, clients: int = 16) -> dict[str, Any
     statuses = Counter(str(r.status) for r in replies)
     retry_after = sorted({r.headers.get("retry-after") for r in replies if r.status == 503})
     return {"clients": clients, "statuses": dict(statuses), "retry_after": retry_after}
-
-
-# -- diagnostic: the service on a socket with TCP_NODELAY ----------------------------------------------
-def serve_nodelay(argv: list[str]) -> int:
-    """`r3 serve` as `flows.cli_serve.cmd_serve` starts it, except that its listening socket is made with
-    `IPPROTO_TCP`: asyncio then sets TCP_NODELAY on every accepted connection (it skips sockets whose proto is
-    0, which is what `socket.socket(family, SOCK_STREAM)` gives). Measures what that one change is worth."""
-    import argparse
-    import socket
-
-    import uvicorn
-
-    from flows.common import code_version
-    from r3tasks.serve.app import create_app
-    from r3tasks.serve.service import QueryService
-    from r3tasks.settings.tree import load_settings
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="offline")
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--gallery", default="default")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = load_settings(preset=args.preset, home=Path(args.home), gallery={"name": args.gallery})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    sock.listen(128)
-    service = QueryService(settings, code_version())
-    print(json.dumps({"url": f"http://127.0.0.1:{sock.getsockname()[1]}"}), flush=True)
-    uvicorn.Server(uvicorn.Config(create_app(service), log_level="info")).run(sockets=[sock])
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve-nodelay"]:
-        raise SystemExit(serve_nodelay(sys.argv[2:]))
-    raise SystemExit("usage: python -m benchmarks.serve_extras serve-nodelay --home H [--gallery G]")
