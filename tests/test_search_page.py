@@ -36,19 +36,10 @@ from r3tasks.serve.service import QueryService
 from tests.conftest import fake_settings
 from tests.fakes import FakeEmbedder
 from tests.test_reliability import CAPTIONS
-from tests.test_ui import chromium_path
+from tests.test_ui import NEEDS_A_BROWSER, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = [
-    pytest.mark.skipif(
-        __import__("importlib").util.find_spec("playwright") is None,
-        reason="Playwright is not installed (pip install 'r3[ui]'); .ci/run installs it",
-    ),
-    pytest.mark.skipif(
-        chromium_path() is None,
-        reason="no Chromium browser found (apt-get install chromium, or set R3TEST_CHROMIUM); .ci/run installs it",
-    ),
-]
+pytestmark = NEEDS_A_BROWSER
 
 MODELS = {"embedder": "words", "reasoner": "fake", "reranker": "fake"}
 QUERY = {"use_reasoning": True}

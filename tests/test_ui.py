@@ -46,7 +46,8 @@ def chromium_path() -> str | None:
     return None
 
 
-pytestmark = [
+# What a test driving a real browser needs; skipped with the reason when either is missing.
+NEEDS_A_BROWSER = [
     pytest.mark.skipif(
         __import__("importlib").util.find_spec("playwright") is None,
         reason="Playwright is not installed (pip install 'r3[ui]'); .ci/run installs it",
@@ -56,6 +57,7 @@ pytestmark = [
         reason="no Chromium browser found (apt-get install chromium, or set R3TEST_CHROMIUM); .ci/run installs it",
     ),
 ]
+pytestmark = NEEDS_A_BROWSER
 
 CLI_SCRIPT = textwrap.dedent(
     """
