@@ -58,7 +58,11 @@ def test_upkeep_compacts_prunes_and_keeps_tagged_versions(tmp_path: Path) -> Non
     # Without the user's tag, old versions go: only the newest few (and the refresh tag) stay.
     store.table().tags.delete("before-change")
     pruned = upkeep(store, UpkeepSettings(keep_versions=5)).after
-    assert pruned.versions < after.versions and pruned.versions <= 5 + 3
+    kept = sorted(v["version"] for v in store.table().list_versions())
+    # LanceDB prunes by age, so a version committed within milliseconds of the fifth newest may stay
+    # too; what is promised is that the newest five stay and the old history goes.
+    assert kept[-5:] == list(range(pruned.version - 4, pruned.version + 1))
+    assert pruned.versions < after.versions and first not in kept
     with pytest.raises(R3Error, match="has no version 2"):
         pin(store, 2)
     with pytest.raises(R3Error, match="no tag 'nope'"):

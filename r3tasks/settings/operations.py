@@ -50,7 +50,8 @@ class UpkeepSettings(Section):
         20,
         ge=1,
         description="Untagged table versions kept, newest first; older ones are pruned by the upkeep. "
-        "A tagged version is never pruned, nor anything newer than the oldest tag (LanceDB prunes by age).",
+        "A tagged version is never pruned, nor anything newer than the oldest tag; LanceDB prunes by age, so a "
+        "version committed within milliseconds of the oldest kept one may stay too.",
     )
     id_index: bool = Field(True, description="Keep a BTREE scalar index on `id` (upserts and deletes match on it).")
     writer_wait_seconds: float = Field(
