@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
+from prefect.exceptions import UpstreamTaskError
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect.utilities.annotations import quote
@@ -46,11 +47,20 @@ from r3tasks.gallery.indexing import (
     key_items,
     plan_index,
 )
+from r3tasks.gallery.moment_stages import (
+    StageOutput,
+    find_moments_stage,
+    join_stages,
+    screen_text_stage,
+    speech_stage,
+    videos,
+)
 from r3tasks.gallery.table import GalleryRow
 from r3tasks.gallery.views import open_store
 from r3tasks.inputs import preflight
 from r3tasks.inputs.sources import GalleryItem, KeyedItem
-from r3tasks.models.registry import shared_embedder
+from r3tasks.media.moments import SpeechTrack, VideoSpans
+from r3tasks.models.registry import shared_embedder, shared_screen_text_reader, shared_speech_recognizer
 from r3tasks.settings.tree import R3Settings
 
 PROGRESS_SECONDS = 2.0
@@ -65,7 +75,7 @@ def fingerprint_task(items: list[GalleryItem], settings: R3Settings) -> KeyingRe
 @task(name="plan-index", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient)
 def plan_task(keying: KeyingResult, settings: R3Settings) -> IndexPlan:
     store = open_store(settings)
-    stored = store.content_keys() if store.exists() else {}
+    stored = store.video_keys() if store.exists() else {}
     return plan_index(keying.keyed, [f.id for f in keying.failed], stored)
 
 
@@ -80,6 +90,64 @@ def _embed_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     )
 
 
+def _media_cache_key(stage: str, fields: set[str]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """A media stage's key: the video files it reads and only the settings it depends on, so changing OCR
+    settings re-reads no speech and cuts no shots again."""
+
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        settings: R3Settings = parameters["settings"]
+        batch: list[KeyedItem] = parameters["batch"]
+        models = settings.models
+        return f"{stage}-" + stable_hash(
+            [(k.item.id, k.file_key) for k in videos(batch)],
+            settings.media.model_dump(mode="json", include=fields),
+            [models.backend("asr"), models.asr_model, models.asr_language] if stage == "speech" else [],
+            settings.frames.fingerprint,
+        )
+
+    return key
+
+
+SPAN_FIELDS = {
+    "whole_clip_max_s",
+    "segmentation",
+    "segment_min_s",
+    "segment_max_s",
+    "window_overlap_s",
+    "shot_threshold",
+}
+MEDIA_TASK = {"persist_result": True, "retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_on_transient}
+
+
+@task(name="find-moments", cache_key_fn=_media_cache_key("moments", SPAN_FIELDS), **MEDIA_TASK)
+def find_moments_task(batch: list[KeyedItem], settings: R3Settings) -> StageOutput[VideoSpans]:
+    """Probe each video and cut a long one into moments (PySceneDetect shots, or windows)."""
+    return find_moments_stage(batch, settings)
+
+
+@task(name="read-speech", cache_key_fn=_media_cache_key("speech", {"subtitles", *SPAN_FIELDS}), **MEDIA_TASK)
+def speech_task(
+    batch: list[KeyedItem], spans: StageOutput[VideoSpans], settings: R3Settings
+) -> StageOutput[SpeechTrack]:
+    """Subtitles of each video, else speech recognition (`models.asr`)."""
+    return speech_stage(batch, spans, settings, shared_speech_recognizer(settings))
+
+
+@task(
+    name="read-screen-text",
+    cache_key_fn=_media_cache_key(
+        "screen", {"ocr", "ocr_frames", "ocr_min_confidence", "max_text_chars", *SPAN_FIELDS}
+    ),
+    **MEDIA_TASK,
+)
+def screen_text_task(
+    batch: list[KeyedItem], spans: StageOutput[VideoSpans], settings: R3Settings
+) -> StageOutput[tuple[str | None, ...]]:
+    """OCR of a few frames of each moment (RapidOCR), when `media.ocr` is on."""
+    reader = shared_screen_text_reader(settings) if settings.media.ocr and spans.results else None
+    return screen_text_stage(batch, spans, settings, reader)
+
+
 @task(
     name="sample-and-embed-batch",
     cache_key_fn=_embed_cache_key,
@@ -88,12 +156,24 @@ def _embed_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     retry_delay_seconds=2,
     retry_condition_fn=retry_on_transient,
 )
-def embed_batch_task(batch: list[KeyedItem], settings: R3Settings) -> EmbeddedBatch:
-    """Decode frames (decord, resize on decode) and embed one batch; cached by content and model.
+def embed_batch_task(
+    batch: list[KeyedItem],
+    settings: R3Settings,
+    spans: StageOutput[VideoSpans] | None = None,
+    speech: StageOutput[SpeechTrack] | None = None,
+    screen: StageOutput[tuple[str | None, ...]] | None = None,
+) -> EmbeddedBatch:
+    """Embed each moment of one batch (frames decoded by decord, resized on decode); cached by content and model.
 
     A transient failure (model server, storage) is retried; a bad item fails only itself.
     """
-    return embed_batch(batch, shared_embedder(settings), settings)
+    if spans is None or speech is None or screen is None:
+        return embed_batch(batch, shared_embedder(settings), settings)
+    media, failed, notes = join_stages(spans, speech, screen)
+    embedded = embed_batch(batch, shared_embedder(settings), settings, media)
+    embedded.failed.extend(failed)
+    embedded.notes.extend(notes)
+    return embedded
 
 
 def embedding_task_runner(settings: R3Settings) -> TaskRunner | None:
@@ -110,32 +190,37 @@ def embedding_task_runner(settings: R3Settings) -> TaskRunner | None:
     return DaskTaskRunner(cluster_kwargs={"n_workers": settings.index.dask_workers, "threads_per_worker": 1})
 
 
-def _embed_one_at_a_time(embed: Any, batch: list[KeyedItem], settings: R3Settings) -> EmbeddedBatch:
-    """A batch still failing after its retries: embed its items singly so only the culprit fails.
+def _embed_one_at_a_time(
+    embed: Any, stages: tuple[Any, Any, Any], batch: list[KeyedItem], settings: R3Settings
+) -> EmbeddedBatch:
+    """A batch still failing after its retries: run its items singly so only the culprit fails.
 
     Runs in the flow's process (not on Dask) and without further retries: the batch had them.
     """
+    find, speech, screen = (stage.with_options(retries=0) for stage in stages)
     single = embed.with_options(retries=0)
-    rows: list[GalleryRow] = []
-    failed: list[ItemFailure] = []
+    result = EmbeddedBatch(rows=[], failed=[])
     for keyed in batch:
-        state = single([keyed], settings, return_state=True)
-        if state.is_completed():
-            part: EmbeddedBatch = state.result()
-            rows.extend(part.rows)
-            failed.extend(part.failed)
+        try:
+            media: dict[str, Any] = {}
+            if keyed.item.path is not None:
+                spans = find([keyed], settings)
+                media = {
+                    "spans": spans,
+                    "speech": speech([keyed], spans, settings),
+                    "screen": screen([keyed], spans, settings),
+                }
+            part: EmbeddedBatch = single([keyed], settings, **media)
+        except Exception as cause:  # noqa: BLE001 - whatever still fails after the retries is this item's
+            path = str(keyed.item.path) if keyed.item.path is not None else None
+            reason = f"embedding failed after {settings.index.retries} retries ({type(cause).__name__}: {cause})"
+            result.failed.append(ItemFailure(id=keyed.item.id, path=path, reason=reason))
             continue
-        cause = state.result(raise_on_failure=False)
-        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(state.message)
-        path = str(keyed.item.path) if keyed.item.path is not None else None
-        failed.append(
-            ItemFailure(
-                id=keyed.item.id,
-                path=path,
-                reason=f"embedding failed after {settings.index.retries} retries ({reason})",
-            )
-        )
-    return EmbeddedBatch(rows=rows, failed=failed)
+        result.rows.extend(part.rows)
+        result.failed.extend(part.failed)
+        result.notes.extend(part.notes)
+        result.nothing_to_read += part.nothing_to_read
+    return result
 
 
 def _printable(failure: ItemFailure) -> ItemFailure:
@@ -162,7 +247,7 @@ def remove_task(ids: list[str], settings: R3Settings) -> int:
 
     store = open_store(settings)
     with writer_slot(store, settings):
-        return store.delete_ids(ids)
+        return store.delete_videos(ids)
 
 
 @task(name="record-index-artifacts", cache_policy=NONE)
@@ -260,18 +345,38 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
         result_storage=storage, **io_retries, cache_expiration=dt.timedelta(seconds=expiry) if expiry else None
     )
     upsert = upsert_task.with_options(**io_retries)
+    stage_options = {**io_retries, "result_storage": storage}
+    find_moments = find_moments_task.with_options(**stage_options)
+    read_speech = speech_task.with_options(**stage_options)
+    read_screen = screen_text_task.with_options(**stage_options)
     written_ids: set[str] = set()
+    notes: list[str] = []
+    nothing_to_read = 0
+    moments_written = 0
     done = 0
     total = len(plan.to_embed)
     with ExitStack() as stack:
         runner = embedding_task_runner(settings) if to_embed else None  # no cluster for nothing to embed
-        submit: Callable[[list[KeyedItem]], PrefectFuture[EmbeddedBatch]]
+        on_runner: Callable[[Any, dict[str, Any]], PrefectFuture[Any]]
         if runner is None:
-            submit = lambda batch: embed.submit(batch, settings)  # noqa: E731
+            on_runner = lambda task_, parameters: task_.submit(**parameters)  # noqa: E731
         else:
             stack.enter_context(runner)
             logger.info("embedding on %s", type(runner).__name__)
-            submit = lambda batch: runner.submit(embed, {"batch": batch, "settings": settings})  # noqa: E731
+            on_runner = runner.submit
+
+        def submit(batch: list[KeyedItem]) -> PrefectFuture[EmbeddedBatch]:
+            # A batch with videos goes through the media stages first, on the same runner; the embedding
+            # waits on their futures. Text-only batches skip them (no task overhead for caption galleries).
+            if not videos(batch):
+                return on_runner(embed, {"batch": batch, "settings": settings})
+            spans = on_runner(find_moments, {"batch": batch, "settings": settings})
+            speech = on_runner(read_speech, {"batch": batch, "spans": spans, "settings": settings})
+            screen = on_runner(read_screen, {"batch": batch, "spans": spans, "settings": settings})
+            return on_runner(
+                embed, {"batch": batch, "settings": settings, "spans": spans, "speech": speech, "screen": screen}
+            )
+
         # A bounded window of submitted batches: decoded frames and threads stay bounded when the
         # embedder is slower than decoding. Rows are stored in order, in a few commits (see index.commit_*).
         window = max(settings.index.max_batches_in_flight, settings.index.dask_workers if runner else 1)
@@ -282,9 +387,11 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
 
         def commit() -> None:
             nonlocal last_commit
+            nonlocal moments_written
             if pending:
                 upsert(quote(EmbeddedBatch(rows=list(pending), failed=[])), settings)
-                written_ids.update(row.id for row in pending)
+                written_ids.update(row.video_id or row.id for row in pending)
+                moments_written += len(pending)
                 pending.clear()
             last_commit = time.monotonic()
 
@@ -294,17 +401,19 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
             batch, future = in_flight.popleft()
             try:
                 embedded = future.result()
-            except TRANSIENT_ERRORS as error:
+            except (*TRANSIENT_ERRORS, UpstreamTaskError) as error:  # a media stage's transient failure too
                 logger.warning(
                     "a batch of %d still fails after retries (%s): embedding its items singly", len(batch), error
                 )
-                embedded = _embed_one_at_a_time(embed, batch, settings)
+                embedded = _embed_one_at_a_time(embed, (find_moments, read_speech, read_screen), batch, settings)
             del future  # the result is held below only until its rows are committed
             for next_batch in islice(queued, 1):
                 in_flight.append((next_batch, submit(next_batch)))
             pending.extend(embedded.rows)
             failed.extend(embedded.failed)
-            done += len(embedded.rows) + len(embedded.failed)
+            notes.extend(embedded.notes)
+            nothing_to_read += embedded.nothing_to_read
+            done += len({row.video_id or row.id for row in embedded.rows}) + len(embedded.failed)
             if not in_flight or commit_due(len(pending), time.monotonic() - last_commit, settings):
                 commit()
             if not in_flight or time.monotonic() - last_progress >= PROGRESS_SECONDS:
@@ -317,6 +426,8 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
     if total == 0:
         update_progress_artifact(progress_id, 100.0)
 
+    for note in notes:
+        logger.info("note: %s", note)
     version = remove_task.with_options(**io_retries)(quote(plan.to_remove), settings)
     store = open_store(settings)
     summary = IndexSummary(
@@ -325,6 +436,9 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
         unchanged=len(plan.unchanged),
         removed=len(plan.to_remove),
         failed=[_printable(f) for f in sorted(failed, key=lambda f: f.id)],
+        moments=moments_written,
+        nothing_to_read=nothing_to_read,
+        notes=notes,
         table={"uri": store.uri, "name": store.name, "gallery": store.gallery},
         version=version,
         embedder=store.embedder_fingerprint,

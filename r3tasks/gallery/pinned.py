@@ -28,6 +28,20 @@ class ItemRecord:
     text: str | None
     group: str | None
     content_key: str
+    video_id: str | None = None  # the video this moment is of (its own id for a whole clip)
+    start_s: float | None = None
+    end_s: float | None = None
+    transcript: str | None = None
+    screen_text: str | None = None
+
+    @property
+    def video(self) -> str:
+        return self.video_id if self.video_id is not None else self.id
+
+
+# What pinning reads besides vectors; a table version from before moments lacks the moment columns.
+RECORD_COLUMNS = ["id", "path", "path_bytes", "text", "group", "content_key"]
+MOMENT_RECORD_COLUMNS = ["video_id", "start_s", "end_s", "transcript", "screen_text"]
 
 
 SearchRoute = Literal["memory", "flat", "ann"]
@@ -57,21 +71,20 @@ class PinnedGallery:
         self._table = table
         self.ref = GalleryRef(uri=store.uri, table=store.name, version=int(table.version))
         # Only the metadata columns: the vectors are read once, on the first in-memory search.
-        meta = (
-            table.search()
-            .select(["id", "path", "path_bytes", "text", "group", "content_key"])
-            .limit(None)
-            .to_arrow()
-            .to_pylist()
-        )
+        names = set(table.schema.names)
+        columns = RECORD_COLUMNS + [c for c in MOMENT_RECORD_COLUMNS if c in names]
+        meta = table.search().select(columns).limit(None).to_arrow().to_pylist()
         self.records: dict[str, ItemRecord] = {}
         for row in meta:
             row["path"] = stored_path(row["path"], row.pop("path_bytes"))
             self.records[row["id"]] = ItemRecord(**row)
+        # Whether any row is a segment of a longer video (`query.unit` and source moments matter only then).
+        self.segmented = any(record.id != record.video for record in self.records.values())
         self._group_sizes: dict[str | None, int] = {}
         for record in self.records.values():
             self._group_sizes[record.group] = self._group_sizes.get(record.group, 0) + 1
         self._exact: _ExactMatrix | None = None
+        self._by_video: dict[str, list[ItemRecord]] | None = None
         self._ann: bool | None = None
         self._lock = threading.Lock()
         # Its own lock: evaluating a filter loads the matrix, which takes `_lock`.
@@ -80,6 +93,17 @@ class PinnedGallery:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def moments_of(self, video_id: str) -> list[ItemRecord]:
+        """The rows of one video, in time order (a whole clip: its one row)."""
+        if self._by_video is None:
+            by_video: dict[str, list[ItemRecord]] = {}
+            for record in self.records.values():
+                by_video.setdefault(record.video, []).append(record)
+            for rows in by_video.values():
+                rows.sort(key=lambda r: (r.start_s or 0.0, r.id))
+            self._by_video = by_video
+        return self._by_video.get(video_id, [])
 
     @property
     def matrix_bytes(self) -> int:

@@ -12,6 +12,7 @@ rerun of the index computes its plan from what is stored and converges.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import pyarrow as pa
 from r3tasks.errors import R3Error
 from r3tasks.settings.tree import DEFAULT_GALLERY, GallerySettings, check_gallery_name
 
+logger = logging.getLogger(__name__)
+
 # Columns besides the vector; the vector column is a fixed-size list of float32.
 METADATA_FIELDS = [
     pa.field("id", pa.string(), nullable=False),
@@ -33,7 +36,22 @@ METADATA_FIELDS = [
     pa.field("content_key", pa.string(), nullable=False),
     pa.field("num_frames", pa.int32()),
     pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
+    # Moments: a row is one stretch of one video (a whole clip keeps `id == video_id`); times are seconds.
+    pa.field("video_id", pa.string()),
+    pa.field("start_s", pa.float64()),
+    pa.field("end_s", pa.float64()),
+    pa.field("transcript", pa.string()),
+    pa.field("screen_text", pa.string()),
 ]
+
+# Columns added after tables were first written, with what an older row holds: it is a whole clip.
+MOMENT_COLUMNS = {
+    "video_id": "id",
+    "start_s": "CAST(NULL AS DOUBLE)",
+    "end_s": "CAST(NULL AS DOUBLE)",
+    "transcript": "CAST(NULL AS STRING)",
+    "screen_text": "CAST(NULL AS STRING)",
+}
 
 
 def table_name(prefix: str, embedder_fingerprint: str, gallery: str = DEFAULT_GALLERY) -> str:
@@ -83,6 +101,11 @@ class GalleryRow:
     content_key: str
     num_frames: int | None
     vector: np.ndarray
+    video_id: str | None = None  # None: the row is the whole item (`id`)
+    start_s: float | None = None
+    end_s: float | None = None
+    transcript: str | None = None
+    screen_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +153,7 @@ class GalleryStore:
             if committed is not None:
                 self._table = committed
                 self._check_dim()
+                self._add_moment_columns()
             else:
                 self._table = self._db.create_table(
                     self.name, schema=gallery_schema(self.dim, self.embedder_fingerprint, self.gallery), exist_ok=True
@@ -142,6 +166,19 @@ class GalleryStore:
             raise R3Error(
                 f"table {self.name} in {self.uri} stores {stored}-d vectors but the embedder gives {self.dim}-d"
             )
+
+    def _add_moment_columns(self) -> None:
+        """Bring a table written before moments up to the current schema, in place: its rows are whole clips,
+        their vectors stay (nothing is re-embedded). Only the writer's path (`table()`) does this."""
+        missing = {name: sql for name, sql in MOMENT_COLUMNS.items() if name not in self._table.schema.names}
+        if missing:
+            logger.warning(
+                "gallery %r: table %s predates moments; adding columns %s (its rows stay, as whole clips)",
+                self.gallery,
+                self.name,
+                ", ".join(missing),
+            )
+            self._table.add_columns(missing)
 
     @property
     def db(self) -> Any:
@@ -163,6 +200,22 @@ class GalleryStore:
         # Two columns only: a refresh should not read every stored vector to find what changed.
         table = self.table().search().select(["id", "content_key"]).limit(None).to_arrow()
         return dict(zip(table.column("id").to_pylist(), table.column("content_key").to_pylist()))
+
+    def video_keys(self) -> dict[str, str]:
+        """video id -> content key of every stored video (what the indexing plan diffs against).
+
+        A video whose rows disagree (a run killed between its segments' commit and the old ones' removal)
+        maps to "" so the next run redoes it."""
+        table = self.table().search().select(["id", "video_id", "content_key"]).limit(None).to_arrow()
+        keys: dict[str, str] = {}
+        for row_id, video_id, key in zip(
+            table.column("id").to_pylist(),
+            table.column("video_id").to_pylist(),
+            table.column("content_key").to_pylist(),
+        ):
+            video = video_id if video_id is not None else row_id
+            keys[video] = key if keys.get(video, key) == key else ""
+        return keys
 
     def open_version(self, version: int | str | None = None) -> Any:
         """The LanceDB table checked out at one version or tag (the latest when None); later writes do not
@@ -203,7 +256,19 @@ class GalleryStore:
             if not np.all(np.isfinite(row.vector)):
                 raise R3Error(f"item {row.id}: vector has non-finite values")
         batch = self._to_arrow(rows)
-        (self.table().merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(batch))
+        merge = self.table().merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        # A video's rows come whole in one call: its old moments not among them go in the same commit, so a
+        # re-cut video never keeps stale segments and a crash leaves either the old set or the new one.
+        videos = sorted({row.video_id if row.video_id is not None else row.id for row in rows})
+        merge = merge.when_not_matched_by_source_delete(_in_list("video_id", videos))
+        merge.execute(batch)
+        return self.version()
+
+    def delete_videos(self, video_ids: Iterable[str]) -> int:
+        """Remove every row (moment) of these videos; returns the new table version."""
+        video_ids = list(video_ids)
+        for start in range(0, len(video_ids), 500):
+            self.table().delete(_in_list("video_id", video_ids[start : start + 500]))
         return self.version()
 
     def delete_ids(self, ids: Iterable[str]) -> int:
@@ -212,7 +277,7 @@ class GalleryStore:
             # Chunks keep the SQL predicate a reasonable size for big removals.
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                self.table().delete("id IN (" + ", ".join(sql_string(i) for i in chunk) + ")")
+                self.table().delete(_in_list("id", chunk))
         return self.version()
 
     def _to_arrow(self, rows: Sequence[GalleryRow]) -> pa.Table:
@@ -227,6 +292,11 @@ class GalleryStore:
             "content_key": pa.array([r.content_key for r in rows], pa.string()),
             "num_frames": pa.array([r.num_frames for r in rows], pa.int32()),
             "indexed_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
+            "video_id": pa.array([r.video_id if r.video_id is not None else r.id for r in rows], pa.string()),
+            "start_s": pa.array([r.start_s for r in rows], pa.float64()),
+            "end_s": pa.array([r.end_s for r in rows], pa.float64()),
+            "transcript": pa.array([_utf8(r.transcript) for r in rows], pa.string()),
+            "screen_text": pa.array([_utf8(r.screen_text) for r in rows], pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
         }
         return pa.table(columns, schema=gallery_schema(self.dim, self.embedder_fingerprint, self.gallery))
@@ -251,3 +321,7 @@ def _utf8(value: str | None) -> str | None:
 
 def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _in_list(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN (" + ", ".join(sql_string(v) for v in values) + ")"

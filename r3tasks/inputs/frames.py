@@ -453,7 +453,10 @@ def _sample_fps(count: int, total: int, video_fps: float) -> float:
     return count / max(total, 1) * video_fps
 
 
-def _read(path: str | Path, max_side: int | None, choose: IndexChooser, min_pixels: int | None = None) -> SampledFrames:
+def read_chosen(
+    path: str | Path, max_side: int | None, choose: IndexChooser, min_pixels: int | None = None
+) -> SampledFrames:
+    """Decode the frames `choose(total_frames, fps)` picks (decord, else PyAV), resized on decode."""
     path = Path(path)
     _check_file(path)
     header = _probe_header(path)
@@ -469,12 +472,12 @@ def _read(path: str | Path, max_side: int | None, choose: IndexChooser, min_pixe
 
 def read_frames(path: str | Path, policy: SamplingPolicy, max_side: int | None = 448) -> SampledFrames:
     """Decode the frames `policy` picks, resized on decode so the longest side is at most `max_side`."""
-    return _read(path, max_side, lambda total, fps: sample_indices(total, fps, policy), policy.min_pixels)
+    return read_chosen(path, max_side, lambda total, fps: sample_indices(total, fps, policy), policy.min_pixels)
 
 
 def thumbnail(path: str | Path, max_side: int = 160) -> np.ndarray:
     """The middle frame, ``uint8 (H, W, 3)``, for contact sheets."""
-    sampled = _read(path, max_side, lambda total, fps: [total // 2])
+    sampled = read_chosen(path, max_side, lambda total, fps: [total // 2])
     return sampled.frames[0]
 
 
@@ -487,6 +490,7 @@ __all__ = [
     "sampling_policy",
     "probe_video",
     "frame_source",
+    "read_chosen",
     "read_frames",
     "sample_indices",
     "target_size",

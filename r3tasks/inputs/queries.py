@@ -26,6 +26,8 @@ class ComposedQuery:
     source_text: str | None = None
     gallery_group: str | None = None  # restricts the gallery (EgoCVR's local setting)
     section: str | None = None  # CoVR-R dataset section, kept for its submission layout
+    start_s: float | None = None  # the source is the moment start_s..end_s of the source video
+    end_s: float | None = None
 
     kind = "composed"
 
@@ -111,6 +113,8 @@ def query_from_row(path: Path, at: Where, raw: object, section: str | None = Non
             source_text=row.source_text,
             gallery_group=row.gallery_group,
             section=section or row.section,
+            start_s=row.start_s,
+            end_s=row.end_s,
         )
     if row.text is not None or "text" in raw:  # type: ignore[operator]
         return TextQuery(id=query_id, text=row.text or "", gallery_group=row.gallery_group)
@@ -127,6 +131,10 @@ def check_query(query: Query, max_edit_chars: int) -> str | None:
         return None
     if not query.source:
         return "composed query has no source"
+    if (query.start_s is None) != (query.end_s is None):
+        return "a source moment needs both start_s and end_s"
+    if query.start_s is not None and not (0 <= query.start_s < query.end_s):  # type: ignore[operator]
+        return f"source moment {query.start_s}..{query.end_s} s is not a stretch of time (0 <= start_s < end_s)"
     if not query.edit.strip():
         return "empty edit instruction"
     if len(query.edit) > max_edit_chars:

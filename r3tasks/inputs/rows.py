@@ -204,6 +204,9 @@ class QueryRow(_RowModel):
     text: str | None = None
     gallery_group: str | None = None
     section: str | None = None
+    # A composed query's source may be a moment: seconds from the start of the source video.
+    start_s: float | None = None
+    end_s: float | None = None
 
     _verbatim: ClassVar[frozenset[str]] = frozenset({"edit", "modification_text", "text"})
 

@@ -17,7 +17,7 @@ from r3tasks.errors import SourceError, VideoReadError
 from r3tasks.inputs.rows import ID_MAX_CHARS, ManifestRow, parse_row, read_records, where
 from r3tasks.settings.tree import FingerprintMode
 
-__all__ = ["ID_MAX_CHARS", "GalleryItem", "KeyedItem", "content_key", "discover", "file_fingerprint"]
+__all__ = ["ID_MAX_CHARS", "GalleryItem", "KeyedItem", "content_key", "discover", "file_fingerprint", "item_keys"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class KeyedItem:
 
     item: GalleryItem
     content_key: str
+    file_key: str | None = None  # the video file's own fingerprint: what finding its moments depends on
 
 
 def discover(source: str | Path, video_extensions: Sequence[str]) -> list[GalleryItem]:
@@ -141,9 +142,23 @@ def file_fingerprint(path: Path, mode: FingerprintMode = "content") -> str:
     return digest.hexdigest()
 
 
-def content_key(item: GalleryItem, mode: FingerprintMode = "content") -> str:
-    """What an item's embedding depends on besides model and settings: its video bytes and its text."""
+def content_key(item: GalleryItem, mode: FingerprintMode = "content", media: str = "") -> str:
+    """What an item's embedding depends on besides model and settings: its video bytes and its text, and for a
+    video what its moments are read with (`media`, a fingerprint of those settings)."""
+    return item_keys(item, mode, media)[0]
+
+
+def item_keys(
+    item: GalleryItem, mode: FingerprintMode = "content", media: str = "", companions: Sequence[Path] = ()
+) -> tuple[str, str | None]:
+    """(content key, file key). The file key covers the video's bytes and its `companions` (sidecar subtitles):
+    what its moments are read from. None for a text-only item."""
     # The id stays out: two items with the same bytes and text share one embedding.
-    parts = [file_fingerprint(item.path, mode) if item.path is not None else "-"]
-    parts.append(hashlib.sha256((item.text or "").encode()).hexdigest())
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    file_key = file_fingerprint(item.path, mode) if item.path is not None else None
+    if file_key is not None and companions:
+        prints = [file_key, *(file_fingerprint(path, mode) for path in companions)]
+        file_key = hashlib.sha256("|".join(prints).encode()).hexdigest()
+    parts = [file_key or "-", hashlib.sha256((item.text or "").encode()).hexdigest()]
+    if file_key is not None and media:
+        parts.append(media)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32], file_key

@@ -1,4 +1,4 @@
-"""The three model interfaces. Backends live in their own modules and import torch lazily.
+"""The model interfaces (embedder, reasoner, reranker, speech recogniser). Backends live in their own modules and import torch lazily.
 
 Frames everywhere are ``uint8`` arrays shaped ``(T, H, W, 3)`` (RGB), as
 ``r3tasks.inputs.frames.read_frames`` returns them.
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from r3tasks.media.cues import Cue
 
 
 @dataclass(frozen=True)
@@ -135,3 +137,19 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+@runtime_checkable
+class SpeechRecognizer(Protocol):
+    """Speech to timed text. `audio` is mono float32 in [-1, 1] at `sample_rate` Hz (the backend's own rate,
+    `SpeechRecognizer.sample_rate`, is what callers decode to)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> list[Cue]:
+        """Words or phrases with their times in seconds from the start of `audio`, in order."""
+        ...

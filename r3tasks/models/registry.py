@@ -8,10 +8,10 @@ from importlib import import_module
 from typing import Any, Literal
 
 from r3tasks.errors import R3Error
-from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker
+from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker, SpeechRecognizer
 from r3tasks.settings.tree import R3Settings
 
-Role = Literal["embedder", "reasoner", "reranker"]
+Role = Literal["embedder", "reasoner", "reranker", "asr"]
 
 # role -> backend name -> "module:factory"; each factory takes the settings.
 _BACKENDS: dict[Role, dict[str, str]] = {
@@ -26,6 +26,11 @@ _BACKENDS: dict[Role, dict[str, str]] = {
     "reranker": {
         "qwen3vl": "r3tasks.models.qwen3vl:load_reranker",
         "gemma3": "r3tasks.models.gemma3:load_reranker",
+    },
+    # `none` is no recogniser at all (shared_speech_recognizer returns None).
+    "asr": {
+        "pocketsphinx": "r3tasks.models.asr.pocketsphinx:load_recognizer",
+        "whisper": "r3tasks.models.asr.whisper:load_recognizer",
     },
 }
 
@@ -47,7 +52,7 @@ def register_backend(role: Role, name: str, target: str) -> None:
 
 
 def available_backends(role: Role) -> list[str]:
-    return sorted(_BACKENDS[role])
+    return sorted([*_BACKENDS[role], "none"] if role == "asr" else _BACKENDS[role])
 
 
 def _factory(role: Role, name: str) -> Callable[[R3Settings], object]:
@@ -98,6 +103,24 @@ def shared_reasoner(settings: R3Settings) -> Reasoner:
 
 def shared_reranker(settings: R3Settings) -> Reranker:
     return _cached("reranker", settings, load_reranker)  # type: ignore[return-value]
+
+
+def shared_speech_recognizer(settings: R3Settings) -> SpeechRecognizer | None:
+    """The process's loaded speech recogniser, or None when `models.asr` is `none`."""
+    name = settings.models.backend("asr")
+    if name == "none":
+        return None
+    return _cached("asr", settings, lambda s: _factory("asr", name)(s))  # type: ignore[return-value]
+
+
+def shared_screen_text_reader(settings: R3Settings) -> object:
+    """The process's loaded OCR engine (RapidOCR) for `media.ocr_min_confidence`."""
+    from r3tasks.media.ocr import load_screen_text_reader
+
+    key = ("ocr", f"{settings.media.ocr_min_confidence}")
+    if key not in _LOADED:
+        _LOADED[key] = load_screen_text_reader(settings.media.ocr_min_confidence)  # type: ignore[index]
+    return _LOADED[key]  # type: ignore[index]
 
 
 class LazyReranker:

@@ -26,6 +26,7 @@ from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery
 from r3tasks.query.fusion import fuse, fuse_base_queries, names_the_edit, reasoning_agreement, source_restatement
 from r3tasks.query.isolation import reason_of
+from r3tasks.query.placement import VIDEO_UNIT_DEPTH, best_per_video
 from r3tasks.query.state import QueryState
 from r3tasks.query.topk import best_pool, top_k
 from r3tasks.settings.tree import R3Settings
@@ -39,6 +40,22 @@ def recall(
     ranking and a warning; one that cannot run raises `FilterError` (the CLI checks it before any work)."""
     where = normalise_where(where)
     todo = [s for s in states if s.ok and s.base_vectors is not None]
+    if settings.query.unit == "video" and todo and gallery.segmented:
+        _recall_videos(todo, gallery, settings, where)
+        return
+    _recall(todo, gallery, settings, where)
+
+
+def _recall_videos(todo: list[QueryState], gallery: PinnedGallery, settings: R3Settings, where: str | None) -> None:
+    """Recall deeper, then keep the best moment of each video: K videos, not K moments of a few."""
+    k = settings.query.recall_k
+    deeper = settings.query.model_copy(update={"recall_k": k * VIDEO_UNIT_DEPTH})
+    _recall(todo, gallery, settings.model_copy(update={"query": deeper}), where)
+    for state in todo:
+        state.recalled = best_per_video(state.recalled, gallery, k)
+
+
+def _recall(todo: list[QueryState], gallery: PinnedGallery, settings: R3Settings, where: str | None) -> None:
     mask = None
     if where is not None and todo:
         kept = gallery.row_filter(where)
@@ -151,7 +168,7 @@ def _base_only(state: QueryState, rows: np.ndarray, ids: np.ndarray, settings: R
     """No reasoning vector: the fused scores are the base scores (max over base rows), so the top-K is taken
     on the float32 product itself; widening to float64 changes neither the order nor any value."""
     scores = rows[0] if len(rows) == 1 else rows.max(axis=0)
-    exclude = {state.source.item_id} if state.source is not None and state.source.item_id else set()
+    exclude = state.source.excluded if state.source is not None else set()
     state.agreement, state.gate_used = None, False
     state.recalled = _top(scores, ids, settings.query.recall_k, exclude)
 
@@ -212,7 +229,7 @@ def _fuse_into(
     )
     state.agreement = result.agreement
     state.gate_used = result.gate_used
-    exclude = [state.source.item_id] if state.source is not None and state.source.item_id else []
+    exclude = sorted(state.source.excluded) if state.source is not None else []
     state.recalled = top_k(result.scores, ids, q.recall_k, exclude=exclude)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from r3tasks.inputs.queries import Query
+from r3tasks.media.cues import Span
 from r3tasks.models.base import Reasoning
 
 
@@ -19,6 +20,12 @@ class RankedItem:
     score: float
     embedding_score: float
     reranker_score: float | None
+    # Where the moment is: its video and times (None for a text-only item); what is said and written in it.
+    video_id: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    transcript: str | None = None
+    screen_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,13 @@ class SourceInfo:
     path: Path | None
     text: str | None
     content_key: str
+    span: Span | None = None  # a moment of the video: its frames are sampled inside it
+    # Rows that are the source itself (its moments overlapping the span), never a result.
+    exclude: frozenset[str] = frozenset()
+
+    @property
+    def excluded(self) -> set[str]:
+        return set(self.exclude) | ({self.item_id} if self.item_id else set())
 
 
 @dataclass

@@ -15,9 +15,11 @@ from r3tasks.cache.stages import StageCache
 from r3tasks.errors import ItemError
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery, TextQuery
+from r3tasks.media.cues import Span
 from r3tasks.models.base import RerankCandidate, Reranker, RerankQuery
 from r3tasks.query.isolation import batched_or_alone, reason_of
-from r3tasks.query.prepare import source_frames
+from r3tasks.query.placement import place
+from r3tasks.query.prepare import moment_source_text, source_frames
 from r3tasks.query.state import QueryState, SourceInfo
 from r3tasks.rerank.final import rerank_topk
 from r3tasks.rerank.policy import RerankOutcome, RerankPolicy, apply_policy, rerank_policy
@@ -62,6 +64,8 @@ def rerank(
                     pairs += _rerank_one(state, reranker, gallery, settings, cache, frame_cache, k)
                 except Exception as error:  # noqa: BLE001 - one query's failure is its own
                     state.error = f"rerank failed: {reason_of(error)}"
+            if state.ok:
+                state.ranked = place(state.ranked, gallery, q)
         now = time.monotonic()
         if reranker is not None and (now - last >= PROGRESS_EVERY_S or n == len(states)):
             elapsed = max(now - started, 1e-9)
@@ -246,15 +250,23 @@ def _rerank_query(
 
 def _candidate(record, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankCandidate:
     frames = None
+    text = moment_source_text(record.text, [record])
     if reranker.uses_frames and record.path:
-        source = SourceInfo(item_id=record.id, path=Path(record.path), text=record.text, content_key=record.content_key)
+        segment = record.id != record.video and record.start_s is not None and record.end_s is not None
+        source = SourceInfo(
+            item_id=record.id,
+            path=Path(record.path),
+            text=text,
+            content_key=record.content_key,
+            span=Span(record.start_s, record.end_s) if segment else None,
+        )
         try:
             frames = source_frames(source, "rerank", settings, frame_cache)
         except (ItemError, OSError):
             frames = None  # the candidate's caption still lets it be scored; its video is reported at index time
     return RerankCandidate(
         item_id=record.id,
-        text=record.text,
+        text=text,
         frames=frames.frames if frames is not None else None,
         fps=frames.sample_fps if frames is not None else None,
     )

@@ -7,9 +7,9 @@ from typing import Any
 
 # The backend each preset picks for each role; a role set explicitly wins.
 PRESET_BACKENDS: dict[str, dict[str, str]] = {
-    "tiny": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
-    "qwen3vl": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl"},
-    "offline": {"embedder": "minilm", "reasoner": "gemma3", "reranker": "gemma3"},
+    "tiny": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl", "asr": "none"},
+    "qwen3vl": {"embedder": "qwen3vl", "reasoner": "qwen3vl", "reranker": "qwen3vl", "asr": "whisper"},
+    "offline": {"embedder": "minilm", "reasoner": "gemma3", "reranker": "gemma3", "asr": "pocketsphinx"},
 }
 
 
@@ -21,6 +21,8 @@ PRESET_BACKENDS: dict[str, dict[str, str]] = {
 # reasoning that names what the edit asks for. Reasoning stays off by default on this CPU preset (about 1 s per
 # query); set query.use_reasoning. Whatever the user sets wins.
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # The tiny preset's random models are for tests and wiring; OCR (about 0.3 s a frame here) is tested on its own.
+    "tiny": {"media": {"ocr": False}},
     "offline": {
         "models": {"rerank_rule": "edit_likelihood"},
         # Protected rerank, chosen on dev data only (docs/decisions/offline-rerank-policy.md): EgoCVR global (#500-#1499),

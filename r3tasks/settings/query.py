@@ -77,6 +77,17 @@ class QuerySettings(Section):
     fusion_weight: float = Field(0.5, ge=0, le=1, description="w in s_base + w (s_reason - s_base).")
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion.")
     recall_k: int = Field(50, ge=1, description="Candidates recalled per query (source excluded).")
+    unit: Literal["moment", "video"] = Field(
+        "moment",
+        description="What a result is in a gallery of long videos: a `moment` (a segment, with its times) or a "
+        "`video` (the best moment of each video). A gallery of whole clips answers the same either way.",
+    )
+    merge_gap_s: float | None = Field(
+        1.0,
+        ge=0,
+        description="Hits of one video that overlap or are at most this many seconds apart merge into one moment "
+        "spanning them, at the best one's rank; None keeps every segment apart.",
+    )
     candidate_pool: int = Field(
         0, ge=0, description="Items each query vector scores before fusion; 0 scores the whole gallery (reference)."
     )

@@ -27,6 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from r3tasks.settings.media import MediaSettings
 from r3tasks.settings.operations import DataSettings, ServeSettings, UpkeepSettings, WatchSettings
 from r3tasks.settings.presets import PRESET_BACKENDS, PRESET_DEFAULTS
 from r3tasks.settings.query import QuerySettings
@@ -69,6 +70,16 @@ class ModelSettings(Section):
     embedder: str | None = Field(None, description="Embedder backend name; None takes the preset's.")
     reasoner: str | None = Field(None, description="Reasoner backend name; None takes the preset's.")
     reranker: str | None = Field(None, description="Reranker backend name; None takes the preset's.")
+    asr: str | None = Field(
+        None,
+        description="Speech recognition backend (`whisper`, `pocketsphinx`, `none`); None takes the preset's. It runs "
+        "only for videos without subtitles.",
+    )
+    asr_model: str = Field(
+        "openai/whisper-large-v3-turbo",
+        description="Whisper model for the `whisper` ASR backend: hub id or local path.",
+    )
+    asr_language: str = Field("en", description="Spoken language passed to the ASR backend.")
     embedding_model: str = Field(
         "Qwen/Qwen3-VL-Embedding-2B", description="Qwen3-VL-Embedding hub id or local path (qwen3vl preset)."
     )
@@ -152,7 +163,7 @@ class ModelSettings(Section):
         1000, ge=1, description="Characters of a candidate's text the offline reranker reads; the rest is cut."
     )
 
-    def backend(self, role: Literal["embedder", "reasoner", "reranker"]) -> str:
+    def backend(self, role: Literal["embedder", "reasoner", "reranker", "asr"]) -> str:
         chosen = getattr(self, role)
         return chosen if chosen is not None else PRESET_BACKENDS[self.preset][role]
 
@@ -294,6 +305,7 @@ class R3Settings(BaseSettings):
     )
     models: ModelSettings = Field(default_factory=ModelSettings)
     frames: FrameSettings = Field(default_factory=FrameSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     gallery: GallerySettings = Field(default_factory=GallerySettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)

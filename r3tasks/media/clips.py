@@ -1,0 +1,50 @@
+"""Frames of moments: sampling inside a span of a video, as a pure indices function plus one decode call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from r3tasks.inputs.frames import SampledFrames, SamplingPolicy, read_chosen, sample_indices
+from r3tasks.media.cues import Span
+
+
+def span_frame_range(total: int, fps: float, span: Span) -> tuple[int, int]:
+    """First and last native frame index inside `span` (at least one frame, clamped to the video)."""
+    first = min(max(int(math.floor(span.start_s * fps + 1e-6)), 0), total - 1)
+    last = min(max(int(math.ceil(span.end_s * fps - 1e-6)) - 1, first), total - 1)
+    return first, last
+
+
+def span_indices(total: int, fps: float, policy: SamplingPolicy, span: Span) -> list[int]:
+    """What `sample_indices` picks for the frames inside `span`, as indices of the whole video. Pure."""
+    first, last = span_frame_range(total, fps, span)
+    return [first + i for i in sample_indices(last - first + 1, fps, policy)]
+
+
+def read_span_frames(path: str | Path, policy: SamplingPolicy, span: Span, max_side: int | None = 448) -> SampledFrames:
+    """Frames of one moment; their `FrameSource` holds the native indices, so a model sees true timestamps."""
+    return read_chosen(path, max_side, lambda total, fps: span_indices(total, fps, policy, span), policy.min_pixels)
+
+
+def read_frames_per_span(
+    path: str | Path, spans: Sequence[Span], per_span: int, max_side: int | None = 448
+) -> list[np.ndarray]:
+    """`per_span` evenly spaced frames of each span, decoded in one pass over the video (OCR reads these).
+
+    Callers pass a bounded number of spans at a time: memory holds only these frames."""
+    policy = SamplingPolicy(fps=None, num_frames=per_span, min_frames=1, frame_factor=1)
+    chosen: list[list[int]] = []
+
+    def choose(total: int, fps: float) -> list[int]:
+        chosen.clear()  # a damaged file is sampled again within its decodable part
+        chosen.extend(span_indices(total, fps, policy, span) for span in spans)
+        return sorted({i for indices in chosen for i in indices})
+
+    sampled = read_chosen(path, max_side, choose, policy.min_pixels)
+    position = {index: row for row, index in enumerate(sampled.indices)}
+    frames = np.asarray(sampled.frames)
+    return [frames[[position[i] for i in indices if i in position]] for indices in chosen]
