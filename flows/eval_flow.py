@@ -15,7 +15,14 @@ from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.datasets import EGOCVR_NAMES, Benchmark
 from r3tasks.evaluation.arms import arm_report, fusion_grid_arms, split_line, split_record, write_benchmark_files
-from r3tasks.evaluation.plan import eval_gallery_name, eval_work_dir, load_eval_benchmark, merge_overrides, plan_arms
+from r3tasks.evaluation.plan import (
+    eval_gallery_name,
+    eval_overrides,
+    eval_work_dir,
+    load_eval_benchmark,
+    merge_overrides,
+    plan_arms,
+)
 from r3tasks.evaluation.tables import markdown_table, plot_recall
 
 
@@ -53,6 +60,7 @@ def evaluate_benchmark(
     """Run the arms base, +reasoning, +reasoning+rerank on the same queries (stages cached across arms).
 
     The benchmark is indexed into GALLERY (None: `eval-<benchmark>-<setting>`), never into a user's own."""
+    overrides = eval_overrides(overrides)
     settings = flow_settings(preset, home, overrides)
     logger = get_run_logger()
     options = dict(dataset_options or {})

@@ -53,6 +53,16 @@ def merge_overrides(base: dict, extra: dict) -> dict:
     return merged
 
 
+# A benchmark judges retrieval over its own captions and clips: reading speech or on-screen text into them would
+# change what is measured (its clips are all short enough to stay whole moments). A user's override still wins.
+EVAL_MEDIA: dict[str, Any] = {"media": {"ocr": False, "subtitles": False}, "models": {"asr": "none"}}
+
+
+def eval_overrides(overrides: dict | None) -> dict:
+    """The overrides an evaluation runs with: `EVAL_MEDIA` under the user's own."""
+    return merge_overrides(EVAL_MEDIA, overrides or {})
+
+
 @dataclass(frozen=True)
 class ArmPlan:
     """The arms of one evaluation, and the depths its sweeps replay at."""

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from r3tasks.gallery.pinned import PinnedGallery, pin
 from r3tasks.gallery.table import GalleryStore
-from r3tasks.models.registry import shared_embedder
+from r3tasks.models.registry import embedder_dim, embedder_fingerprint
 from r3tasks.settings.tree import R3Settings
 
 MAX_PINNED = 2
@@ -23,13 +23,13 @@ _lock = threading.Lock()
 
 
 def open_store(settings: R3Settings) -> GalleryStore:
-    """The LanceDB table of the settings' gallery for the settings' embedder."""
-    embedder = shared_embedder(settings)
+    """The LanceDB table of the settings' gallery for the settings' embedder (named by its fingerprint, which is
+    computed without loading the embedder: pinning a gallery loads no model)."""
     return GalleryStore(
         settings.gallery_uri,
         settings.gallery.table_prefix,
-        embedder.fingerprint,
-        embedder.dim,
+        embedder_fingerprint(settings),
+        embedder_dim(settings),
         storage_options=settings.gallery.storage_options,
         settings=settings.gallery,
         gallery=settings.gallery.name,
@@ -40,7 +40,7 @@ def _key(settings: R3Settings, version: int) -> tuple:
     return (
         settings.gallery_uri,
         settings.gallery.name,
-        shared_embedder(settings).fingerprint,
+        embedder_fingerprint(settings),
         version,
         settings.settings_hash("gallery"),
     )

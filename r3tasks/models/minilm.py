@@ -148,31 +148,28 @@ class MiniLMEmbedder:
         return self.embed_texts(texts)
 
 
-def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
-    """Load all-MiniLM-L6-v2 from its package (float32; `models.device` picks CPU or GPU)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from r3tasks.models.device import resolve_device
-
-    folder = model_dir()
-    device = resolve_device(settings.models.device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder, dtype="float32").to(device).eval()
-
+def _folder_config(folder: Path) -> tuple[int, str]:
+    """(max_length, pooling) as the sentence-transformers configs in the package's folder give them."""
     st_config = _read_json(folder / "sentence_bert_config.json")
     max_length = int(st_config.get("max_seq_length", 256))
     pooling_config = _read_json(folder / "1_Pooling" / "config.json")
     if pooling_config and not pooling_config.get("pooling_mode_mean_tokens", False):
         raise ModelNotAvailableError("all-MiniLM-L6-v2", f"{folder} is not a mean-pooling model; reinstall `{PACKAGE}`")
-    pooling = "mean"
+    return max_length, "mean"
 
-    weights = folder / "model.safetensors"
-    fingerprint = hashlib.sha256(
+
+def embedder_fingerprint(settings: R3Settings) -> str:
+    """The loaded embedder's `fingerprint`, from the package's files alone: no torch, no weights loaded (the
+    gallery's table name needs it before any query is embedded). `load_embedder` takes its fingerprint from
+    here, so the two cannot disagree."""
+    folder = model_dir()
+    max_length, pooling = _folder_config(folder)
+    return hashlib.sha256(
         json.dumps(
             {
                 "backend": BACKEND,
                 "package": _package_version(),
-                "weights": file_sha256(weights),
+                "weights": file_sha256(folder / "model.safetensors"),
                 "max_length": max_length,
                 "pooling": pooling,
                 "normalise": "l2",
@@ -183,6 +180,24 @@ def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+
+
+def embedder_dim(settings: R3Settings) -> int:
+    """The loaded embedder's `dim` (the model config's hidden size), read without loading the model."""
+    return int(_read_json(model_dir() / "config.json")["hidden_size"])
+
+
+def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
+    """Load all-MiniLM-L6-v2 from its package (float32; `models.device` picks CPU or GPU)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from r3tasks.models.device import resolve_device
+
+    folder = model_dir()
+    device = resolve_device(settings.models.device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype="float32").to(device).eval()
+    max_length, pooling = _folder_config(folder)
     batch_size = max(settings.models.embed_batch_size, _MIN_TEXT_BATCH)
     return MiniLMEmbedder(
         model=model,
@@ -191,5 +206,5 @@ def load_embedder(settings: R3Settings) -> MiniLMEmbedder:
         max_length=max_length,
         pooling=pooling,
         batch_size=batch_size,
-        _fingerprint=fingerprint,
+        _fingerprint=embedder_fingerprint(settings),
     )

@@ -148,3 +148,27 @@ class LazyReranker:
 
 def clear_loaded_models() -> None:
     _LOADED.clear()
+
+
+def _backend_function(role: Role, settings: R3Settings, name: str) -> Callable[[R3Settings], Any] | None:
+    """`name` from the module of the settings' `role` backend, or None where that backend has none."""
+    backend = settings.models.backend(role)  # type: ignore[arg-type]
+    target = _BACKENDS[role].get(backend)
+    if target is None:
+        return None
+    return getattr(import_module(target.partition(":")[0]), name, None)
+
+
+def embedder_fingerprint(settings: R3Settings) -> str:
+    """The fingerprint the settings' embedder reports, from its files and settings without loading its weights
+    (a gallery's table name carries it). Each built-in backend computes its own `.fingerprint` with the same
+    function; a backend without one is loaded and asked."""
+    compute = _backend_function("embedder", settings, "embedder_fingerprint")
+    return compute(settings) if compute is not None else shared_embedder(settings).fingerprint
+
+
+def embedder_dim(settings: R3Settings) -> int:
+    """The settings' embedder's vector size, from its config without loading its weights (as
+    `embedder_fingerprint`)."""
+    compute = _backend_function("embedder", settings, "embedder_dim")
+    return int(compute(settings)) if compute is not None else shared_embedder(settings).dim

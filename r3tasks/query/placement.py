@@ -55,12 +55,13 @@ def place(ranked: Sequence[RankedItem], gallery: PinnedGallery, settings: QueryS
         )
     if settings.merge_gap_s is None or settings.unit == "video":
         return timed
-    return merge_nearby(timed, settings.merge_gap_s)
+    return merge_nearby(timed, settings.merge_gap_s, settings.merge_score_window)
 
 
-def merge_nearby(ranked: Sequence[RankedItem], gap_s: float) -> list[RankedItem]:
-    """Best first: a hit whose span overlaps or lies within `gap_s` of a kept hit of the same video widens that
-    hit instead of taking a rank of its own. Hits without times are never merged."""
+def merge_nearby(ranked: Sequence[RankedItem], gap_s: float, score_window: float) -> list[RankedItem]:
+    """Best first: a hit whose span overlaps or lies within `gap_s` of a kept hit of the same video, with an
+    embedding score within `score_window` of that hit's, widens it instead of taking a rank of its own. Hits
+    without times are never merged."""
     kept: list[RankedItem] = []
     for item in ranked:
         if item.start_s is None or item.end_s is None:
@@ -73,6 +74,7 @@ def merge_nearby(ranked: Sequence[RankedItem], gap_s: float) -> list[RankedItem]
                 and other.end_s is not None
                 and item.start_s <= other.end_s + gap_s
                 and other.start_s <= item.end_s + gap_s
+                and item.embedding_score >= other.embedding_score - score_window
             ):
                 kept[at] = replace(other, start_s=min(other.start_s, item.start_s), end_s=max(other.end_s, item.end_s))
                 break

@@ -88,6 +88,12 @@ class QuerySettings(Section):
         description="Hits of one video that overlap or are at most this many seconds apart merge into one moment "
         "spanning them, at the best one's rank; None keeps every segment apart.",
     )
+    merge_score_window: float = Field(
+        0.05,
+        ge=0,
+        description="Only a hit whose embedding score is within this much of the kept hit's merges into it: a "
+        "weak neighbour does not stretch a strong moment.",
+    )
     candidate_pool: int = Field(
         0, ge=0, description="Items each query vector scores before fusion; 0 scores the whole gallery (reference)."
     )

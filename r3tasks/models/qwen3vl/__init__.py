@@ -12,9 +12,9 @@ Modules: `resolve` (finding a checkpoint, weight hashes), `loading` (weights, fi
 
 from __future__ import annotations
 
-from r3tasks.models.qwen3vl.embedder import Qwen3VLEmbedder
+from r3tasks.models.qwen3vl.embedder import Qwen3VLEmbedder, embedding_dim
 from r3tasks.models.qwen3vl.inputs import last_token_pool
-from r3tasks.models.qwen3vl.loading import BACKEND, model_fingerprint
+from r3tasks.models.qwen3vl.loading import BACKEND, check_model_type, model_fingerprint
 from r3tasks.models.qwen3vl.reasoner import (
     Qwen3VLReasoner,
     is_unterminated,
@@ -39,6 +39,19 @@ def load_reasoner(settings: R3Settings) -> Qwen3VLReasoner:
     return Qwen3VLReasoner(settings)
 
 
+def embedder_fingerprint(settings: R3Settings) -> str:
+    """What `load_embedder(settings).fingerprint` is, without constructing the embedder (the same function
+    computes both)."""
+    resolved = resolve_model(settings, "embedding")
+    check_model_type(resolved)  # the error loading the embedder would give
+    return model_fingerprint(settings, "embedding", resolved)
+
+
+def embedder_dim(settings: R3Settings) -> int:
+    """What `load_embedder(settings).dim` is, from the checkpoint's config.json."""
+    return embedding_dim(settings, resolve_model(settings, "embedding").path)
+
+
 __all__ = [
     "BACKEND",
     "Qwen3VLEmbedder",
@@ -46,6 +59,8 @@ __all__ = [
     "Qwen3VLReranker",
     "ResolvedModel",
     "check_models",
+    "embedder_dim",
+    "embedder_fingerprint",
     "is_unterminated",
     "last_token_pool",
     "load_embedder",

@@ -23,16 +23,21 @@ from r3tasks.models.qwen3vl.video import check_frames, video_plan
 from r3tasks.settings.tree import R3Settings
 
 
+def embedding_dim(settings: R3Settings, path: Path) -> int:
+    """The vector size: `models.embedding_dim` (MRL), else the checkpoint's hidden size (its config.json)."""
+    hidden = config_hidden_size(path)
+    wanted = settings.models.embedding_dim
+    if wanted is not None and wanted > hidden:
+        raise R3Error(f"models.embedding_dim={wanted} exceeds the embedding model's {hidden} dimensions")
+    return wanted if wanted is not None else hidden
+
+
 class Qwen3VLEmbedder(LazyWeights):
     """Qwen3-VL-Embedding: last-token pooling, L2-normalised, optional MRL truncation."""
 
     def __init__(self, settings: R3Settings) -> None:
         self._init_lazy(settings, "embedding", with_lm_head=False)
-        hidden = config_hidden_size(self._resolved.path)
-        wanted = settings.models.embedding_dim
-        if wanted is not None and wanted > hidden:
-            raise R3Error(f"models.embedding_dim={wanted} exceeds the embedding model's {hidden} dimensions")
-        self._dim = wanted if wanted is not None else hidden
+        self._dim = embedding_dim(settings, self._resolved.path)
         self._lock = threading.Lock()
 
     @property

@@ -73,9 +73,10 @@ def fingerprint_parts(settings: R3Settings, role: Role) -> dict[str, Any]:
     return {"max_new_tokens": m.reasoning_max_new_tokens, "prompt": prompt_version(), **_video_parts(settings)}
 
 
-def model_fingerprint(settings: R3Settings, role: Role) -> str:
-    """The fingerprint the `role` backend will report, without loading its weights."""
-    resolved = resolve_model(settings, role)
+def model_fingerprint(settings: R3Settings, role: Role, resolved: ResolvedModel | None = None) -> str:
+    """The fingerprint the `role` backend reports, without loading its weights (each backend takes its own from
+    here, so the two cannot disagree). `resolved`: the checkpoint already resolved for `role`, if at hand."""
+    resolved = resolved if resolved is not None else resolve_model(settings, role)
     _, dtype_name = device_and_dtype(settings)
     return fingerprint(resolved, dtype_name, **fingerprint_parts(settings, role))
 
@@ -137,8 +138,7 @@ class LazyWeights:
         self._with_lm_head = with_lm_head
         self._resolved = resolve_model(settings, role)
         check_model_type(self._resolved)
-        _, dtype_name = device_and_dtype(settings)
-        self._fingerprint = fingerprint(self._resolved, dtype_name, **fingerprint_parts(settings, role))
+        self._fingerprint = model_fingerprint(settings, role, self._resolved)
         self._bundle: Loaded | None = None
         self._load_lock = threading.Lock()
 

@@ -1,0 +1,196 @@
+"""Uncaptioned videos in, the right moment with its times out: `r3 index` and `r3 query` with the offline preset.
+
+The videos are generated with known content at known times (tests/media_factory.py): words drawn on screen in
+one scene of a long video, a sidecar subtitle file with a phrase at a known time, a short clip with words. No
+caption file is beside any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main as cli_main
+from flows.index_flow import index_gallery
+from r3tasks.gallery.pinned import pin
+from r3tasks.gallery.views import open_store
+from r3tasks.inputs.sources import GalleryItem
+from r3tasks.media.cues import Cue
+from r3tasks.media.moments import find_spans
+from r3tasks.settings.media import MediaSettings
+from r3tasks.settings.tree import load_settings
+from tests.media_factory import Scene, write_scenes_video, write_srt
+from tests.test_offline_end_to_end import share_converted_gemma
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+COLOURS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (180, 180, 40), (160, 40, 160), (40, 170, 170), (120, 80, 30)]
+# Cuts at 8, 17, 25, 35, 42, 51 s; "HARBOR FESTIVAL" is on screen from 17 to 25 s.
+LONG_WALK = [
+    Scene(8, COLOURS[0]),
+    Scene(9, COLOURS[1]),
+    Scene(8, COLOURS[2], "HARBOR FESTIVAL"),
+    Scene(10, COLOURS[3]),
+    Scene(7, COLOURS[4]),
+    Scene(9, COLOURS[5]),
+    Scene(10, COLOURS[6]),
+]
+INTERVIEW_CUES = [Cue(5.0, 8.0, "welcome to the show"), Cue(30.0, 34.0, "the lighthouse keeper waves goodbye")]
+
+
+def write_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    write_scenes_video(folder / "longwalk.mp4", LONG_WALK, fps=5)
+    write_scenes_video(folder / "interview.mp4", [Scene(12, COLOURS[i]) for i in range(4)], fps=5)
+    write_srt(folder / "interview.srt", INTERVIEW_CUES)
+    write_scenes_video(folder / "garden.mp4", [Scene(8, COLOURS[1], "GARDEN SALE")], fps=5)
+    return folder
+
+
+def spans_of(video: Path) -> list:
+    """The moments the default settings cut `video` into (shots as PySceneDetect finds them)."""
+    return list(find_spans(GalleryItem(id=video.stem, path=video), MediaSettings()).spans)
+
+
+def run_queries(tmp_path: Path, home: Path, queries: list[dict], *extra: str) -> dict[str, dict]:
+    path = tmp_path / "queries.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    out = tmp_path / "results.json"
+    args = ["query", str(path), "--out", str(out), "--preset", "offline", "--home", str(home), *extra]
+    assert cli_main(args) == 0
+    return {r["id"]: r for r in json.loads(out.read_text())["results"]}
+
+
+def index(folder: Path, home: Path, capsys: pytest.CaptureFixture) -> dict:
+    capsys.readouterr()
+    assert cli_main(["index", str(folder), "--preset", "offline", "--home", str(home), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_folder_of_uncaptioned_videos_is_searchable_by_what_is_written_and_said(
+    tmp_path: Path, r3_home: Path, converted_gemma_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    share_converted_gemma(converted_gemma_home, r3_home)  # the offline preset as shipped, reranker included
+    folder = write_folder(tmp_path / "videos")
+    summary = index(folder, r3_home, capsys)
+
+    assert (summary["added"], summary["failed"]) == (3, [])
+    # garden (8 s) is one moment; longwalk (61 s) and interview (48 s) are cut into segments, and only the
+    # segments with something to read are kept: longwalk 17-25 (on screen), interview 0-12 and 24-36 (said).
+    assert summary["moments"] == 4
+    segments = {name: len(spans_of(folder / f"{name}.mp4")) for name in ("longwalk", "interview")}
+    assert segments["longwalk"] >= 5 and segments["interview"] == 4
+    assert summary["nothing_to_read"] == segments["longwalk"] - 1 + segments["interview"] - 2
+    assert sorted(summary["notes"]) == [
+        "garden: no audio stream (nothing said is read)",
+        "longwalk: no audio stream (nothing said is read)",
+    ]
+
+    results = run_queries(
+        tmp_path,
+        r3_home,
+        [
+            {"id": "on-screen", "text": "harbor festival"},
+            {"id": "said", "text": "the lighthouse keeper"},
+            {"id": "clip", "text": "garden sale"},
+        ],
+    )
+    top = {qid: r["ranked"][0] for qid, r in results.items()}
+    assert top["on-screen"]["video_id"] == "longwalk" and top["on-screen"]["screen_text"] == "HARBOR FESTIVAL"
+    assert top["on-screen"]["start_s"] <= 17.5 and top["on-screen"]["end_s"] >= 24.5
+    assert top["on-screen"]["end_s"] - top["on-screen"]["start_s"] <= 16
+    assert top["said"]["video_id"] == "interview" and top["said"]["start_s"] <= 30 and top["said"]["end_s"] >= 34
+    assert "lighthouse keeper" in top["said"]["transcript"]
+    # A short clip stays one moment: its row keeps the video's id and covers the clip.
+    assert (top["clip"]["id"], top["clip"]["video_id"], top["clip"]["start_s"], top["clip"]["end_s"]) == (
+        "garden",
+        "garden",
+        0.0,
+        8.0,
+    )
+
+    # A composed query from a moment: the moment itself (and whatever of its video overlaps it) never comes back.
+    composed = run_queries(
+        tmp_path, r3_home, [{"id": "from-moment", "source": "longwalk", "start_s": 17, "end_s": 25, "edit": "a sale"}]
+    )["from-moment"]
+    assert composed["error"] is None and composed["ranked"]
+    assert all(entry["video_id"] != "longwalk" for entry in composed["ranked"])
+
+    # The subtitles change: only that video is read and embedded again, and its old moments are replaced.
+    write_srt(folder / "interview.srt", [Cue(40.0, 44.0, "a red kite over the dunes")])
+    refreshed = index(folder, r3_home, capsys)
+    assert (refreshed["added"], refreshed["updated"], refreshed["unchanged"], refreshed["removed"]) == (0, 1, 2, 0)
+    settings = load_settings("offline", home=r3_home)
+    pinned = pin(open_store(settings))
+    interview = [(m.start_s, m.end_s, m.transcript) for m in pinned.moments_of("interview")]
+    assert interview == [(36.0, 48.0, "a red kite over the dunes")]
+
+    # A video removed from the folder loses all its moments.
+    (folder / "longwalk.mp4").unlink()
+    removed = index(folder, r3_home, capsys)
+    assert removed["removed"] == 1
+    assert pin(open_store(settings)).moments_of("longwalk") == []
+
+
+def test_a_video_with_nothing_to_read_fails_with_the_reason_and_the_others_index(
+    tmp_path: Path, r3_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_scenes_video(folder / "blank.mp4", [Scene(40, COLOURS[0]), Scene(10, COLOURS[1])], fps=5)
+    write_scenes_video(folder / "garden.mp4", [Scene(8, COLOURS[1], "GARDEN SALE")], fps=5)
+
+    summary = index(folder, r3_home, capsys)
+
+    assert (summary["added"], summary["moments"]) == (1, 1)
+    assert [(f["id"], f["reason"]) for f in summary["failed"]] == [
+        (
+            "blank",
+            "this preset's embedder reads text only (caption, narration or transcript) and the item has no text: "
+            "add a NAME.txt caption beside the video or a `text` column in the manifest",
+        )
+    ]
+
+
+def test_results_per_video_and_merged_neighbours(tmp_path: Path, r3_home: Path) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    # Two adjacent windows both read "NIGHT MARKET", a third elsewhere in the video reads something else.
+    scenes = [
+        Scene(16, COLOURS[0], "NIGHT MARKET"),
+        Scene(16, COLOURS[1], "NIGHT MARKET"),
+        Scene(16, COLOURS[2], "DAWN"),
+    ]
+    write_scenes_video(folder / "city.mp4", scenes, fps=5)
+    write_scenes_video(folder / "market.mp4", [Scene(8, COLOURS[3], "NIGHT MARKET STALLS")], fps=5)
+    overrides = {"media": {"segmentation": "windows", "window_overlap_s": 0}, "models": {"asr": "none"}}
+    index_gallery(source=str(folder), preset="offline", home=str(r3_home), overrides=overrides)
+    settings = load_settings("offline", home=r3_home, **overrides)
+    assert [(m.start_s, m.end_s) for m in pin(open_store(settings)).moments_of("city")] == [
+        (0.0, 16.0),
+        (16.0, 32.0),
+        (32.0, 48.0),
+    ]
+
+    env = {
+        "R3_MEDIA__SEGMENTATION": "windows",
+        "R3_MEDIA__WINDOW_OVERLAP_S": "0",
+        "R3_MODELS__ASR": "none",
+        "R3_QUERY__RERANK_K": "0",  # recall's order is what merging works on; no reranker to load
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        merged = run_queries(tmp_path, r3_home, [{"id": "q", "text": "night market"}])["q"]["ranked"]
+        patch.setenv("R3_QUERY__MERGE_GAP_S", "null")
+        apart = run_queries(tmp_path, r3_home, [{"id": "q", "text": "night market"}])["q"]["ranked"]
+        patch.setenv("R3_QUERY__UNIT", "video")
+        per_video = run_queries(tmp_path, r3_home, [{"id": "q", "text": "night market"}])["q"]["ranked"]
+
+    city_merged = [(e["start_s"], e["end_s"]) for e in merged if e["video_id"] == "city"]
+    city_apart = [(e["start_s"], e["end_s"]) for e in apart if e["video_id"] == "city"]
+    assert (0.0, 32.0) in city_merged and len(city_merged) == 2  # the two NIGHT MARKET windows, and DAWN
+    assert sorted(city_apart) == [(0.0, 16.0), (16.0, 32.0), (32.0, 48.0)]
+    assert sorted(e["video_id"] for e in per_video) == ["city", "market"]
