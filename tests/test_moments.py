@@ -21,8 +21,9 @@ from r3tasks.media.cues import Cue
 from r3tasks.media.moments import find_spans
 from r3tasks.settings.media import MediaSettings
 from r3tasks.settings.tree import load_settings
-from tests.media_factory import Scene, write_scenes_video, write_srt
+from tests.media_factory import Scene, add_audio, recorded_speech, write_scenes_video, write_srt
 from tests.test_offline_end_to_end import share_converted_gemma
+from tests.test_scaleout import dask_preload, needs_dask  # noqa: F401 - the fixture is used by name
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -194,3 +195,45 @@ def test_results_per_video_and_merged_neighbours(tmp_path: Path, r3_home: Path) 
     assert (0.0, 32.0) in city_merged and len(city_merged) == 2  # the two NIGHT MARKET windows, and DAWN
     assert sorted(city_apart) == [(0.0, 16.0), (16.0, 32.0), (32.0, 48.0)]
     assert sorted(e["video_id"] for e in per_video) == ["city", "market"]
+
+
+def test_a_spoken_word_finds_the_moment_it_is_said_in(tmp_path: Path, r3_home: Path) -> None:
+    recordings = recorded_speech()
+    if not recordings:
+        pytest.skip("Debian's pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)")
+    wav, transcript = recordings[0]  # "and mister john dashwood had then leisure to consider how much ..."
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    silent = write_scenes_video(tmp_path / "silent.mp4", [Scene(20, COLOURS[0]), Scene(20, COLOURS[2])], fps=5)
+    add_audio(silent, wav, 20.0, folder / "reading.mp4")
+    write_scenes_video(folder / "garden.mp4", [Scene(8, COLOURS[1], "GARDEN SALE")], fps=5)
+
+    summary = index_gallery(source=str(folder), preset="offline", home=str(r3_home))
+    assert (summary["added"], summary["failed"]) == (2, [])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("R3_QUERY__RERANK_K", "0")
+        top = run_queries(tmp_path, r3_home, [{"id": "q", "text": "leisure to consider"}])["q"]["ranked"][0]
+    assert top["video_id"] == "reading" and top["start_s"] <= 22.3 and top["end_s"] >= 23.4
+    assert "leisure" in top["transcript"] and "consider" in top["transcript"]
+
+
+@needs_dask
+@pytest.mark.usefixtures("dask_preload")
+def test_media_stages_run_on_a_dask_cluster_of_two_workers_and_store_what_threads_store(
+    tmp_path: Path, r3_home: Path
+) -> None:
+    folder = write_folder(tmp_path / "videos")
+    overrides = {"models": {"embedder": "fake-text", "asr": "none"}, "media": {"ocr": True}, "index": {"batch_size": 1}}
+    threads_home = tmp_path / "threads-home"
+    on_threads = index_gallery(source=str(folder), preset="tiny", home=str(threads_home), overrides=overrides)
+    on_dask_overrides = {**overrides, "index": {"batch_size": 1, "task_runner": "dask", "dask_workers": 2}}
+    on_dask = index_gallery(source=str(folder), preset="tiny", home=str(r3_home), overrides=on_dask_overrides)
+
+    assert on_dask["added"] == on_threads["added"] == 3 and on_dask["moments"] == on_threads["moments"] == 4
+
+    def rows(home: Path) -> list[tuple]:
+        pinned = pin(open_store(load_settings("tiny", home=home, **overrides)))
+        return sorted((r.id, r.start_s, r.end_s, r.transcript, r.screen_text) for r in pinned.records.values())
+
+    assert rows(r3_home) == rows(threads_home)

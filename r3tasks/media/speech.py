@@ -3,6 +3,7 @@ else what a speech recogniser hears, read in overlapping chunks so memory stays 
 
 from __future__ import annotations
 
+from r3tasks.errors import VideoReadError
 from r3tasks.inputs.sources import GalleryItem
 from r3tasks.media.cues import Cue
 from r3tasks.media.moments import SpeechTrack
@@ -28,7 +29,11 @@ def read_speech(item: GalleryItem, settings: R3Settings, recognizer: SpeechRecog
                 return SpeechTrack(tuple(track.cues), f"subtitles ({track.source})", tuple(notes))
     if recognizer is None:
         return SpeechTrack(notes=tuple(notes))
-    cues = transcribe_file(item.path, recognizer)
+    try:
+        cues = transcribe_file(item.path, recognizer)
+    except VideoReadError as error:
+        # A damaged sound track costs the video its speech, not its pictures and on-screen text: said, not failed.
+        return SpeechTrack(source="none", notes=(*notes, f"{error.reason} (nothing said is read)"))
     if cues is None:
         return SpeechTrack(source="none", notes=(*notes, "no audio stream (nothing said is read)"))
     return SpeechTrack(tuple(cues), f"speech ({recognizer.fingerprint})", tuple(notes))
