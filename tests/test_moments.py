@@ -15,6 +15,7 @@ import pytest
 from flows.cli import main as cli_main
 from flows.index_flow import index_gallery
 from r3tasks.gallery.pinned import pin
+from r3tasks.gallery.table import MOMENT_COLUMNS
 from r3tasks.gallery.views import open_store
 from r3tasks.inputs.sources import GalleryItem
 from r3tasks.media.cues import Cue
@@ -237,3 +238,28 @@ def test_media_stages_run_on_a_dask_cluster_of_two_workers_and_store_what_thread
         return sorted((r.id, r.start_s, r.end_s, r.transcript, r.screen_text) for r in pinned.records.values())
 
     assert rows(r3_home) == rows(threads_home)
+
+
+def test_a_table_from_before_moments_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path, r3_home: Path) -> None:
+    manifest = tmp_path / "gallery.jsonl"
+    captions = {"a": "a red kite over the dunes", "b": "a lighthouse at night", "c": "a garden sale"}
+    manifest.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in captions.items()))
+    overrides = {"models": {"embedder": "fake-text"}}
+    index_gallery(source=str(manifest), preset="tiny", home=str(r3_home), overrides=overrides)
+    store = open_store(load_settings("tiny", home=r3_home, **overrides))
+    store.table().drop_columns(list(MOMENT_COLUMNS))  # as a table written before moments existed
+    vectors = {r["id"]: r["vector"] for r in store.table().to_arrow().to_pylist()}
+    # A reader of the old table still pins it: rows are whole items.
+    assert {
+        r.id: r.video for r in pin(open_store(load_settings("tiny", home=r3_home, **overrides))).records.values()
+    } == {k: k for k in captions}
+
+    summary = index_gallery(source=str(manifest), preset="tiny", home=str(r3_home), overrides=overrides)
+
+    assert (summary["added"], summary["updated"], summary["unchanged"]) == (0, 0, 3)  # nothing embedded again
+    table = open_store(load_settings("tiny", home=r3_home, **overrides)).table()
+    assert set(MOMENT_COLUMNS) <= set(table.schema.names)
+    rows = {r["id"]: r for r in table.to_arrow().to_pylist()}
+    assert {k: (r["video_id"], r["start_s"]) for k, r in rows.items()} == {k: (k, None) for k in captions}
+    for item_id, vector in vectors.items():
+        assert rows[item_id]["vector"] == vector
