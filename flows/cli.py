@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="have a running `r3 serve` at URL answer (e.g. http://127.0.0.1:8765): no local models, no Prefect",
     )
-    _add_gallery(query, "default", "the gallery to search (default: default)")
+    _add_gallery(query, None, "the gallery to search (default: default; with --server, the gallery the service serves)")
     _add_common(query)
 
     demo = sub.add_parser("demo", help="build the demo gallery, index it, answer a demo batch, print the results")
@@ -238,11 +239,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     from r3tasks.inputs import preflight
     from r3tasks.models.qwen3vl import check_models
 
-    settings = _settings(args)
     if args.server:  # the service has the gallery and the models: nothing here to check or load
         from flows.cli_serve import query_via_server
 
-        return EXIT_ITEM_FAILURES if query_via_server(args, settings) else EXIT_OK
+        # No --gallery: the request names none, and the service answers from the gallery it serves.
+        return EXIT_ITEM_FAILURES if query_via_server(args, _settings(args)) else EXIT_OK
+    if args.gallery is None:
+        from r3tasks.settings.tree import DEFAULT_GALLERY
+
+        args.gallery = DEFAULT_GALLERY
+    settings = _settings(args)
     preflight.query_file(args.queries, settings)  # a bad file or an unindexed gallery: one line, no server
     preflight.where_filter(args.where, settings)  # a filter LanceDB cannot run: `--where: reason`, exit 2
     check_models(settings, ["embedder", "reranker", "reasoner"])  # as in cmd_index
@@ -451,6 +457,10 @@ def run() -> NoReturn:
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The interpreter's teardown ends with a garbage collection over every object torch, transformers and Prefect
+    # made: about a second spent finding cycles in memory the process is about to hand back anyway. Frozen
+    # objects are not walked; exit handlers (Prefect's log and event flushes) still run.
+    gc.freeze()
     sys.exit(code)
 
 

@@ -260,6 +260,8 @@ def record_artifacts(summary: IndexSummary) -> None:
                 "unchanged": summary.unchanged,
                 "removed": summary.removed,
                 "failed": len(summary.failed),
+                "moments stored": summary.moments,
+                "moments with nothing to read": summary.nothing_to_read,
                 "table version": summary.version,
             }
         ],
@@ -271,6 +273,12 @@ def record_artifacts(summary: IndexSummary) -> None:
         key="index-failures",
         description="Items that could not be indexed, with the reason.",
     )
+    if summary.notes:
+        create_table_artifact(
+            [{"note": note} for note in summary.notes],
+            key="index-notes",
+            description="Worth knowing, not failures: videos without a sound track, subtitle cues skipped.",
+        )
     create_markdown_artifact(
         "\n".join(
             [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r3tasks.inputs.frames import SampledFrames, SamplingPolicy, read_chosen, sample_indices
+from r3tasks.inputs.frames import SampledFrames, SamplingPolicy, read_chosen, sample_indices, thumbnail
 from r3tasks.media.cues import Span
 
 
@@ -48,3 +48,29 @@ def read_frames_per_span(
     position = {index: row for row, index in enumerate(sampled.indices)}
     frames = np.asarray(sampled.frames)
     return [frames[[position[i] for i in indices if i in position]] for indices in chosen]
+
+
+def moment_thumbnail(path: str | Path, start_s: float | None, end_s: float | None, max_side: int = 160) -> np.ndarray:
+    """The middle frame of a moment (of the whole video when it has no times), ``uint8 (H, W, 3)``."""
+    if start_s is None or end_s is None:
+        return thumbnail(path, max_side=max_side)
+    middle = Span(start_s, end_s)
+
+    def choose(total: int, fps: float) -> list[int]:
+        first, last = span_frame_range(total, fps, middle)
+        return [(first + last) // 2]
+
+    return np.asarray(read_chosen(path, max_side, choose).frames[0])
+
+
+def moment_label(video_id: str | None, start_s: float | None, end_s: float | None) -> str:
+    """`video 1:05-1:21` for a moment, the video id alone for a whole item."""
+    if video_id is None or start_s is None or end_s is None:
+        return video_id or ""
+    return f"{video_id} {clock(start_s)}-{clock(end_s)}"
+
+
+def clock(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{rest:02d}" if hours else f"{minutes}:{rest:02d}"

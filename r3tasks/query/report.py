@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import textwrap
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from r3tasks.cache.stages import StageCache
 from r3tasks.errors import ItemError
 from r3tasks.gallery.pinned import PinnedGallery
-from r3tasks.inputs.frames import thumbnail
+from r3tasks.media.clips import moment_label, moment_thumbnail
 from r3tasks.query.isolation import reason_of
 from r3tasks.query.prepare import source_frames as sampled_source_frames
 from r3tasks.query.state import QueryState
@@ -40,11 +41,11 @@ def _tile_from_frame(frame: np.ndarray | None, label: str, caption: str | None):
     return tile
 
 
-def _frame_or_none(path: str | None) -> np.ndarray | None:
+def _frame_or_none(path: str | None, start_s: float | None = None, end_s: float | None = None) -> np.ndarray | None:
     if not path:
         return None
     try:
-        return thumbnail(path, max_side=max(TILE))
+        return moment_thumbnail(path, start_s, end_s, max_side=max(TILE))
     except ItemError:
         return None
 
@@ -54,17 +55,18 @@ def contact_sheet(
     source_frames: Sequence[np.ndarray],
     source_label: str,
     source_caption: str | None,
-    candidates: Sequence[tuple[str, str | None, str | None, float]],
+    candidates: Sequence[tuple[str, str | None, str | None, float, tuple[float | None, float | None]]],
 ) -> Path:
-    """Source frames on the first row, then the top candidates (id, path, caption, score) on the second."""
+    """Source frames on the first row, then the top candidates (label, path, caption, score, moment times) on the
+    second: a moment shows its middle frame."""
     from PIL import Image
 
     first_row = [_tile_from_frame(f, f"{source_label} #{i}", None) for i, f in enumerate(source_frames[:5])]
     if not first_row:
         first_row = [_tile_from_frame(None, source_label, source_caption)]
     second_row = [
-        _tile_from_frame(_frame_or_none(path), f"{rank + 1}. {item_id} {score:.3f}", caption)
-        for rank, (item_id, path, caption, score) in enumerate(candidates[:5])
+        _tile_from_frame(_frame_or_none(path, *times), f"{rank + 1}. {score:.3f} {label}", caption)
+        for rank, (label, path, caption, score, times) in enumerate(candidates[:5])
     ]
     width = TILE[0] * max(len(first_row), len(second_row), 1)
     height = (TILE[1] + 36) * 2
@@ -89,11 +91,17 @@ def markdown_report(results: Sequence[dict], sheets: dict[str, Path], top: int =
         if result["reasoning"] is not None:
             agreement = f"{gate['agreement']:.3f}" if gate["agreement"] is not None else "n/a"
             lines += [f"*reasoning* (agreement {agreement}, used: {gate['used']}):", "", f"> {result['reasoning']}", ""]
-        lines += ["| rank | item | score | embedding | reranker |", "|---:|---|---:|---:|---:|"]
+        lines += [
+            "| rank | item | moment | score | embedding | reranker | said / on screen |",
+            "|---:|---|---|---:|---:|---:|---|",
+        ]
         for rank, item in enumerate(result["ranked"][:top], start=1):
             reranker = f"{item['reranker_score']:.3f}" if item["reranker_score"] is not None else "-"
+            moment = _moment(item)
+            read = " / ".join(_cell(item.get(key)) for key in ("transcript", "screen_text") if item.get(key))
             lines.append(
-                f"| {rank} | {item['id']} | {item['score']:.3f} | {item['embedding_score']:.3f} | {reranker} |"
+                f"| {rank} | {_cell(item['id'])} | {_cell(moment)} | {item['score']:.3f} | "
+                f"{item['embedding_score']:.3f} | {reranker} | {read} |"
             )
         if result.get("warnings"):
             lines += [""] + [f"- warning: {warning}" for warning in result["warnings"]]
@@ -101,6 +109,18 @@ def markdown_report(results: Sequence[dict], sheets: dict[str, Path], top: int =
             lines += ["", f"![contact sheet]({sheets[result['id']].as_uri()})"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _moment(item: dict) -> str:
+    """Where a segment of a long video is (`video 1:05-1:21`); "" for a whole clip or a text item."""
+    if item.get("video_id") in (None, item["id"]):
+        return ""
+    return moment_label(item["video_id"], item.get("start_s"), item.get("end_s"))
+
+
+def _cell(text: str | None, limit: int = 80) -> str:
+    # Stored text is data: a pipe or a newline must not break the table.
+    return (text or "")[:limit].replace("|", "\\|").replace("\n", " ")
 
 
 def terminal_table(results: Sequence[dict], texts: dict[str, str | None], top: int = 5) -> str:
@@ -116,8 +136,9 @@ def terminal_table(results: Sequence[dict], texts: dict[str, str | None], top: i
             head += f"  reasoning {'used' if gate['used'] else 'gated off'} (agreement {agreement})"
         lines.append(head)
         for rank, item in enumerate(result["ranked"][:top], start=1):
-            caption = (texts.get(item["id"]) or "")[:60]
-            lines.append(f"  {rank}. {item['score']:6.3f}  {item['id'][:40]:40s}  {caption}")
+            caption = (texts.get(item["id"]) or item.get("transcript") or item.get("screen_text") or "")[:60]
+            where = _moment(item) or item["id"]
+            lines.append(f"  {rank}. {item['score']:6.3f}  {where[:40]:40s}  {caption}")
         lines.append("")
     return "\n".join(lines)
 
@@ -163,6 +184,8 @@ def _contact_sheet(
     candidates = []
     for item in state.ranked[:5]:
         record = gallery.records[item.id]
-        candidates.append((item.id, record.path, record.text, item.score))
+        label = _moment(asdict(item)) or item.id
+        caption = record.text or item.transcript or item.screen_text
+        candidates.append((label, record.path, caption, item.score, (item.start_s, item.end_s)))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in state.query.id)[:80]
     return contact_sheet(run_dir / f"{safe}.png", source_frames, source_label, source_caption, candidates)

@@ -196,7 +196,9 @@ def create_app(service: QueryService) -> FastAPI:
         ref = {"name": follower.name, "table": view.ref.table, "version": view.ref.version}
         return ResultsJSON({"items": listed, "total": len(found), "gallery": ref})
 
-    @app.get("/v1/items/{item_id:path}/thumbnail", summary="The middle frame of a video item, as a JPEG")
+    @app.get(
+        "/v1/items/{item_id:path}/thumbnail", summary="The middle frame of a video item (of its moment), as a JPEG"
+    )
     def thumbnail(
         item_id: str,
         gallery: str | None = None,
@@ -205,14 +207,14 @@ def create_app(service: QueryService) -> FastAPI:
     ) -> Response:
         from PIL import Image
 
-        from r3tasks.inputs.frames import thumbnail as middle_frame
+        from r3tasks.media.clips import moment_thumbnail
 
         follower = service.follower(gallery)
         record = follower.item(follower.at(gallery_version), item_id)
         if not record.path:
             raise NotFound(f"item {item_id!r} is text only: it has no video to show")
         try:
-            frame = middle_frame(record.path, max_side=size)
+            frame = moment_thumbnail(record.path, record.start_s, record.end_s, max_side=size)
         except (R3Error, OSError) as error:
             raise NotFound(f"item {item_id!r}: no frame to show ({error})") from None
         out = io.BytesIO()

@@ -144,6 +144,11 @@ class GalleryFollower:
                 "indexed_at": indexed_at.isoformat() if indexed_at is not None else None,
                 "duration_s": _duration_s(record.path),
             },
+            "video_id": record.video,
+            "start_s": record.start_s,
+            "end_s": record.end_s,
+            "transcript": record.transcript,
+            "screen_text": record.screen_text,
             "gallery": {"name": self.name, "table": view.ref.table, "version": view.ref.version},
         }
 
