@@ -20,7 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
-from prefect.exceptions import UpstreamTaskError
+from prefect.exceptions import UnfinishedRun, UpstreamTaskError
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect.utilities.annotations import quote
@@ -34,7 +34,7 @@ from flows.common import (
     stable_hash,
 )
 from r3tasks.cache.stages import prune_older_than
-from r3tasks.errors import R3Error
+from r3tasks.errors import ItemError, R3Error, TransientError
 from r3tasks.gallery.indexing import (
     EmbeddedBatch,
     IndexPlan,
@@ -211,7 +211,9 @@ def _embed_one_at_a_time(
                     "screen": screen([keyed], spans, settings),
                 }
             part: EmbeddedBatch = single([keyed], settings, **media)
-        except Exception as cause:  # noqa: BLE001 - whatever still fails after the retries is this item's
+        except Exception as cause:  # noqa: BLE001 - whatever still fails after the retries is this item's ...
+            if isinstance(cause, R3Error) and not isinstance(cause, (ItemError, TransientError)):
+                raise  # ... except what is wrong for every item (a model that is not there): the run's, said once
             path = str(keyed.item.path) if keyed.item.path is not None else None
             reason = f"embedding failed after {settings.index.retries} retries ({type(cause).__name__}: {cause})"
             result.failed.append(ItemFailure(id=keyed.item.id, path=path, reason=reason))
@@ -409,7 +411,7 @@ def _index(source: str, items: list[GalleryItem], settings: R3Settings) -> dict:
             batch, future = in_flight.popleft()
             try:
                 embedded = future.result()
-            except (*TRANSIENT_ERRORS, UpstreamTaskError) as error:  # a media stage's transient failure too
+            except (*TRANSIENT_ERRORS, UpstreamTaskError, UnfinishedRun) as error:  # a media stage's failure too
                 logger.warning(
                     "a batch of %d still fails after retries (%s): embedding its items singly", len(batch), error
                 )

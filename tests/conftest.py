@@ -20,6 +20,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in [n for n in os.environ if n.startswith("R3_")]:
     # The user's own R3_* settings must not leak into tests.
     del os.environ[_name]
+# No Whisper weights on a test machine, and no hub: speech recognition runs only where a test asks for it.
+os.environ["R3_MODELS__ASR"] = "none"
 
 register_backend("embedder", "fake", "tests.fakes:load_fake_embedder")
 register_backend("embedder", "fake-text", "tests.fakes:load_fake_text_embedder")

@@ -311,14 +311,14 @@ def test_slow_embedder_keeps_batches_in_flight_bounded_and_commits_rarely(
     probe = _ConcurrencyProbe()
     real_part = indexing._embed_part
 
-    def probed_part(batch, embedder, settings):
+    def probed_part(batch, embedder, settings, media=None):
         with probe.lock:
             probe.alive += 1
             probe.calls += 1
             probe.most = max(probe.most, probe.alive)
         try:
             time.sleep(0.05)  # an embedder slower than listing items: batches would pile up unbounded
-            return real_part(batch, embedder, settings)
+            return real_part(batch, embedder, settings, media)
         finally:
             with probe.lock:
                 probe.alive -= 1

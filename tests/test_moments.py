@@ -72,9 +72,14 @@ def index(folder: Path, home: Path, capsys: pytest.CaptureFixture) -> dict:
 
 
 def test_a_folder_of_uncaptioned_videos_is_searchable_by_what_is_written_and_said(
-    tmp_path: Path, r3_home: Path, converted_gemma_home: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path,
+    r3_home: Path,
+    converted_gemma_home: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     share_converted_gemma(converted_gemma_home, r3_home)  # the offline preset as shipped, reranker included
+    monkeypatch.setenv("R3_MODELS__ASR", "pocketsphinx")  # the preset's own (the tests' default is none)
     folder = write_folder(tmp_path / "videos")
     summary = index(folder, r3_home, capsys)
 
@@ -198,7 +203,10 @@ def test_results_per_video_and_merged_neighbours(tmp_path: Path, r3_home: Path) 
     assert sorted(e["video_id"] for e in per_video) == ["city", "market"]
 
 
-def test_a_spoken_word_finds_the_moment_it_is_said_in(tmp_path: Path, r3_home: Path) -> None:
+def test_a_spoken_word_finds_the_moment_it_is_said_in(
+    tmp_path: Path, r3_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("R3_MODELS__ASR", "pocketsphinx")  # the offline preset's own (the tests' default is none)
     recordings = recorded_speech()
     if not recordings:
         pytest.skip("Debian's pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)")

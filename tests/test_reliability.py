@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -230,10 +231,15 @@ def test_fault_matrix_names_every_bad_item_and_indexes_all_the_good_ones(
     frames, height, width, _ = RecordingEmbedder.frame_shapes["huge-8k"]
     assert height * width <= 1.01 * 768 * 32 * 32 and max(height, width) < 7680 // 4 and frames >= 1
     # No bad file stalled the run: what is not a regular, non-empty, readable file never reached a decoder
-    # (a pipe would have blocked it), and no file was decoded twice (no retry loop on a broken one).
+    # (a pipe would have blocked it); a good file is opened three times (its moments are found, its on-screen
+    # text read, its frames decoded) and a broken one once (no retry loop on it).
     refused_before_decoding = {"zero-byte", "a-folder", "unreadable", "a-pipe"}
     assert not refused_before_decoding & set(opened), opened
-    assert sorted(set(opened)) == sorted(opened), opened
+    opens = Counter(opened)
+    assert {item_id: opens[item_id] for item_id in opens if item_id in failing} == {
+        item_id: 1 for item_id in set(failing) - refused_before_decoding
+    }, opened
+    assert {item_id: opens[item_id] for item_id in indexed} == dict.fromkeys(indexed, 3), opened
     assert set(opened) == (set(failing) | indexed) - refused_before_decoding
     # The summary and the CLI's JSON must be printable whatever the file names were.
     json.dumps(summary, ensure_ascii=False).encode("utf-8")
