@@ -17,6 +17,7 @@ from flows.common import code_version
 from flows.index_flow import index_gallery
 from flows.query_flow import query_batch
 from r3tasks.errors import R3Error
+from r3tasks.gallery.views import open_store
 from r3tasks.models.registry import register_backend
 from r3tasks.serve.app import create_app
 from r3tasks.serve.service import QueryService, check_binding
@@ -330,9 +331,16 @@ def test_items_thumbnails_galleries_health_and_schema(home: Path) -> None:
         "kind": "text",
         "num_frames": None,
         "gallery": {"name": "default", "table": health["gallery"]["table"], "version": version},
+        "video_id": "cat-sofa",
+        "start_s": None,
+        "end_s": None,
+        "transcript": None,
+        "screen_text": None,
     }
     assert text_item["times"]["duration_s"] is None and text_item["times"]["indexed_at"]
     assert video_item["path"].endswith("clip.mp4") and video_item["times"]["duration_s"] == 2.0
+    # A short clip is one moment covering it.
+    assert (video_item["video_id"], video_item["start_s"], video_item["end_s"]) == (video_item["id"], 0.0, 2.0)
     assert video.status_code == 200 and video.headers["content-type"] == "image/jpeg"
     assert video.content.startswith(b"\xff\xd8")
     assert (text_only.status_code, text_only.json()) == (
@@ -408,3 +416,27 @@ def test_r3_query_with_a_server_that_cannot_be_reached_exits_2(tmp_path: Path, c
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"r3 query: cannot reach the r3 service at {url}: ")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_r3_query_with_a_server_and_no_gallery_asks_the_gallery_the_service_serves(
+    tmp_path: Path, r3_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    index_gallery(
+        source=str(write_manifest(tmp_path / "g")), home=str(r3_home), overrides={"models": MODELS}, gallery="holiday"
+    )
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps(QUERIES[2]) + "\n")
+    settings = fake_settings(r3_home, models=MODELS, query=QUERY, gallery={"name": "holiday"})
+    url, server, thread = _serve_in_thread(QueryService(settings, code_version()))  # no `default` gallery here
+    try:
+        code = cli_main(["query", str(queries), "--out", str(tmp_path / "r.json"), "--server", url, "--top", "1"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+    printed = capsys.readouterr()
+
+    assert code == 0, printed.err
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["lineage"]["gallery"]["table"] == open_store(settings).name
+    top = written["results"][0]["ranked"][0]["id"]
+    assert top.startswith("dog-park") and f"{top[:40]:40s}  {CAPTIONS[top]}" in printed.out

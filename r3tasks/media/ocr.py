@@ -47,7 +47,10 @@ from r3tasks.errors import ModelNotAvailableError
 __all__ = ["ScreenTextReader", "load_screen_text_reader"]
 
 # Bump when reading order, merging or de-duplication change: cached OCR text depends on them too.
-POSTPROCESS_VERSION = "1"
+POSTPROCESS_VERSION = "2"
+# A lone character is what the recogniser "reads" in a shape or a texture (a white square came out as '口' at
+# confidence over 0.6): a line needs at least this many letters or digits to be kept.
+MIN_LINE_CHARS = 2
 DETECT_MAX_SIDE = 960
 _DET_MODEL = "PP-OCRv6_det_small.onnx"
 _REC_MODEL = "PP-OCRv6_rec_small.onnx"
@@ -93,7 +96,7 @@ class ScreenTextReader:
         right; words of one row that are close together form one line). Across frames each line is kept once,
         where it first appeared: lines equal once case, whitespace and punctuation are ignored are one line,
         a line contained in a kept line is dropped, and a line containing a kept one replaces it in place.
-        Lines of punctuation or symbols only are dropped.
+        Lines with fewer than `MIN_LINE_CHARS` letters or digits (symbols, a lone character) are dropped.
         """
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
             shape = getattr(frames, "shape", None)
@@ -159,7 +162,7 @@ def _key(text: str) -> str:
 
 def _keep(kept: list[tuple[str, str]], text: str) -> None:
     key = _key(text)
-    if not key:
+    if len(key) < MIN_LINE_CHARS:
         return
     if any(key in other for other, _ in kept):
         return
