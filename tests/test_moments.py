@@ -271,3 +271,20 @@ def test_a_table_from_before_moments_gets_the_new_columns_and_keeps_its_rows(tmp
     assert {k: (r["video_id"], r["start_s"]) for k, r in rows.items()} == {k: (k, None) for k in captions}
     for item_id, vector in vectors.items():
         assert rows[item_id]["vector"] == vector
+
+
+def test_missing_whisper_weights_fail_the_run_once_with_how_to_supply_them(
+    tmp_path: Path, r3_home: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_scenes_video(folder / "garden.mp4", [Scene(8, COLOURS[1], "GARDEN SALE")], fps=5)
+    monkeypatch.setenv("R3_MODELS__ASR", "whisper")
+    monkeypatch.setenv("R3_MODELS__ASR_MODEL", str(tmp_path / "no-whisper-here"))
+
+    code = cli_main(["index", str(folder), "--preset", "tiny", "--home", str(r3_home)])
+
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("r3 index: model ") and "models.asr_model" in last
+    assert not open_store(load_settings("tiny", home=r3_home)).exists()  # nothing half written
