@@ -311,7 +311,12 @@ function resultCard(item, i, at) {
   card.append(use);
   getJSON(itemPath(item.id, "", at)).then((details) => {
     holder.replaceWith(thumbnail(details, at));
-    if (details.kind === "video") caption.textContent = details.text || "(no caption)";
+    if (details.kind === "video") {
+      // An uncaptioned moment shows what is said and written in it: that is what it was found by.
+      const read = [details.transcript, details.screen_text].filter(Boolean).join(" \u00b7 ");
+      caption.textContent = details.text || read || "(no caption)";
+      if (details.text && read) card.append(el("p", "meta read", read));
+    }
     else caption.remove();  // a text item's text is its tile
     const seconds = details.times && details.times.duration_s;
     const kind = details.kind !== "video" ? "text item" : typeof seconds === "number" ? "video, " + fmt(seconds, 1) + " s" : "video";
