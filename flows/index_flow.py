@@ -125,7 +125,8 @@ def find_moments_task(batch: list[KeyedItem], settings: R3Settings) -> StageOutp
     return find_moments_stage(batch, settings)
 
 
-@task(name="read-speech", cache_key_fn=_media_cache_key("speech", {"subtitles", *SPAN_FIELDS}), **MEDIA_TASK)
+# What is said is read per video, whatever its cut: a new segmentation recognises no speech again.
+@task(name="read-speech", cache_key_fn=_media_cache_key("speech", {"subtitles"}), **MEDIA_TASK)
 def speech_task(
     batch: list[KeyedItem], spans: StageOutput[VideoSpans], settings: R3Settings
 ) -> StageOutput[SpeechTrack]:
