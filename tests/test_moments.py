@@ -288,3 +288,21 @@ def test_missing_whisper_weights_fail_the_run_once_with_how_to_supply_them(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("r3 index: model ") and "models.asr_model" in last
     assert not open_store(load_settings("tiny", home=r3_home)).exists()  # nothing half written
+
+
+def test_a_broken_subtitle_file_is_a_note_and_the_video_still_indexes_by_what_is_on_screen(
+    tmp_path: Path, r3_home: Path
+) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_scenes_video(folder / "garden.mp4", [Scene(8, COLOURS[1], "GARDEN SALE")], fps=5)
+    (folder / "garden.srt").write_bytes(bytes(range(256)) * 8)  # not subtitles at all
+
+    summary = index_gallery(
+        source=str(folder), preset="offline", home=str(r3_home), overrides={"query": {"rerank_k": 0}}
+    )
+
+    assert (summary["added"], summary["failed"], summary["moments"]) == (1, [], 1)
+    assert len(summary["notes"]) == 1 and summary["notes"][0].startswith("garden: subtitles not read: ")
+    record = pin(open_store(load_settings("offline", home=r3_home))).records["garden"]
+    assert (record.screen_text, record.transcript) == ("GARDEN SALE", None)

@@ -3,7 +3,7 @@ else what a speech recogniser hears, read in overlapping chunks so memory stays 
 
 from __future__ import annotations
 
-from r3tasks.errors import VideoReadError
+from r3tasks.errors import ItemError, VideoReadError
 from r3tasks.inputs.sources import GalleryItem
 from r3tasks.media.cues import Cue
 from r3tasks.media.moments import SpeechTrack
@@ -22,7 +22,12 @@ def read_speech(item: GalleryItem, settings: R3Settings, recognizer: SpeechRecog
     if settings.media.subtitles:
         from r3tasks.media.subtitles import read_subtitles
 
-        track = read_subtitles(item.path)
+        try:
+            track = read_subtitles(item.path)
+        except ItemError as error:
+            # Unreadable subtitles cost the video its subtitles only: said, and the recogniser listens instead.
+            track = None
+            notes.append(f"subtitles not read: {error.reason}")
         if track is not None:
             notes += [f"subtitles {track.source}: {reason}" for reason in track.skipped]
             if track.cues:
