@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NOTES_SHOWN = 5  # notes printed after an index run; --json has them all
+
+
 def _print_index_summary(summary: dict[str, Any]) -> None:
     print(
         f"gallery {summary['table']['gallery']!r}: table {summary['table']['name']} (version {summary['version']}) "
@@ -165,6 +168,14 @@ def _print_index_summary(summary: dict[str, Any]) -> None:
         f"  added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
         f"removed {summary['removed']}, failed {len(summary['failed'])}"
     )
+    moments, left_out = summary.get("moments", 0), summary.get("nothing_to_read", 0)
+    if moments != summary["added"] + summary["updated"] or left_out:
+        print(f"  moments stored {moments}, left out with nothing to read {left_out}")
+    notes = summary.get("notes", [])
+    for note in notes[:NOTES_SHOWN]:
+        print(f"  note: {note}")
+    if len(notes) > NOTES_SHOWN:
+        print(f"  ... and {len(notes) - NOTES_SHOWN} more notes (`r3 index --json` lists them)")
     for failure in summary["failed"]:
         print(f"  FAILED {failure['id']} ({failure['path']}): {failure['reason']}")
 

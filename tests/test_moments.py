@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import _print_index_summary as print_index_summary
 from flows.cli import main as cli_main
 from flows.index_flow import index_gallery
 from r3tasks.gallery.pinned import pin
@@ -93,6 +94,14 @@ def test_a_folder_of_uncaptioned_videos_is_searchable_by_what_is_written_and_sai
     assert sorted(summary["notes"]) == [
         "garden: no audio stream (nothing said is read)",
         "longwalk: no audio stream (nothing said is read)",
+    ]
+    print_index_summary(summary)  # what `r3 index` prints without --json
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1:5] == [
+        "  added 3, updated 0, unchanged 0, removed 0, failed 0",
+        f"  moments stored 4, left out with nothing to read {summary['nothing_to_read']}",
+        "  note: garden: no audio stream (nothing said is read)",
+        "  note: longwalk: no audio stream (nothing said is read)",
     ]
 
     results = run_queries(
