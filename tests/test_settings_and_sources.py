@@ -187,3 +187,9 @@ def test_offline_preset_uses_its_measured_defaults_unless_asked(monkeypatch) -> 
     assert load_settings(preset="offline").query.copy_gate_threshold == 0.9
     monkeypatch.setenv("R3_QUERY__EDIT_GATE", "false")  # the reference: no edit gate
     assert load_settings(preset="offline").query.edit_gate is False
+
+
+def test_a_relative_data_home_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reports link contact sheets by file URI, which a relative path cannot be.
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(home=Path("rel/home")).home == tmp_path / "rel" / "home"

@@ -330,6 +330,12 @@ class R3Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        # Artifacts link files by URI and flows may run in another working directory: a relative home would break both.
+        return home.expanduser().absolute()
+
     @model_validator(mode="after")
     def _apply_preset_defaults(self) -> R3Settings:
         # A preset's measured defaults apply only where the user set nothing (see PRESET_DEFAULTS).
