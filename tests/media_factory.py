@@ -293,7 +293,7 @@ def speech_wav(text: str, out: Path) -> Path:
 
 
 def recorded_speech() -> list[tuple[Path, str]]:
-    """Real recorded sentences (LibriVox, 16 kHz mono WAV, 3-9 s each) and what is said in each, lower case,
+    """Real recorded sentences (LibriVox, 16 kHz mono WAV, 3-7 s each) and what is said in each, lower case,
     without punctuation; [] when Debian's pocketsphinx-testdata is not installed.
 
     The transcripts come from the package's `transcription` file, one line per recording:

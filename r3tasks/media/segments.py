@@ -51,7 +51,8 @@ def shot_segments(cuts: Sequence[float], duration_s: float, min_s: float, max_s:
     if max_ms < 1:
         raise ValueError(f"max_s must be at least a millisecond, got {max_s!r}")
     duration_ms = _check_duration(duration_s)
-    inner = sorted({_ms(c) for c in cuts if math.isfinite(c)} & set(range(1, duration_ms)))
+    # A range test, not a set of every millisecond: memory must not grow with the video's length.
+    inner = sorted({ms for ms in (_ms(c) for c in cuts if math.isfinite(c)) if 0 < ms < duration_ms})
     if duration_ms < min_s * 1000:
         return [_span(0, duration_ms)]
     bounds = _merge_short([0, *inner, duration_ms], min_s * 1000)
