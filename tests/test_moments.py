@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.cli import _print_index_summary as print_index_summary
@@ -334,3 +335,43 @@ def test_control_token_strings_in_subtitles_are_stored_and_searched_as_plain_tex
         patch.setenv("R3_QUERY__RERANK_K", "0")
         ranked = run_queries(tmp_path, r3_home, [{"id": "q", "text": "the kite festival"}])["q"]["ranked"]
     assert ranked[0]["id"] == "talk" and ranked[0]["transcript"] == said
+
+
+def write_variable_rate_video(path: Path) -> Path:
+    """50 s of video whose frames come 40-400 ms apart, in a container that declares 1000 fps; NIGHT MARKET is
+    on screen from 30 to 40 s."""
+    from fractions import Fraction
+
+    import av
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", 28)
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=1000)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        at_ms = 0
+        while at_ms < 50_000:
+            image = Image.new("RGB", (320, 180), COLOURS[2] if at_ms < 25_000 else COLOURS[0])
+            if 30_000 <= at_ms < 40_000:
+                ImageDraw.Draw(image).text((40, 70), "NIGHT MARKET", font=font, fill=(255, 255, 255))
+            frame = av.VideoFrame.from_image(image)
+            frame.pts, frame.time_base = at_ms, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+            at_ms += int(rng.integers(40, 400))
+        out.mux(stream.encode())
+    return path
+
+
+def test_a_variable_frame_rate_video_is_cut_and_read_by_its_real_times(tmp_path: Path, r3_home: Path) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_variable_rate_video(folder / "market.mkv")
+
+    summary = index_gallery(source=str(folder), preset="offline", home=str(r3_home))
+
+    assert (summary["added"], summary["failed"]) == (1, [])
+    moments = pin(open_store(load_settings("offline", home=r3_home))).moments_of("market")
+    assert moments and moments[-1].end_s == pytest.approx(50, abs=0.5)  # not 217 frames / 1000 fps = 0.2 s
+    written = [(m.start_s, m.end_s) for m in moments if m.screen_text == "NIGHT MARKET"]
+    assert written and all(start < 40 and end > 30 for start, end in written)

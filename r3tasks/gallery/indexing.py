@@ -183,7 +183,9 @@ def embed_inputs(
                     if moment.span is None or (video is not None and video.spans.whole):
                         sampled = read_frames(item.path, policy, settings.frames.max_side)
                     else:
-                        sampled = read_span_frames(item.path, policy, moment.span, settings.frames.max_side)
+                        sampled = read_span_frames(
+                            item.path, policy, moment.span, settings.frames.max_side, video.spans.duration_s
+                        )
                     frames, fps = sampled.frames, sampled.sample_fps
                 elif item.path is not None and not text:
                     nothing_to_read += 1

@@ -19,19 +19,38 @@ def span_frame_range(total: int, fps: float, span: Span) -> tuple[int, int]:
     return first, last
 
 
-def span_indices(total: int, fps: float, policy: SamplingPolicy, span: Span) -> list[int]:
+def timed_fps(total: int, fps: float, duration_s: float | None) -> float:
+    """The rate that places frames in time: the declared one, unless the video's known duration says the file
+    keeps another (a variable-rate file declaring 1000 fps for 217 frames over 50 s). Pure."""
+    if duration_s and duration_s > 0 and abs(total / fps - duration_s) > max(1.0, 0.1 * duration_s):
+        return total / duration_s
+    return fps
+
+
+def span_indices(
+    total: int, fps: float, policy: SamplingPolicy, span: Span, duration_s: float | None = None
+) -> list[int]:
     """What `sample_indices` picks for the frames inside `span`, as indices of the whole video. Pure."""
+    fps = timed_fps(total, fps, duration_s)
     first, last = span_frame_range(total, fps, span)
     return [first + i for i in sample_indices(last - first + 1, fps, policy)]
 
 
-def read_span_frames(path: str | Path, policy: SamplingPolicy, span: Span, max_side: int | None = 448) -> SampledFrames:
+def read_span_frames(
+    path: str | Path, policy: SamplingPolicy, span: Span, max_side: int | None = 448, duration_s: float | None = None
+) -> SampledFrames:
     """Frames of one moment; their `FrameSource` holds the native indices, so a model sees true timestamps."""
-    return read_chosen(path, max_side, lambda total, fps: span_indices(total, fps, policy, span), policy.min_pixels)
+    return read_chosen(
+        path, max_side, lambda total, fps: span_indices(total, fps, policy, span, duration_s), policy.min_pixels
+    )
 
 
 def read_frames_per_span(
-    path: str | Path, spans: Sequence[Span], per_span: int, max_side: int | None = 448
+    path: str | Path,
+    spans: Sequence[Span],
+    per_span: int,
+    max_side: int | None = 448,
+    duration_s: float | None = None,
 ) -> list[np.ndarray]:
     """`per_span` evenly spaced frames of each span, decoded in one pass over the video (OCR reads these).
 
@@ -41,7 +60,7 @@ def read_frames_per_span(
 
     def choose(total: int, fps: float) -> list[int]:
         chosen.clear()  # a damaged file is sampled again within its decodable part
-        chosen.extend(span_indices(total, fps, policy, span) for span in spans)
+        chosen.extend(span_indices(total, fps, policy, span, duration_s) for span in spans)
         return sorted({i for indices in chosen for i in indices})
 
     sampled = read_chosen(path, max_side, choose, policy.min_pixels)

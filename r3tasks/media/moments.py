@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from r3tasks.errors import VideoReadError
 from r3tasks.inputs.frames import probe_video
@@ -66,7 +67,7 @@ class VideoMoments:
 def find_spans(item: GalleryItem, settings: MediaSettings) -> VideoSpans:
     """Probe the video and cut it into moments; shot detection runs only for a video that is cut by shots."""
     assert item.path is not None
-    duration = probe_video(item.path).duration_s
+    duration = _duration_s(item.path)
     if not duration > 0:
         raise VideoReadError(item.path, "zero-length video (no duration in its header)")
     if duration <= settings.whole_clip_max_s:
@@ -81,13 +82,27 @@ def find_spans(item: GalleryItem, settings: MediaSettings) -> VideoSpans:
     return VideoSpans(item.id, duration, tuple(spans), whole=False)
 
 
+def _duration_s(path: Path) -> float:
+    """Frame count over the declared rate: a constant-rate video's length. A variable-rate file declares a rate
+    its timestamps do not keep (1000 fps for 217 frames over 50 s): there the stream's own duration is the
+    length, and frames are placed by the decoder's average rate."""
+    from r3tasks.media.shots import probe_duration
+
+    counted = probe_video(path).duration_s
+    try:
+        declared = probe_duration(path)
+    except VideoReadError:
+        return counted
+    return declared if abs(declared - counted) > max(1.0, 0.1 * declared) else counted
+
+
 def read_screen_text(item: GalleryItem, spans: VideoSpans, settings: MediaSettings, reader: object) -> list[str | None]:
     """On-screen text of each moment: OCR of `media.ocr_frames` frames inside it, de-duplicated."""
     assert item.path is not None
     texts: list[str | None] = []
     for start in range(0, len(spans.spans), OCR_SPANS_PER_DECODE):
         part = spans.spans[start : start + OCR_SPANS_PER_DECODE]
-        for frames in read_frames_per_span(item.path, part, settings.ocr_frames, OCR_MAX_SIDE):
+        for frames in read_frames_per_span(item.path, part, settings.ocr_frames, OCR_MAX_SIDE, spans.duration_s):
             lines = reader.read(frames) if len(frames) else []  # type: ignore[attr-defined]
             texts.append(_cut(" ".join(lines), settings.max_text_chars) or None)
     return texts
