@@ -193,7 +193,7 @@ def sampling_policy(frames: FrameSettings, purpose: Literal["gallery", "reasonin
 # Checks and probing
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     """Cheap checks before any decoder sees the file (decoders give poor reasons, and a FIFO would hang them)."""
     try:
         st = path.stat()
@@ -282,7 +282,7 @@ def _count_packets(path: Path) -> int:
 def probe_video(path: str | Path) -> VideoMeta:
     """Frame count, rate and size from the container header (no decoding)."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     header = _probe_header(path)
     frames = header.frames if header.frames > 0 else _count_packets(path)
     if frames <= 0:
@@ -458,7 +458,7 @@ def read_chosen(
 ) -> SampledFrames:
     """Decode the frames `choose(total_frames, fps)` picks (decord, else PyAV), resized on decode."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     header = _probe_header(path)
     decord_reason: str | None = None
     if header.container not in _SEQUENTIAL_FORMATS and header.width > 0 and header.height > 0:

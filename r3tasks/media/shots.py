@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from r3tasks.errors import VideoReadError
+from r3tasks.inputs.frames import check_file
 
 # Shots shorter than this are flashes (a strobe, a camera flash): ContentDetector merges their cuts. Given in
 # seconds, not PySceneDetect's default of 15 frames, so it means the same at 5 fps and at 60 fps.
@@ -133,7 +132,7 @@ def _probe(path: Path) -> tuple[float, float | None]:
     """(duration, the video stream's own duration or None when only the container gives one)."""
     import av
 
-    _check_file(path)
+    check_file(path)
     try:
         container = av.open(str(path))
     except av.error.PermissionError:
@@ -152,31 +151,6 @@ def _probe(path: Path) -> tuple[float, float | None]:
     if not math.isfinite(duration) or duration <= 0:
         raise VideoReadError(path, "unusable metadata: the header gives no duration")
     return duration, own if own is not None and math.isfinite(own) and own > 0 else None
-
-
-def _check_file(path: Path) -> None:
-    """Checks no decoder gets to make: a FIFO would block it forever, and its reasons for the rest are poor."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise VideoReadError(path, "file not found") from None
-    except PermissionError:
-        raise VideoReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise VideoReadError(path, f"cannot stat file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VideoReadError(path, "is a directory, not a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise VideoReadError(path, "not a regular file")
-    if st.st_size == 0:
-        raise VideoReadError(path, "file is empty (0 bytes)")
-    try:
-        # Opening is the only check that holds for root and for ACLs.
-        os.close(os.open(path, os.O_RDONLY))
-    except PermissionError:
-        raise VideoReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise VideoReadError(path, f"cannot open file ({exc.strerror or exc})") from None
 
 
 def _ffmpeg_reason(exc: Exception) -> str:
