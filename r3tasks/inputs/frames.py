@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from r3tasks.errors import VideoReadError
+from r3tasks.inputs.containers import ffmpeg_reason, video_container
 
 if TYPE_CHECKING:
     from r3tasks.settings.tree import FrameSettings
@@ -229,27 +230,9 @@ class _Header:
     frames: int  # 0 when the header does not say; then packets are counted
 
 
-def _ffmpeg_reason(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).split(":")[0].strip() or type(exc).__name__
-
-
 def _probe_header(path: Path) -> _Header:
     """Read the container header with PyAV (no decoding); raise for non-videos."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except av.error.PermissionError:
-        raise VideoReadError(path, "permission denied") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to parse means "not a video"
-        raise VideoReadError(path, f"not a video: FFmpeg cannot read it ({_ffmpeg_reason(exc)})") from None
-    with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
-            found = f"only {', '.join(kinds)} streams" if kinds else "no streams at all"
-            raise VideoReadError(path, f"not a video: no video stream ({found})")
-        stream = container.streams.video[0]
+    with video_container(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         # No estimate from duration * fps: on MPEG-PS/NUT it was measured off by several frames.
@@ -432,7 +415,7 @@ def _decode_pyav(
                     return kept, position, None
         except (av.error.FFmpegError, OSError) as exc:
             # A truncated or damaged stream: what decoded so far stands, nothing is made up.
-            error = _ffmpeg_reason(exc)
+            error = ffmpeg_reason(exc)
         try:
             for frame in stream.codec_context.decode(None):  # flush frames held back for reordering
                 if position in wanted:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from r3tasks.errors import VideoReadError
+from r3tasks.inputs.containers import video_container
 from r3tasks.inputs.frames import check_file
 
 # Shots shorter than this are flashes (a strobe, a camera flash): ContentDetector merges their cuts. Given in
@@ -130,32 +131,14 @@ def probe_duration(path: Path) -> float:
 
 def _probe(path: Path) -> tuple[float, float | None]:
     """(duration, the video stream's own duration or None when only the container gives one)."""
-    import av
-
     check_file(path)
-    try:
-        container = av.open(str(path))
-    except av.error.PermissionError:
-        raise VideoReadError(path, "permission denied") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to parse means "not a video"
-        raise VideoReadError(path, f"not a video: FFmpeg cannot read it ({_ffmpeg_reason(exc)})") from None
-    with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
-            found = f"only {', '.join(kinds)} streams" if kinds else "no streams at all"
-            raise VideoReadError(path, f"not a video: no video stream ({found})")
-        stream = container.streams.video[0]
+    with video_container(path) as (container, stream):
         own = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         # Container durations are in AV_TIME_BASE units (microseconds).
         duration = own if own is not None else (container.duration or 0) / 1_000_000
     if not math.isfinite(duration) or duration <= 0:
         raise VideoReadError(path, "unusable metadata: the header gives no duration")
     return duration, own if own is not None and math.isfinite(own) and own > 0 else None
-
-
-def _ffmpeg_reason(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).split(":")[0].strip() or type(exc).__name__
 
 
 def _first_line(exc: Exception) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r3tasks.errors import ItemError, VideoReadError
+from r3tasks.inputs.containers import ffmpeg_reason
 from r3tasks.media.cues import Cue, Span
 
 __all__ = ["SubtitleTrack", "cues_in", "parse_srt", "parse_vtt", "read_subtitles", "sidecar_subtitles"]
@@ -324,11 +325,6 @@ def _decode(data: bytes, name: str) -> str:
 # Subtitle streams inside a container
 
 
-def _ffmpeg_reason(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).split(":")[0].strip() or type(exc).__name__
-
-
 def _read_embedded(video: Path) -> SubtitleTrack | None:
     import av
 
@@ -339,7 +335,7 @@ def _read_embedded(video: Path) -> SubtitleTrack | None:
     except PermissionError:
         raise VideoReadError(video, "permission denied") from None
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to parse means "unreadable"
-        raise VideoReadError(video, f"not a video: FFmpeg cannot read it ({_ffmpeg_reason(exc)})") from None
+        raise VideoReadError(video, f"not a video: FFmpeg cannot read it ({ffmpeg_reason(exc)})") from None
     with container:
         texts = [s for s in container.streams.subtitles if _codec_name(s) in TEXT_SUBTITLE_CODECS]
         if not texts:
@@ -403,7 +399,7 @@ def _decode_stream(container: object, stream: object, source: str) -> SubtitleTr
                 try:
                     subtitle_set = stream.decode2(packet)  # type: ignore[attr-defined]
                 except av.error.FFmpegError as exc:
-                    track.skipped.append(f"{source}: cue at {start:.3f} s cannot be decoded ({_ffmpeg_reason(exc)})")
+                    track.skipped.append(f"{source}: cue at {start:.3f} s cannot be decoded ({ffmpeg_reason(exc)})")
                     continue
                 if subtitle_set is None:
                     continue
@@ -415,7 +411,7 @@ def _decode_stream(container: object, stream: object, source: str) -> SubtitleTr
             if text.strip():
                 timed.append((start, end, text.strip()))
     except (av.error.FFmpegError, OSError) as exc:
-        track.skipped.append(f"{source}: stopped reading after {len(timed)} cues ({_ffmpeg_reason(exc)})")
+        track.skipped.append(f"{source}: stopped reading after {len(timed)} cues ({ffmpeg_reason(exc)})")
     timed.sort(key=lambda t: t[0])
     for i, (start, end, text) in enumerate(timed):
         if end is None:
