@@ -19,10 +19,16 @@ def span_frame_range(total: int, fps: float, span: Span) -> tuple[int, int]:
     return first, last
 
 
+def rates_disagree(counted_s: float, duration_s: float) -> bool:
+    """Whether frames over the declared rate (`counted_s`) and the stream's duration tell different lengths: a
+    variable-rate file declares a rate its timestamps do not keep (1000 fps for 217 frames over 50 s). Pure."""
+    return abs(counted_s - duration_s) > max(1.0, 0.1 * duration_s)
+
+
 def timed_fps(total: int, fps: float, duration_s: float | None) -> float:
     """The rate that places frames in time: the declared one, unless the video's known duration says the file
-    keeps another (a variable-rate file declaring 1000 fps for 217 frames over 50 s). Pure."""
-    if duration_s and duration_s > 0 and abs(total / fps - duration_s) > max(1.0, 0.1 * duration_s):
+    keeps another. Pure."""
+    if duration_s and duration_s > 0 and rates_disagree(total / fps, duration_s):
         return total / duration_s
     return fps
 

@@ -27,3 +27,13 @@ class Cue:
     start_s: float
     end_s: float
     text: str
+
+
+def cut_at_word(text: str, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` at a word boundary (mid-word only when one word is longer)."""
+    if max_chars <= 0:
+        return ""
+    if len(text) <= max_chars:
+        return text
+    boundary = text.rfind(" ", 0, max_chars + 1)
+    return text[:boundary].rstrip() if boundary > 0 else text[:max_chars]

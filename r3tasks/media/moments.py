@@ -8,15 +8,16 @@ the item id); a longer video is cut into segments (shots merged and split into
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from r3tasks.errors import VideoReadError
 from r3tasks.inputs.frames import probe_video
 from r3tasks.inputs.sources import GalleryItem
-from r3tasks.media.clips import read_frames_per_span
-from r3tasks.media.cues import Cue, Span
+from r3tasks.media.clips import rates_disagree, read_frames_per_span
+from r3tasks.media.cues import Cue, Span, cut_at_word
 from r3tasks.media.segments import moment_id, plan_spans
 from r3tasks.settings.media import MediaSettings
 
@@ -93,7 +94,7 @@ def _duration_s(path: Path) -> float:
         declared = probe_duration(path)
     except VideoReadError:
         return counted
-    return declared if abs(declared - counted) > max(1.0, 0.1 * declared) else counted
+    return declared if rates_disagree(counted, declared) else counted
 
 
 def read_screen_text(item: GalleryItem, spans: VideoSpans, settings: MediaSettings, reader: object) -> list[str | None]:
@@ -104,7 +105,7 @@ def read_screen_text(item: GalleryItem, spans: VideoSpans, settings: MediaSettin
         part = spans.spans[start : start + OCR_SPANS_PER_DECODE]
         for frames in read_frames_per_span(item.path, part, settings.ocr_frames, OCR_MAX_SIDE, spans.duration_s):
             lines = reader.read(frames) if len(frames) else []  # type: ignore[attr-defined]
-            texts.append(_cut(" ".join(lines), settings.max_text_chars) or None)
+            texts.append(cut_at_word(" ".join(lines), settings.max_text_chars) or None)
     return texts
 
 
@@ -130,20 +131,21 @@ def assemble(item: GalleryItem, video: VideoMoments | None, settings: MediaSetti
     return moments
 
 
-def readable_text(caption: str | None, moment: Moment, settings: MediaSettings) -> str | None:
-    """What a text embedder reads for a moment: the item's caption, then what is said, then what is written."""
+class ReadText(Protocol):
+    """What was read in a moment: a `Moment` being indexed or a stored row (`ItemRecord`)."""
+
+    transcript: str | None
+    screen_text: str | None
+
+
+def moment_text(caption: str | None, moments: Iterable[ReadText]) -> str | None:
+    """A moment's text as the models read it: the video's caption, then what is said, then what is written."""
     parts = [caption] if caption else []
-    if settings.embed_text:
+    for moment in moments:
         parts += [text for text in (moment.transcript, moment.screen_text) if text]
     return "\n".join(parts) or None
 
 
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    return cut[: cut.rfind(" ")] if " " in cut else cut
-
-
-def ids_of(moments: Sequence[Moment]) -> list[str]:
-    return [moment.id for moment in moments]
+def readable_text(caption: str | None, moment: Moment, settings: MediaSettings) -> str | None:
+    """What the embedder reads for a moment being indexed (`media.embed_text` off: the caption alone)."""
+    return moment_text(caption, [moment] if settings.embed_text else [])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from r3tasks.errors import ItemError, VideoReadError
 from r3tasks.inputs.containers import ffmpeg_reason
-from r3tasks.media.cues import Cue, Span
+from r3tasks.media.cues import Cue, Span, cut_at_word
 
 __all__ = ["SubtitleTrack", "cues_in", "parse_srt", "parse_vtt", "read_subtitles", "sidecar_subtitles"]
 
@@ -440,13 +440,4 @@ def cues_in(cues: Sequence[Cue], span: Span, max_chars: int) -> str:
         text = " ".join(cue.text.split())
         if text and (not parts or parts[-1] != text):
             parts.append(text)
-    return _cut(" ".join(parts), max_chars)
-
-
-def _cut(text: str, max_chars: int) -> str:
-    if max_chars <= 0:
-        return ""
-    if len(text) <= max_chars:
-        return text
-    boundary = text.rfind(" ", 0, max_chars + 1)
-    return text[:boundary].rstrip() if boundary > 0 else text[:max_chars]
+    return cut_at_word(" ".join(parts), max_chars)

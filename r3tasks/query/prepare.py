@@ -19,6 +19,7 @@ from r3tasks.inputs.queries import ComposedQuery, Query, check_query, resolve_so
 from r3tasks.inputs.sources import file_fingerprint
 from r3tasks.media.clips import read_span_frames
 from r3tasks.media.cues import Span
+from r3tasks.media.moments import moment_text
 from r3tasks.query.isolation import reason_of
 from r3tasks.query.state import QueryState, SourceInfo
 from r3tasks.settings.tree import R3Settings
@@ -56,7 +57,7 @@ def resolve_source(query: ComposedQuery, gallery: PinnedGallery, settings: R3Set
         return SourceInfo(
             item_id=record.id,
             path=path,
-            text=query.source_text or moment_source_text(record.text, [record]),
+            text=query.source_text or moment_text(record.text, [record]),
             content_key=record.content_key,
             span=span if record.id != record.video else None,
         )
@@ -92,19 +93,11 @@ def _source_moment(query: ComposedQuery, moments: list[ItemRecord], settings: R3
     return SourceInfo(
         item_id=None,
         path=Path(first.path) if first.path else None,
-        text=query.source_text or moment_source_text(first.text, overlapping),
+        text=query.source_text or moment_text(first.text, overlapping),
         content_key=first.content_key,
         span=span,
         exclude=frozenset(m.id for m in overlapping),
     )
-
-
-def moment_source_text(caption: str | None, moments: Sequence[ItemRecord]) -> str | None:
-    """A source's text as the models read it: the video's caption, then what is said and written in it."""
-    parts = [caption] if caption else []
-    for moment in moments:
-        parts += [text for text in (moment.transcript, moment.screen_text) if text]
-    return "\n".join(parts) or None
 
 
 def source_frames(source: SourceInfo, purpose: str, settings: R3Settings, cache: StageCache) -> SampledFrames | None:

@@ -16,10 +16,11 @@ from r3tasks.errors import ItemError
 from r3tasks.gallery.pinned import PinnedGallery
 from r3tasks.inputs.queries import ComposedQuery, TextQuery
 from r3tasks.media.cues import Span
+from r3tasks.media.moments import moment_text
 from r3tasks.models.base import RerankCandidate, Reranker, RerankQuery
 from r3tasks.query.isolation import batched_or_alone, reason_of
 from r3tasks.query.placement import place
-from r3tasks.query.prepare import moment_source_text, source_frames
+from r3tasks.query.prepare import source_frames
 from r3tasks.query.state import QueryState, SourceInfo
 from r3tasks.rerank.final import rerank_topk
 from r3tasks.rerank.policy import RerankOutcome, RerankPolicy, apply_policy, rerank_policy
@@ -250,7 +251,7 @@ def _rerank_query(
 
 def _candidate(record, reranker: Reranker, settings: R3Settings, frame_cache: StageCache) -> RerankCandidate:
     frames = None
-    text = moment_source_text(record.text, [record])
+    text = moment_text(record.text, [record])
     if reranker.uses_frames and record.path:
         segment = record.id != record.video and record.start_s is not None and record.end_s is not None
         source = SourceInfo(
