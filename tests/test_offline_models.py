@@ -4,6 +4,8 @@ Gemma 3 270M (reasoner, reranker; converted once from the packaged GGUF)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from r3tasks.models.base import (
 )
 from r3tasks.models.registry import load_embedder, load_reasoner, load_reranker
 from r3tasks.settings.tree import R3Settings, load_settings
+from tests.minilm_reference import minilm_reference
 
 
 def offline_settings(home: Path, **models: object) -> R3Settings:
@@ -91,6 +94,37 @@ def test_minilm_truncates_long_text_instead_of_failing(minilm) -> None:
     vec = minilm.embed_documents([EmbedInput("long", long_text)], "")
     assert vec.shape == (1, 384)
     assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+def test_minilm_queries_on_numpy_and_documents_on_torch_match_sentence_transformers(minilm) -> None:
+    reference = minilm_reference()
+    texts = [
+        "#C C takes the sieve",
+        "a dog",
+        "Ünïcödé façade 東京 🙂 naïve café",
+        "the person stirs the soup slowly " * 60,  # cut at 256 word pieces
+        "x",
+    ]
+    expected = np.stack([reference(text) for text in texts])
+    items = [EmbedInput(str(k), text) for k, text in enumerate(texts)]
+    np.testing.assert_allclose(minilm.embed_queries(items, ""), expected, atol=1e-5)
+    np.testing.assert_allclose(minilm.embed_documents(items, ""), expected, atol=1e-5)
+
+
+def test_a_query_is_embedded_without_importing_torch(tmp_path: Path) -> None:
+    # A one-shot `r3 query` would otherwise spend about 4 s importing torch and transformers.
+    script = (
+        "import sys\n"
+        "from r3tasks.models.base import EmbedInput\n"
+        "from r3tasks.models.registry import load_embedder\n"
+        "from r3tasks.settings.tree import load_settings\n"
+        f"embedder = load_embedder(load_settings(home={str(tmp_path)!r}, preset='offline'))\n"
+        "vector = embedder.embed_queries([EmbedInput('q', 'a rabbit in a green meadow')], '')\n"
+        "print(vector.shape, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 384) []"
 
 
 def test_minilm_fingerprint_is_stable_across_loads(minilm, tmp_path: Path) -> None:
