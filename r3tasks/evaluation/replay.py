@@ -51,9 +51,10 @@ def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, in
     return report, results, qrels
 
 
-def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, dict[str, int]], dict]]:
+def pooled_reports(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, dict[str, int]], dict]]:
     """(split, results, qrels, base metrics) per dataset and setting: reports of disjoint query ranges of one
-    dataset (dev passes run at different times) are pooled into one set, their base metrics query-weighted."""
+    dataset (dev passes run at different times) are pooled into one set, their base metrics query-weighted.
+    The split's `reranker_fingerprints` name the rerankers whose scores its results hold (from their lineage)."""
     groups: dict[tuple[str, str], list[tuple[dict, list[dict], dict[str, dict[str, int]]]]] = {}
     for path in report_paths:
         report, results, qrels = _stored(path)
@@ -82,6 +83,9 @@ def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, 
             )
         results = [r for _, rs, _ in parts for r in rs]
         qrels = {qid: rel for _, _, qr in parts for qid, rel in qr.items()}
+        split["reranker_fingerprints"] = sorted(
+            {r["lineage"]["reranker"] for r in results if (r.get("lineage") or {}).get("reranker")}
+        )
         pooled.append((split, results, qrels, base))
     return pooled
 
@@ -89,7 +93,7 @@ def _pooled(report_paths: list[Path]) -> list[tuple[dict, list[dict], dict[str, 
 def replay(report_paths: list[Path]) -> list[dict]:
     shipped = rerank_policy(load_settings(models={"preset": "offline"}).query)
     rows = []
-    for split, results, qrels, base_metrics in _pooled(report_paths):
+    for split, results, qrels, base_metrics in pooled_reports(report_paths):
         depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
         reference = RerankPolicy(depth=depth)
         grid = policy_grid(results, reference, depth=depth)

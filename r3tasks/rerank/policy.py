@@ -20,6 +20,8 @@ strong). Three guards, each off by default (the reference), each a setting in th
 - **adaptive depth** (`rerank_start_depth`, `rerank_widen_margin`, `rerank_depth_growth`): score the
   top `start` first and widen (x growth, up to `rerank_k`) only while the reranker is uncertain, i.e.
   its best two raw scores in the block are closer than `rerank_widen_margin`.
+- **per-query decision** (`rerank_decision`, `r3tasks.rerank.decision`): a calibrated probability, per
+  query, that a stronger fusion's top-1 is right; above its threshold that query gets the stronger fusion.
 
 Pure logic: the caller hands a `score` callback (live: the model with its stage cache; replay: stored
 scores), so the evaluation can replay any policy on scores stored once at the largest depth.
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from r3tasks.query.state import RankedItem
+from r3tasks.rerank.decision import FEATURES, Calibration, decision_features
 from r3tasks.rerank.final import rerank_topk
 
 ScoreFn = Callable[[Sequence[str]], Mapping[str, float]]
@@ -52,6 +55,7 @@ class RerankPolicy:
     embedding_weight: float = 0.4
     reranker_weight: float = 0.6
     reranker_scale: float | None = None  # additive fusion on raw scores in place of min-max (see rerank_topk)
+    decision: Calibration | None = None  # per query: the calibration's strong fusion where it is confident
 
     def __post_init__(self) -> None:
         if self.depth < 0:
@@ -69,6 +73,7 @@ class RerankPolicy:
             and self.recall_window is None
             and self.flat_gate is None
             and self.reranker_scale is None
+            and self.decision is None
             and (self.embedding_weight, self.reranker_weight)
             == (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight)
         )
@@ -101,6 +106,20 @@ def rerank_policy(query_settings: Any) -> RerankPolicy:
         embedding_weight=q.final_embedding_weight,
         reranker_weight=q.final_reranker_weight,
         reranker_scale=q.final_reranker_scale,
+        decision=calibration(q.rerank_decision),
+    )
+
+
+def calibration(decision_settings: Any) -> Calibration | None:
+    """The `Calibration` of a `query.rerank_decision` settings block (None: no per-query decision)."""
+    if decision_settings is None:
+        return None
+    return Calibration(
+        weights=tuple(float(decision_settings.weights[name]) for name in FEATURES),
+        bias=decision_settings.bias,
+        threshold=decision_settings.threshold,
+        reranker_fingerprint=decision_settings.reranker_fingerprint,
+        strong_reranker_scale=decision_settings.strong_reranker_scale,
     )
 
 
@@ -113,6 +132,9 @@ class RerankOutcome:
     pairs: int
     depth: int
     gate: str | None  # "recall_margin", "recall_window", "flat" or None (the reranker's scores were used)
+    probability: float | None = None  # the per-query decision's, when one ran
+    strong: bool | None = None  # whether that decision gave this query the strong fusion
+    fallback: str | None = None  # why a configured decision did not run (calibrated on another reranker)
 
     def decision(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "ranked"}
@@ -131,8 +153,17 @@ def _top_two_gap(values: Sequence[float]) -> float:
     return ordered[0] - ordered[1] if len(ordered) > 1 else math.inf
 
 
-def apply_policy(recalled: Sequence[tuple[str, float]], score: ScoreFn, policy: RerankPolicy) -> RerankOutcome:
+def apply_policy(
+    recalled: Sequence[tuple[str, float]],
+    score: ScoreFn,
+    policy: RerankPolicy,
+    reranker_fingerprint: Callable[[], str] | None = None,
+) -> RerankOutcome:
     """Rerank `recalled` (best first) under `policy`, calling `score` only for ids not scored yet.
+
+    A per-query decision runs only for the reranker it was calibrated on: `reranker_fingerprint` (asked only
+    when the decision is about to run, so a query that scores nothing loads no model) names the one that
+    scored; None trusts the scores to be that reranker's (a replay of its own stored scores).
 
     `score(ids)` returns raw reranker scores by id; an id it leaves out (or gives a non-finite score) is
     treated as the reference treats a candidate it could not score (end of the block). Errors from
@@ -164,10 +195,24 @@ def apply_policy(recalled: Sequence[tuple[str, float]], score: ScoreFn, policy: 
     block = [scores[i] for i, _ in recalled[:depth] if i in scores]
     if policy.flat_gate is not None and block and max(block) - min(block) < policy.flat_gate:
         return RerankOutcome(recall_order, asked, depth, "flat")
-    ranked = rerank_topk(
-        recalled, scores, depth, policy.embedding_weight, policy.reranker_weight, policy.reranker_scale
-    )
-    return RerankOutcome(ranked, asked, depth, None)
+    fusion = (policy.embedding_weight, policy.reranker_weight, policy.reranker_scale)
+    probability = strong = fallback = None
+    decision = policy.decision
+    if decision is not None and block and reranker_fingerprint is not None:
+        running = reranker_fingerprint()
+        if running != decision.reranker_fingerprint:
+            fallback = (
+                f"rerank_decision was calibrated on reranker {decision.reranker_fingerprint}, not this one "
+                f"({running}): the default fusion ran"
+            )
+            decision = None
+    if decision is not None and block:
+        probability = round(decision.probability(decision_features(recalled, scores, depth)), 6)
+        strong = probability >= decision.threshold
+        if strong:  # additive at the calibration's own scale, or (None) R^3's reference min-max weights
+            fusion = (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight, decision.strong_reranker_scale)
+    ranked = rerank_topk(recalled, scores, depth, *fusion)
+    return RerankOutcome(ranked, asked, depth, None, probability, strong, fallback)
 
 
 def stored_scorer(ranked: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[str, float]], ScoreFn, int]:

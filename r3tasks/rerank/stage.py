@@ -130,6 +130,8 @@ def _rerank_one(
         state.warnings.append(f"rerank left {len(failures)} of {outcome.depth} candidates unscored ({named})")
     state.ranked = outcome.ranked
     state.rerank_decision = outcome.decision()
+    if outcome.fallback:
+        state.warnings.append(outcome.fallback)
     return pairs
 
 
@@ -162,7 +164,7 @@ def _apply_policy(
         pairs += scored
         return got
 
-    outcome = apply_policy(state.recalled, score, policy)
+    outcome = apply_policy(state.recalled, score, policy, lambda: reranker.fingerprint)
     return outcome, scores, failures, pairs
 
 

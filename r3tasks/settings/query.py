@@ -7,11 +7,44 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from r3tasks.rerank.decision import FEATURES
 from r3tasks.settings.section import Section
 
 FusionMode = Literal["gated_residual", "max", "mean", "rrf"]
+
+
+class RerankDecisionSettings(Section):
+    """A per-query rerank decision (`r3tasks.rerank.decision`), as `python -m r3tasks.evaluation.calibrate`
+    prints it after fitting on dev queries. It runs only with the reranker it was fitted on."""
+
+    weights: dict[str, float] = Field(description=f"Logistic weights, one per feature: {', '.join(FEATURES)}.")
+    bias: float = Field(description="Logistic bias.")
+    threshold: float = Field(
+        ge=0, le=1, description="A query whose probability reaches this gets the strong fusion; below it the default."
+    )
+    reranker_fingerprint: str = Field(
+        description="Fingerprint of the reranker the weights were fitted on; with any other the default fusion runs."
+    )
+    strong_reranker_scale: float | None = Field(
+        None,
+        ge=0,
+        description="The strong fusion: additive at this scale (embedding units per reranker unit); None is R^3's "
+        "reference min-max at 0.4 / 0.6.",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _one_weight_per_feature(cls, weights: dict[str, float]) -> dict[str, float]:
+        if set(weights) != set(FEATURES):
+            missing, unknown = set(FEATURES) - set(weights), set(weights) - set(FEATURES)
+            raise ValueError(
+                f"needs exactly one weight per feature ({', '.join(FEATURES)})"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; unknown {sorted(unknown)}" if unknown else "")
+            )
+        return weights
 
 
 class QuerySettings(Section):
@@ -148,6 +181,11 @@ class QuerySettings(Section):
         "reranker score (embedding units per reranker unit, so calibrated per reranker), in place of R^3's "
         "min-max fusion and its weights. Min-max stretches any recall gap in the block to the full weight; "
         "here the reranker must outweigh recall's actual lead. None (the reference): min-max.",
+    )
+    rerank_decision: RerankDecisionSettings | None = Field(
+        None,
+        description="Per-query rerank decision: where its calibrated probability reaches its threshold, the query "
+        "gets a stronger fusion than `final_*` (docs/decisions/). None: every query gets the `final_*` fusion.",
     )
     max_edit_chars: int = Field(2000, ge=1, description="Longest edit instruction accepted.")
     contact_sheets: int = Field(

@@ -1,0 +1,212 @@
+"""Fit the per-query rerank decision (`r3tasks.rerank.decision`) on dev reports' stored reranker scores.
+
+    python -m r3tasks.evaluation.calibrate dev-global.json dev-local.json dev-swap.json [--out decision.md]
+
+For each dev query the shipped policy's block is replayed from the stored scores, twice: with the default
+fusion (the settings' own) and with a strong one. Where the two put different candidates first and one of
+them is right, the query is a training example: does the strong fusion's top-1 win? A logistic regression
+over `FEATURES` learns that probability, every dataset weighted alike (so the largest set does not set the
+calibration alone). Then every (strong fusion, threshold) is replayed on every dev set, and the rule picks:
+each dev set loses at most `MAX_LOST` of recall's right rank-1s and keeps a break-even base R@1 of at least
+`MIN_BREAK_EVEN`, then the largest smallest R@1 gain, then the largest mean gain. The chosen block prints as
+TOML for `[query.rerank_decision]`. Dev reports only: the reported splits are replayed after the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from r3tasks.evaluation.metrics import ranked_ids
+from r3tasks.evaluation.replay import flips, pooled_reports
+from r3tasks.evaluation.sweeps import policy_sweep
+from r3tasks.rerank.decision import FEATURES, Calibration, decision_features, fit_logistic
+from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer, within_window
+from r3tasks.settings.tree import load_settings
+
+# Strong fusions tried: R^3's reference min-max (None) and additive scales above the shipped one.
+STRONG_SCALES: tuple[float | None, ...] = (None, 0.2, 0.1, 0.07)
+THRESHOLDS: tuple[float, ...] = tuple(round(t, 2) for t in np.arange(0.3, 0.96, 0.05))
+MAX_LOST = 0.02
+MIN_BREAK_EVEN = 0.92
+
+
+def _top1(outcome_ranked: list, relevant: set[str]) -> tuple[str | None, bool]:
+    if not outcome_ranked:
+        return None, False
+    first = ranked_ids({item.id: item.score for item in outcome_ranked})[0]
+    return first, first in relevant
+
+
+def examples(
+    results: list[dict], qrels: dict[str, dict[str, int]], default: RerankPolicy, strong_scale: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of the queries where the strong and default fusions disagree at rank 1 and one is right."""
+    strong = replace(
+        default,
+        embedding_weight=RerankPolicy.embedding_weight,
+        reranker_weight=RerankPolicy.reranker_weight,
+        reranker_scale=strong_scale,
+    )
+    rows, labels = [], []
+    for result in results:
+        relevant = {i for i, grade in qrels.get(result["id"], {}).items() if grade > 0}
+        recalled, score, stored = stored_scorer(result["ranked"])
+        if not relevant or stored == 0:
+            continue
+        policy = replace(default, depth=min(default.depth, stored))
+        weak_outcome = apply_policy(recalled, score, policy)
+        if weak_outcome.gate is not None or weak_outcome.depth == 0:
+            continue  # recall's order kept without scores: no decision to make
+        strong_outcome = apply_policy(recalled, score, replace(strong, depth=policy.depth))
+        weak_top, weak_right = _top1(weak_outcome.ranked, relevant)
+        strong_top, strong_right = _top1(strong_outcome.ranked, relevant)
+        if weak_top == strong_top or weak_right == strong_right:
+            continue
+        depth = min(policy.depth, within_window(recalled, policy.recall_window))
+        scores = dict(score([i for i, _ in recalled[:depth]]))
+        features = decision_features(recalled, scores, depth)
+        rows.append([features[name] for name in FEATURES])
+        labels.append(1.0 if strong_right else 0.0)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES)), np.asarray(labels)
+
+
+def fit(
+    pooled: list, default: RerankPolicy, strong_scale: float | None, l2: float = 1.0
+) -> tuple[np.ndarray, float, dict]:
+    """Logistic weights on every dev set's examples, each set weighted to the same total."""
+    xs, ys, ws, counts = [], [], [], {}
+    for split, results, qrels, _ in pooled:
+        x, y = examples(results, qrels, default, strong_scale)
+        counts[split["dataset"]] = {"examples": len(y), "strong_right": int(y.sum())}
+        if len(y):
+            xs.append(x)
+            ys.append(y)
+            ws.append(np.full(len(y), 1.0 / len(y)))
+    if not xs:
+        raise SystemExit("no dev query where the two fusions disagree: nothing to calibrate on")
+    x, y, w = np.vstack(xs), np.concatenate(ys), np.concatenate(ws)
+    # Weighted fit by replication is not needed: scale each row's log-likelihood by its weight.
+    weights, bias = fit_logistic(x, y, l2=l2, sample_weight=w * len(y) / w.sum())
+    return weights, bias, counts
+
+
+def choose(pooled: list, default: RerankPolicy, fingerprint: str) -> tuple[list[dict], dict | None]:
+    """Every (strong fusion, threshold) replayed on every dev set; the rule's choice (None: none passes)."""
+    rows = []
+    for strong_scale in STRONG_SCALES:
+        weights, bias, counts = fit(pooled, default, strong_scale)
+        for threshold in THRESHOLDS:
+            decision = Calibration(tuple(float(w) for w in weights), bias, threshold, fingerprint, strong_scale)
+            policy = replace(default, decision=decision)
+            per_set = []
+            for split, results, qrels, base in pooled:
+                depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
+                capped = replace(policy, depth=min(policy.depth, depth))
+                row = policy_sweep(results, qrels, [("decision", capped)])[0]
+                row.update(flips(results, qrels, capped))
+                per_set.append(
+                    {
+                        "dataset": split["dataset"],
+                        "R@1": row["metrics"]["R@1"],
+                        "delta_R@1": row["metrics"]["R@1"] - base["R@1"],
+                        "lost": row["lost"],
+                        "fixed": row["fixed"],
+                        "break_even_base": row["break_even_base"],
+                        "pairs_per_query": row["pairs_per_query"],
+                    }
+                )
+            rows.append(
+                {
+                    "strong_reranker_scale": strong_scale,
+                    "threshold": threshold,
+                    "weights": dict(zip(FEATURES, (float(w) for w in weights))),
+                    "bias": bias,
+                    "examples": counts,
+                    "sets": per_set,
+                    "passes": all(s["lost"] <= MAX_LOST and s["break_even_base"] >= MIN_BREAK_EVEN for s in per_set),
+                }
+            )
+    passing = [r for r in rows if r["passes"]]
+    best = max(
+        passing,
+        key=lambda r: (min(s["delta_R@1"] for s in r["sets"]), float(np.mean([s["delta_R@1"] for s in r["sets"]]))),
+        default=None,
+    )
+    return rows, best
+
+
+def as_toml(choice: dict, fingerprint: str) -> str:
+    lines = [
+        "[query.rerank_decision]",
+        f"bias = {choice['bias']:.6g}",
+        f"threshold = {choice['threshold']}",
+        f'reranker_fingerprint = "{fingerprint}"',
+    ]
+    if choice["strong_reranker_scale"] is not None:
+        lines.append(f"strong_reranker_scale = {choice['strong_reranker_scale']}")
+    lines.append("[query.rerank_decision.weights]")
+    lines += [f"{name} = {choice['weights'][name]:.6g}" for name in FEATURES]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict], best: dict | None, pooled: list) -> str:
+    names = [f"{split['dataset']} ({split['setting']}, {split['queries']})" for split, *_ in pooled]
+    lines = [
+        f"Rule: every dev set loses at most {MAX_LOST:.0%} of recall's right rank-1s and keeps break-even base R@1 "
+        f">= {100 * MIN_BREAK_EVEN:.0f}; then the largest smallest ΔR@1, then the largest mean.",
+        "",
+        "| strong fusion | threshold | "
+        + " | ".join(f"{n}: ΔR@1 / lost / fixed / break-even / pairs" for n in names)
+        + " | passes |",
+        "|---|---:|" + "---|" * len(names) + "---|",
+    ]
+    for row in rows:
+        strong = (
+            "min-max 0.4 / 0.6" if row["strong_reranker_scale"] is None else f"additive {row['strong_reranker_scale']}"
+        )
+        cells = [
+            f"{s['delta_R@1']:+.1f} / {s['lost']:.1%} / {s['fixed']:.1%} / {100 * s['break_even_base']:.1f} / "
+            f"{s['pairs_per_query']:.1f}"
+            for s in row["sets"]
+        ]
+        mark = "**chosen**" if row is best else ("yes" if row["passes"] else "")
+        lines.append(f"| {strong} | {row['threshold']} | " + " | ".join(cells) + f" | {mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="dev r3 eval reports with a '+rerank (reference)' arm")
+    parser.add_argument("--out", type=Path, help="write the table (markdown) and the rows (JSON beside it)")
+    args = parser.parse_args(argv)
+    pooled = pooled_reports(args.reports)
+    roles = {split.get("role") for split, *_ in pooled}
+    if roles != {"dev"}:
+        raise SystemExit(f"calibrate on dev splits only (got roles {sorted(map(str, roles))})")
+    fingerprints = {fp for split, *_ in pooled for fp in split.get("reranker_fingerprints", [])}
+    if len(fingerprints) != 1:
+        raise SystemExit(
+            f"the reports' scores come from {len(fingerprints)} rerankers ({sorted(fingerprints)}); need one"
+        )
+    fingerprint = fingerprints.pop()
+    default = replace(rerank_policy(load_settings(models={"preset": "offline"}).query), decision=None)
+    rows, best = choose(pooled, default, fingerprint)
+    table = markdown(rows, best, pooled)
+    print(table)
+    print()
+    print(
+        as_toml(best, fingerprint) if best else "no (strong fusion, threshold) passes the rule: keep the default fusion"
+    )
+    if args.out:
+        args.out.write_text(table + "\n\n" + (as_toml(best, fingerprint) if best else "no choice") + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "chosen": best}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

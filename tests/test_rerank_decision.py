@@ -1,0 +1,121 @@
+"""The per-query rerank decision: its features, its fit, and the fusion it picks per query."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from r3tasks.rerank.decision import FEATURES, Calibration, decision_features, fit_logistic
+from r3tasks.rerank.final import rerank_topk
+from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy
+from r3tasks.settings.tree import load_settings
+
+# Recall: c0 leads c1 by 0.03; c2 and c3 share one caption (a tie); c5 is far below.
+RECALLED = [("c0", 0.80), ("c1", 0.77), ("c2", 0.75), ("c3", 0.75), ("c4", 0.72), ("c5", 0.60)]
+# The reranker prefers c2 (and its caption twin c3) by a wide margin over recall's top-1.
+SCORES = {"c0": -1.0, "c1": -2.5, "c2": -0.5, "c3": -0.5, "c4": -3.0, "c5": -1.0}
+DEFAULT = RerankPolicy(depth=6, reranker_scale=0.04)
+
+
+def scorer(ids):
+    return {i: SCORES[i] for i in ids}
+
+
+def confident(threshold: float, bias: float = 0.0) -> Calibration:
+    # Only the reranker's lead counts: 0.5 nats of lead x 10 = z of 5, p ~ 0.993.
+    weights = tuple(10.0 if name == "reranker_lead" else 0.0 for name in FEATURES)
+    return Calibration(weights, bias, threshold, reranker_fingerprint="rr-1")
+
+
+def test_features_read_both_orders() -> None:
+    f = decision_features(RECALLED, SCORES, 6)
+    assert set(f) == set(FEATURES)
+    assert f["recall_margin"] == pytest.approx(0.03)
+    assert f["recall_spread"] == pytest.approx(0.20)
+    assert f["reranker_lead"] == pytest.approx(0.5)  # -0.5 (c2) against -1.0 (c0)
+    assert f["reranker_gap"] == pytest.approx(0.0)  # c2 and c3 tie at the reranker's top
+    assert f["choice_depth"] == pytest.approx(0.05)  # c2 sits 0.05 below recall's top-1
+    assert f["near_ties"] == pytest.approx(0.0)  # nothing ties with c0
+    assert -1.0 <= f["rank_agreement"] < 0.5
+
+
+def test_ties_with_the_top_one_are_counted() -> None:
+    tied = [("a", 0.9), ("b", 0.9), ("c", 0.9), ("d", 0.5)]
+    f = decision_features(tied, {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}, 4)
+    assert f["near_ties"] == pytest.approx(math.log(3))
+    assert f["rank_agreement"] == 0.0  # the reranker's scores are flat: no order to agree with
+
+
+def test_a_confident_query_gets_the_strong_fusion_and_an_unsure_one_the_default() -> None:
+    default_ranked = apply_policy(RECALLED, scorer, DEFAULT).ranked
+    assert default_ranked[0].id == "c0"  # additive 0.04: 0.5 nats x 0.04 = 0.02 does not beat a 0.05 lead
+    strong = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.5)))
+    assert strong.strong is True and strong.probability > 0.99
+    assert strong.ranked == rerank_topk(RECALLED, SCORES, 6, 0.4, 0.6)  # R^3's min-max: the reranker's choice first
+    assert strong.ranked[0].id in {"c2", "c3"}
+    unsure = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.999)))
+    assert unsure.strong is False
+    assert unsure.ranked == default_ranked
+    assert unsure.decision()["probability"] == unsure.probability
+
+
+def test_a_calibration_for_another_reranker_falls_back_to_the_default_and_says_so() -> None:
+    policy = RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.5))
+    outcome = apply_policy(RECALLED, scorer, policy, lambda: "rr-2")
+    assert outcome.strong is None and outcome.probability is None
+    assert outcome.ranked == apply_policy(RECALLED, scorer, DEFAULT).ranked
+    assert "rr-1" in outcome.fallback and "rr-2" in outcome.fallback and "default fusion" in outcome.fallback
+    same = apply_policy(RECALLED, scorer, policy, lambda: "rr-1")
+    assert same.strong is True and same.fallback is None
+
+
+def test_a_query_that_scores_nothing_never_asks_for_the_reranker() -> None:
+    # Only one candidate within the window: recall's order stands, no pair is scored, no fingerprint asked.
+    asked = []
+    policy = RerankPolicy(depth=6, recall_window=0.01, reranker_scale=0.04, decision=confident(0.5))
+    outcome = apply_policy(RECALLED, scorer, policy, lambda: asked.append(1) or "rr-1")
+    assert outcome.gate == "recall_window" and outcome.pairs == 0 and not asked
+
+
+def test_logistic_fit_separates_and_respects_weights() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)) * [1.0, 100.0]  # the second feature in other units
+    y = (x[:, 0] + x[:, 1] / 100.0 > 0).astype(float)
+    weights, bias = fit_logistic(x, y, l2=0.1)
+    predicted = (x @ weights + bias) > 0
+    assert (predicted == (y > 0)).mean() > 0.95
+    assert weights[0] > 0 and weights[1] > 0 and weights[1] < weights[0]  # raw units: 100x smaller weight
+    # Rows weighted zero do not count: flipping their labels changes nothing.
+    flipped = y.copy()
+    flipped[:100] = 1 - flipped[:100]
+    sample = np.ones(400)
+    sample[:100] = 0.0
+    again, again_bias = fit_logistic(x, flipped, l2=0.1, sample_weight=sample)
+    alone, alone_bias = fit_logistic(x[100:], y[100:], l2=0.1)
+    np.testing.assert_allclose(again, alone, rtol=1e-6)
+    assert again_bias == pytest.approx(alone_bias)
+
+
+def test_settings_block_becomes_the_policy_decision() -> None:
+    block = {
+        "weights": {name: 0.5 for name in FEATURES},
+        "bias": -1.0,
+        "threshold": 0.7,
+        "reranker_fingerprint": "abc",
+        "strong_reranker_scale": 0.1,
+    }
+    policy = rerank_policy(load_settings(preset="offline", query={"rerank_decision": block}).query)
+    assert policy.decision == Calibration((0.5,) * len(FEATURES), -1.0, 0.7, "abc", 0.1)
+    assert policy.reranker_scale == 0.04  # the default fusion stays the preset's
+    assert not policy.is_reference
+
+
+def test_settings_refuse_a_decision_with_missing_or_unknown_features() -> None:
+    block = {"weights": {"recall_margin": 1.0, "typo": 2.0}, "bias": 0.0, "threshold": 0.5, "reranker_fingerprint": "x"}
+    with pytest.raises(ValidationError) as info:
+        load_settings(query={"rerank_decision": block})
+    message = str(info.value)
+    assert "rerank_decision.weights" in message and "unknown ['typo']" in message and "reranker_gap" in message
