@@ -431,3 +431,31 @@ def test_egocvr_swap_queries_differ_from_their_target_in_one_word_named_by_the_e
         changed = [(a, b) for a, b in zip(source, target) if a != b]
         assert len(source) == len(target) and len(changed) == 1
         assert changed[0][1] in query.edit.lower()  # the edit names the new word
+
+
+def test_egocvr_swap2_queries_differ_from_their_target_in_two_words_both_named_by_the_edit(tmp_path: Path) -> None:
+    from r3tasks.datasets import load_benchmark
+
+    narrations = [
+        "#C C takes the sieve",
+        "#C C shakes the knife",  # two words from the first: a two-word swap
+        "#C C takes the knife",  # one word from each: not a two-word pair with either
+        "#C C washes a plate in the sink",
+        "#C C rinses a cup in the sink",
+    ]
+    data = tmp_path / "egocvr_data.csv"
+    data.write_text(
+        "clip_name,narration_text,video_uid\n" + "".join(f"clip{i},{t},v{i}\n" for i, t in enumerate(narrations))
+    )
+    bench = load_benchmark("egocvr-swap2", folder=tmp_path, n_queries=50, seed=1)
+    assert bench.name == "egocvr-swap2"
+    texts = {item.id: item.text for item in bench.items}
+    # 2 unordered two-word pairs (sieve/knife, plate/cup), each in both directions: 4 queries, 4 targets.
+    assert bench.stats["swap_pairs"] == 4 and len(bench.queries) == 4
+    for query in bench.queries:
+        assert query.id.startswith("swap2-")
+        (target_id,) = bench.qrels[query.id]
+        source, target = query.source_text.lower().split(), texts[target_id].lower().split()
+        changed = [(a, b) for a, b in zip(source, target) if a != b]
+        assert len(source) == len(target) and len(changed) == 2
+        assert all(old in query.edit.lower() and new in query.edit.lower() for old, new in changed)

@@ -1,4 +1,4 @@
-"""``egocvr-swap``: a WebVid-CoVR-style composed benchmark built from EgoCVR's narrations.
+"""``egocvr-swap`` and ``egocvr-swap2``: WebVid-CoVR-style composed benchmarks built from EgoCVR's narrations.
 
 WebVid-CoVR was mined from caption pairs that differ in exactly one word, the edit text written from the
 two words, the gallery being the distinct targets. Its test split is held out; this builds the same kind
@@ -9,6 +9,10 @@ EgoCVR's own queries, where many clips share a narration and recall cannot separ
 The edit texts are templates over the two words (WebVid-CoVR's are an LLM's from the same two words), so
 this is dev data for choosing settings, never a stand-in for the human edits of a test split. Deterministic
 for a seed.
+
+``egocvr-swap2`` pairs texts that differ in exactly two words, the edit naming both swaps: a second
+strong-recall set of another make (two changes to carry, fewer near-copies in the gallery), so that a
+setting chosen for strong recall is not chosen on one construction alone.
 """
 
 from __future__ import annotations
@@ -40,39 +44,56 @@ def _text_id(text: str) -> str:
     return "n-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def one_word_swaps(texts: list[str]) -> list[tuple[str, str, str, str]]:
-    """Every ordered pair of distinct texts that differ in exactly one word: (source, target, old, new)."""
-    slots: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+# Two swaps in one edit, each written as one of the one-word templates' first three forms.
+TWO_WORD_TEMPLATES: tuple[str, ...] = (
+    "{new} instead of {old} and {new2} instead of {old2}",
+    "Change {old} to {new} and {old2} to {new2}",
+    "Replace {old} with {new} and {old2} with {new2}",
+)
+
+
+def word_swaps(texts: list[str], n_words: int = 1) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """Every ordered pair of distinct texts that differ in exactly `n_words` (1 or 2) words, at the same
+    positions: (source, target, old words, new words)."""
+    from itertools import combinations
+
+    slots: dict[tuple, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
     for text in texts:
         words = _words(text)
-        for i, word in enumerate(words):
-            slots[(len(words), i, tuple(words[:i]), tuple(words[i + 1 :]))].append((text, word))
+        for positions in combinations(range(len(words)), n_words):
+            rest = tuple(w if i not in positions else None for i, w in enumerate(words))
+            slots[(len(words), positions, rest)].append((text, tuple(words[i] for i in positions)))
     pairs = []
     for group in slots.values():
         for source, old in group:
             for target, new in group:
-                if old != new:
+                if all(o != n for o, n in zip(old, new)):
                     pairs.append((source, target, old, new))
     return sorted(set(pairs))
 
 
-def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: int | None = None) -> Benchmark:
-    """`n_queries` one-word-swap queries over EgoCVR's narrations (``egocvr_data.csv`` in `folder`).
+def load_egocvr_swap(
+    folder: Path, n_queries: int = 2000, seed: int = 0, limit: int | None = None, n_words: int = 1
+) -> Benchmark:
+    """`n_queries` one-word-swap (`n_words` 2: two-word-swap) queries over EgoCVR's narrations
+    (``egocvr_data.csv`` in `folder`).
 
     Each target text appears in one query only, so every query has exactly one relevant item. The gallery
     is the distinct targets (as WebVid-CoVR evaluates) and the distinct sources: a composed query names its
     source by gallery id, and a source left out of the gallery would fail its query (it did for 23% of
     them); retrieval leaves a query's own source out of its ranking, so for the others a source is one
-    more distractor. Query ids ``swap-00000``... in a seeded random order, so `--skip`/`--limit` splits are
-    random subsets.
+    more distractor. Query ids ``swap-00000``... (``swap2-00000``...) in a seeded random order, so
+    `--skip`/`--limit` splits are random subsets.
     """
+    if n_words not in (1, 2):
+        raise ValueError(f"egocvr swaps are of 1 or 2 words, not {n_words}")
     _check_limit(limit)
     texts = sorted(
         {clean_narration(row["narration_text"]) for _, row in _read_csv(Path(folder) / "egocvr_data.csv", ())} - {""}
     )
-    pairs = one_word_swaps(texts)
+    pairs = word_swaps(texts, n_words)
     random.Random(seed).shuffle(pairs)
-    chosen: list[tuple[str, str, str, str]] = []
+    chosen: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = []
     used_targets: set[str] = set()
     for source, target, old, new in pairs:
         if target in used_targets:
@@ -85,11 +106,10 @@ def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: 
     queries: list[ComposedQuery | TextQuery] = []
     qrels: dict[str, dict[str, int]] = {}
     for n, (source, target, old, new) in enumerate(chosen):
-        template = EDIT_TEMPLATES[
-            int(hashlib.sha256(f"{source}|{target}".encode()).hexdigest(), 16) % len(EDIT_TEMPLATES)
-        ]
-        edit = template.format(old=old, new=new)
-        qid = f"swap-{n:05d}"
+        templates = EDIT_TEMPLATES if n_words == 1 else TWO_WORD_TEMPLATES
+        template = templates[int(hashlib.sha256(f"{source}|{target}".encode()).hexdigest(), 16) % len(templates)]
+        edit = template.format(old=old[0], new=new[0], old2=old[-1], new2=new[-1])
+        qid = f"swap-{n:05d}" if n_words == 1 else f"swap{n_words}-{n:05d}"
         queries.append(
             ComposedQuery(id=qid, source=_text_id(source), edit=edit[:1].upper() + edit[1:], source_text=source)
         )
@@ -98,4 +118,4 @@ def load_egocvr_swap(folder: Path, n_queries: int = 2000, seed: int = 0, limit: 
     if limit is not None:
         queries = queries[:limit]
         qrels = {q.id: qrels[q.id] for q in queries}
-    return Benchmark("egocvr-swap", items, queries, qrels, "global", stats)
+    return Benchmark("egocvr-swap" if n_words == 1 else f"egocvr-swap{n_words}", items, queries, qrels, "global", stats)
