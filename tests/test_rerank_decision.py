@@ -119,3 +119,48 @@ def test_settings_refuse_a_decision_with_missing_or_unknown_features() -> None:
         load_settings(query={"rerank_decision": block})
     message = str(info.value)
     assert "rerank_decision.weights" in message and "unknown ['typo']" in message and "reranker_gap" in message
+
+
+def _synthetic_set(name: str, n: int, recall_right: float, seed: int) -> tuple:
+    """Queries of 5 candidates in a 0.12 window. Where recall is wrong, the reranker prefers the target by a
+    wide margin; where recall is right, the reranker sometimes prefers another candidate by a narrow one."""
+    rng = np.random.default_rng(seed)
+    results, qrels = [], {}
+    for q in range(n):
+        ids = [f"{name}{q}-{k}" for k in range(5)]
+        embedding = [0.80, 0.78, 0.77, 0.76, 0.75]
+        reranker = list(rng.normal(-2.0, 0.05, size=5))
+        if rng.random() < recall_right:
+            target = ids[0]
+            reranker[int(rng.integers(1, 5))] = reranker[0] + 0.3  # a narrow, wrong preference
+        else:
+            k = int(rng.integers(1, 5))
+            target = ids[k]
+            reranker[k] = reranker[0] + 2.0  # a wide, right one
+        ranked = [
+            {"id": i, "embedding_score": e, "reranker_score": float(r), "score": e}
+            for i, e, r in zip(ids, embedding, reranker)
+        ]
+        results.append({"id": f"{name}{q}", "ranked": ranked})
+        qrels[f"{name}{q}"] = {target: 1}
+    base = {"R@1": 100.0 * sum(qrels[r["id"]] == {r["ranked"][0]["id"]: 1} for r in results) / n}
+    split = {"dataset": name, "setting": "global", "queries": n}
+    return split, results, qrels, base
+
+
+def test_calibration_on_dev_sets_learns_when_to_trust_the_reranker() -> None:
+    from r3tasks.evaluation.calibrate import choose
+
+    pooled = [_synthetic_set("weak", 100, 0.3, 1), _synthetic_set("strong", 100, 0.9, 2)]
+    default = RerankPolicy(depth=20, recall_window=0.12, reranker_scale=0.04)
+    rows, best = choose(pooled, default, "rr-1")
+    assert best is not None and best["passes"]
+    weak, strong = best["sets"]
+    assert weak["delta_R@1"] > 50  # most of the weak set's wrong rank-1s fixed
+    assert strong["lost"] <= 0.02 and strong["delta_R@1"] > 0
+    assert best["weights"]["reranker_lead"] > 0  # a wider lead of the reranker means trust it
+    # R^3's fixed min-max, for contrast, would move the strong set's right rank-1s off.
+    from r3tasks.evaluation.replay import flips
+
+    reference = flips(pooled[1][1], pooled[1][2], RerankPolicy(depth=20))
+    assert reference["lost"] > 0.5

@@ -82,7 +82,7 @@ def fit(
     xs, ys, ws, counts = [], [], [], {}
     for split, results, qrels, _ in pooled:
         x, y = examples(results, qrels, default, strong_scale)
-        counts[split["dataset"]] = {"examples": len(y), "strong_right": int(y.sum())}
+        counts[f"{split['dataset']} ({split['setting']})"] = {"examples": len(y), "strong_right": int(y.sum())}
         if len(y):
             xs.append(x)
             ys.append(y)
@@ -111,7 +111,7 @@ def choose(pooled: list, default: RerankPolicy, fingerprint: str) -> tuple[list[
                 row.update(flips(results, qrels, capped))
                 per_set.append(
                     {
-                        "dataset": split["dataset"],
+                        "dataset": f"{split['dataset']} ({split['setting']})",
                         "R@1": row["metrics"]["R@1"],
                         "delta_R@1": row["metrics"]["R@1"] - base["R@1"],
                         "lost": row["lost"],
