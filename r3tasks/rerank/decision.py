@@ -117,7 +117,7 @@ def fit_logistic(
     # Standardised by the weighted rows, so a row of weight 0 changes nothing at all.
     mean = np.average(x, axis=0, weights=sw)
     std = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=sw))
-    std[std == 0] = 1.0
+    std[std < 1e-9] = 1.0  # a constant feature (to float noise) carries nothing; do not blow it up
     z = np.hstack([np.ones((len(x), 1)), (x - mean) / std])
     penalty = np.full(z.shape[1], l2)
     penalty[0] = 0.0  # the bias is not shrunk
