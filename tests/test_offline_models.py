@@ -345,3 +345,15 @@ def test_gemma_reranker_refuses_a_candidate_without_text(reranker) -> None:
 def test_gemma_fingerprints_change_with_what_changes_scores(reasoner, reranker, reranker_lse) -> None:
     assert reranker_lse.fingerprint != reranker.fingerprint
     assert reasoner.fingerprint != reranker.fingerprint
+
+
+def test_documents_embedded_from_several_threads_at_once_load_the_torch_model_once(tmp_path: Path) -> None:
+    # Indexing embeds batches on a thread pool: the first document batches arrive together.
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = load_embedder(offline_settings(tmp_path))
+    batches = [[EmbedInput(f"{k}-{i}", f"#C C picks item {k} {i}") for i in range(3)] for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        vectors = list(pool.map(lambda batch: embedder.embed_documents(batch, ""), batches))
+    assert [v.shape for v in vectors] == [(3, 384)] * 4
+    np.testing.assert_allclose(vectors[2], embedder.embed_queries(batches[2], ""), atol=1e-5)

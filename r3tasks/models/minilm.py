@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,9 @@ class MiniLMEmbedder:
     _fingerprint: str
     bulk_device: str = "cpu"  # `models.device`, for the document runtime
     _bulk_model: Any = None  # transformers' BertModel on torch, for documents; loaded when first needed
+    # Indexing embeds batches from several threads: one of them loads the model (and imports transformers,
+    # whose lazy module a second concurrent importer can find half-initialised).
+    _bulk_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -155,13 +159,14 @@ class MiniLMEmbedder:
     def _bulk_hidden(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
-        if self._bulk_model is None:
-            from transformers import AutoModel
+        with self._bulk_lock:
+            if self._bulk_model is None:
+                from transformers import AutoModel
 
-            from r3tasks.models.device import resolve_device
+                from r3tasks.models.device import resolve_device
 
-            device = resolve_device(self.bulk_device)
-            self._bulk_model = AutoModel.from_pretrained(self.folder, dtype="float32").to(device).eval()
+                device = resolve_device(self.bulk_device)
+                self._bulk_model = AutoModel.from_pretrained(self.folder, dtype="float32").to(device).eval()
         device = self._bulk_model.device
         with torch.inference_mode():
             hidden = self._bulk_model(
