@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,23 +54,28 @@ def test_a_confident_query_gets_the_strong_fusion_and_an_unsure_one_the_default(
     default_ranked = apply_policy(RECALLED, scorer, DEFAULT).ranked
     assert default_ranked[0].id == "c0"  # additive 0.04: 0.5 nats x 0.04 = 0.02 does not beat a 0.05 lead
     strong = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.5)))
-    assert strong.strong is True and strong.probability > 0.99
+    assert strong.fusion == "strong" and strong.probability > 0.99
     assert strong.ranked == rerank_topk(RECALLED, SCORES, 6, 0.4, 0.6)  # R^3's min-max: the reranker's choice first
     assert strong.ranked[0].id in {"c2", "c3"}
     unsure = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.999)))
-    assert unsure.strong is False
+    assert unsure.fusion == "default"
     assert unsure.ranked == default_ranked
     assert unsure.decision()["probability"] == unsure.probability
+    # Below keep_below the reranker is not trusted at all: recall's order, the block still scored.
+    doubt = replace(confident(0.9999), keep_below=0.9995)
+    kept = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=doubt))
+    assert kept.fusion == "recall" and kept.gate == "decision" and kept.pairs == 6
+    assert [item.id for item in kept.ranked] == [item_id for item_id, _ in RECALLED]
 
 
 def test_a_calibration_for_another_reranker_falls_back_to_the_default_and_says_so() -> None:
     policy = RerankPolicy(depth=6, reranker_scale=0.04, decision=confident(0.5))
     outcome = apply_policy(RECALLED, scorer, policy, lambda: "rr-2")
-    assert outcome.strong is None and outcome.probability is None
+    assert outcome.fusion is None and outcome.probability is None
     assert outcome.ranked == apply_policy(RECALLED, scorer, DEFAULT).ranked
     assert "rr-1" in outcome.fallback and "rr-2" in outcome.fallback and "default fusion" in outcome.fallback
     same = apply_policy(RECALLED, scorer, policy, lambda: "rr-1")
-    assert same.strong is True and same.fallback is None
+    assert same.fusion == "strong" and same.fallback is None
 
 
 def test_a_query_that_scores_nothing_never_asks_for_the_reranker() -> None:
@@ -108,7 +114,7 @@ def test_settings_block_becomes_the_policy_decision() -> None:
         "strong_reranker_scale": 0.1,
     }
     policy = rerank_policy(load_settings(preset="offline", query={"rerank_decision": block}).query)
-    assert policy.decision == Calibration((0.5,) * len(FEATURES), -1.0, 0.7, "abc", 0.1)
+    assert policy.decision == Calibration((0.5,) * len(FEATURES), -1.0, 0.7, "abc", 0.1, keep_below=0.0)
     assert policy.reranker_scale == 0.04  # the default fusion stays the preset's
     assert not policy.is_reference
 
@@ -154,7 +160,7 @@ def test_calibration_on_dev_sets_learns_when_to_trust_the_reranker() -> None:
 
     pooled = [_synthetic_set("weak", 100, 0.3, 1), _synthetic_set("strong", 100, 0.9, 2)]
     default = RerankPolicy(depth=20, recall_window=0.12, reranker_scale=0.04)
-    rows, best = choose(pooled, default, "rr-1")
+    rows, best = choose(pooled, default, "rr-1", strong_scales=(None, 0.2), thresholds=(0.0, 0.3, 0.6, 0.9))
     assert best is not None and best["passes"]
     weak, strong = best["sets"]
     assert weak["delta_R@1"] > 50  # most of the weak set's wrong rank-1s fixed

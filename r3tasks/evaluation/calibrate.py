@@ -2,14 +2,14 @@
 
     python -m r3tasks.evaluation.calibrate dev-global.json dev-local.json dev-swap.json [--out decision.md]
 
-For each dev query the shipped policy's block is replayed from the stored scores, twice: with the default
-fusion (the settings' own) and with a strong one. Where the two put different candidates first and one of
-them is right, the query is a training example: does the strong fusion's top-1 win? A logistic regression
-over `FEATURES` learns that probability, every dataset weighted alike (so the largest set does not set the
-calibration alone). Then every (strong fusion, threshold) is replayed on every dev set, and the rule picks:
-each dev set loses at most `MAX_LOST` of recall's right rank-1s and keeps a break-even base R@1 of at least
-`MIN_BREAK_EVEN`, then the largest smallest R@1 gain, then the largest mean gain. The chosen block prints as
-TOML for `[query.rerank_decision]`. Dev reports only: the reported splits are replayed after the choice.
+For each dev query the shipped policy's block is replayed from the stored scores with a strong fusion.
+Where its top-1 is not recall's and one of the two is right, the query is a training example: is the
+reranker-led top-1 the right one? A logistic regression over `FEATURES` learns that probability, every
+dataset weighted alike (so the largest set does not set the calibration alone). Then every (strong fusion,
+keep_below, threshold) is replayed on every dev set, and the rule picks: each dev set loses at most
+`MAX_LOST` of recall's right rank-1s and keeps a break-even base R@1 of at least `MIN_BREAK_EVEN`, then the
+largest smallest R@1 gain, then the largest mean gain. The chosen block prints as TOML for
+`[query.rerank_decision]`. Dev reports only: the reported splits are replayed after the choice.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from r3tasks.settings.tree import load_settings
 
 # Strong fusions tried: R^3's reference min-max (None) and additive scales above the shipped one.
 STRONG_SCALES: tuple[float | None, ...] = (None, 0.2, 0.1, 0.07)
-THRESHOLDS: tuple[float, ...] = tuple(round(t, 2) for t in np.arange(0.3, 0.96, 0.05))
+THRESHOLDS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MAX_LOST = 0.02
 MIN_BREAK_EVEN = 0.92
 
@@ -45,7 +45,7 @@ def _top1(outcome_ranked: list, relevant: set[str]) -> tuple[str | None, bool]:
 def examples(
     results: list[dict], qrels: dict[str, dict[str, int]], default: RerankPolicy, strong_scale: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of the queries where the strong and default fusions disagree at rank 1 and one is right."""
+    """(features, labels) of the queries where the strong fusion's top-1 is not recall's and one of them is right."""
     strong = replace(
         default,
         embedding_weight=RerankPolicy.embedding_weight,
@@ -59,13 +59,12 @@ def examples(
         if not relevant or stored == 0:
             continue
         policy = replace(default, depth=min(default.depth, stored))
-        weak_outcome = apply_policy(recalled, score, policy)
-        if weak_outcome.gate is not None or weak_outcome.depth == 0:
+        outcome = apply_policy(recalled, score, replace(strong, depth=policy.depth))
+        if outcome.gate is not None or outcome.depth == 0:
             continue  # recall's order kept without scores: no decision to make
-        strong_outcome = apply_policy(recalled, score, replace(strong, depth=policy.depth))
-        weak_top, weak_right = _top1(weak_outcome.ranked, relevant)
-        strong_top, strong_right = _top1(strong_outcome.ranked, relevant)
-        if weak_top == strong_top or weak_right == strong_right:
+        recall_top, recall_right = _top1(apply_policy(recalled, score, replace(policy, depth=0)).ranked, relevant)
+        strong_top, strong_right = _top1(outcome.ranked, relevant)
+        if recall_top == strong_top or recall_right == strong_right:
             continue
         depth = min(policy.depth, within_window(recalled, policy.recall_window))
         scores = dict(score([i for i, _ in recalled[:depth]]))
@@ -95,13 +94,22 @@ def fit(
     return weights, bias, counts
 
 
-def choose(pooled: list, default: RerankPolicy, fingerprint: str) -> tuple[list[dict], dict | None]:
-    """Every (strong fusion, threshold) replayed on every dev set; the rule's choice (None: none passes)."""
+def choose(
+    pooled: list,
+    default: RerankPolicy,
+    fingerprint: str,
+    strong_scales: tuple[float | None, ...] = STRONG_SCALES,
+    thresholds: tuple[float, ...] = THRESHOLDS,
+) -> tuple[list[dict], dict | None]:
+    """Every (strong fusion, keep_below, threshold) replayed on every dev set; the rule's choice (None: none
+    passes)."""
     rows = []
-    for strong_scale in STRONG_SCALES:
+    for strong_scale in strong_scales:
         weights, bias, counts = fit(pooled, default, strong_scale)
-        for threshold in THRESHOLDS:
-            decision = Calibration(tuple(float(w) for w in weights), bias, threshold, fingerprint, strong_scale)
+        for keep_below, threshold in ((k, t) for k in thresholds for t in thresholds if k <= t and t > 0):
+            decision = Calibration(
+                tuple(float(w) for w in weights), bias, threshold, fingerprint, strong_scale, keep_below
+            )
             policy = replace(default, decision=decision)
             per_set = []
             for split, results, qrels, base in pooled:
@@ -123,6 +131,7 @@ def choose(pooled: list, default: RerankPolicy, fingerprint: str) -> tuple[list[
             rows.append(
                 {
                     "strong_reranker_scale": strong_scale,
+                    "keep_below": keep_below,
                     "threshold": threshold,
                     "weights": dict(zip(FEATURES, (float(w) for w in weights))),
                     "bias": bias,
@@ -145,6 +154,7 @@ def as_toml(choice: dict, fingerprint: str) -> str:
         "[query.rerank_decision]",
         f"bias = {choice['bias']:.6g}",
         f"threshold = {choice['threshold']}",
+        f"keep_below = {choice['keep_below']}",
         f'reranker_fingerprint = "{fingerprint}"',
     ]
     if choice["strong_reranker_scale"] is not None:
@@ -163,7 +173,7 @@ def markdown(rows: list[dict], best: dict | None, pooled: list) -> str:
         "| strong fusion | threshold | "
         + " | ".join(f"{n}: ΔR@1 / lost / fixed / break-even / pairs" for n in names)
         + " | passes |",
-        "|---|---:|" + "---|" * len(names) + "---|",
+        "|---|---:|---:|" + "---|" * len(names) + "---|",
     ]
     for row in rows:
         strong = (
@@ -175,7 +185,7 @@ def markdown(rows: list[dict], best: dict | None, pooled: list) -> str:
             for s in row["sets"]
         ]
         mark = "**chosen**" if row is best else ("yes" if row["passes"] else "")
-        lines.append(f"| {strong} | {row['threshold']} | " + " | ".join(cells) + f" | {mark} |")
+        lines.append(f"| {strong} | {row['keep_below']} | {row['threshold']} | " + " | ".join(cells) + f" | {mark} |")
     return "\n".join(lines)
 
 

@@ -37,19 +37,28 @@ TIE = 1e-6
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted decision: weights over `FEATURES`, the threshold on the probability, and what it holds for."""
+    """A fitted decision: weights over `FEATURES`, the thresholds on the probability, and what it holds for."""
 
     weights: tuple[float, ...]
     bias: float
-    threshold: float
+    threshold: float  # at or above: the strong fusion
     reranker_fingerprint: str
     strong_reranker_scale: float | None = None  # the strong fusion: additive at this scale, None = R^3's min-max
+    keep_below: float = 0.0  # below: recall's order stands
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(FEATURES):
             raise ValueError(f"a rerank decision needs {len(FEATURES)} weights ({', '.join(FEATURES)})")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"the rerank decision threshold is a probability, got {self.threshold}")
+        if not 0.0 <= self.keep_below <= self.threshold <= 1.0:
+            raise ValueError(
+                f"the rerank decision needs 0 <= keep_below <= threshold <= 1, got {self.keep_below} and {self.threshold}"
+            )
+
+    def level(self, probability: float) -> str:
+        """`strong`, `default` or `recall` (recall's order kept) for a query's probability."""
+        if probability >= self.threshold:
+            return "strong"
+        return "recall" if probability < self.keep_below else "default"
 
     def probability(self, features: Mapping[str, float]) -> float:
         z = self.bias + sum(w * features[name] for w, name in zip(self.weights, FEATURES))

@@ -120,6 +120,7 @@ def calibration(decision_settings: Any) -> Calibration | None:
         threshold=decision_settings.threshold,
         reranker_fingerprint=decision_settings.reranker_fingerprint,
         strong_reranker_scale=decision_settings.strong_reranker_scale,
+        keep_below=decision_settings.keep_below,
     )
 
 
@@ -131,9 +132,9 @@ class RerankOutcome:
     ranked: list[RankedItem]
     pairs: int
     depth: int
-    gate: str | None  # "recall_margin", "recall_window", "flat" or None (the reranker's scores were used)
+    gate: str | None  # "recall_margin", "recall_window", "flat", "decision" or None (the reranker's scores were used)
     probability: float | None = None  # the per-query decision's, when one ran
-    strong: bool | None = None  # whether that decision gave this query the strong fusion
+    fusion: str | None = None  # what that decision gave the query: "strong", "default" or "recall" (order kept)
     fallback: str | None = None  # why a configured decision did not run (calibrated on another reranker)
 
     def decision(self) -> dict:
@@ -196,7 +197,7 @@ def apply_policy(
     if policy.flat_gate is not None and block and max(block) - min(block) < policy.flat_gate:
         return RerankOutcome(recall_order, asked, depth, "flat")
     fusion = (policy.embedding_weight, policy.reranker_weight, policy.reranker_scale)
-    probability = strong = fallback = None
+    probability = level = fallback = None
     decision = policy.decision
     if decision is not None and block and reranker_fingerprint is not None:
         running = reranker_fingerprint()
@@ -208,11 +209,13 @@ def apply_policy(
             decision = None
     if decision is not None and block:
         probability = round(decision.probability(decision_features(recalled, scores, depth)), 6)
-        strong = probability >= decision.threshold
-        if strong:  # additive at the calibration's own scale, or (None) R^3's reference min-max weights
+        level = decision.level(probability)
+        if level == "recall":
+            return RerankOutcome(recall_order, asked, depth, "decision", probability, level)
+        if level == "strong":  # additive at the calibration's own scale, or (None) R^3's reference min-max weights
             fusion = (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight, decision.strong_reranker_scale)
     ranked = rerank_topk(recalled, scores, depth, *fusion)
-    return RerankOutcome(ranked, asked, depth, None, probability, strong, fallback)
+    return RerankOutcome(ranked, asked, depth, None, probability, level, fallback)
 
 
 def stored_scorer(ranked: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[str, float]], ScoreFn, int]:

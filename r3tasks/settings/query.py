@@ -24,6 +24,13 @@ class RerankDecisionSettings(Section):
     threshold: float = Field(
         ge=0, le=1, description="A query whose probability reaches this gets the strong fusion; below it the default."
     )
+    keep_below: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A query whose probability is below this keeps recall's order (the reranker is not trusted at "
+        "all); 0 never does.",
+    )
     reranker_fingerprint: str = Field(
         description="Fingerprint of the reranker the weights were fitted on; with any other the default fusion runs."
     )
