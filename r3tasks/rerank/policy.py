@@ -138,7 +138,12 @@ class RerankOutcome:
     fallback: str | None = None  # why a configured decision did not run (calibrated on another reranker)
 
     def decision(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "ranked"}
+        """What the result's `rerank` records; the per-query decision's fields only where one is configured."""
+        out = {k: v for k, v in asdict(self).items() if k != "ranked"}
+        for key in ("probability", "fusion", "fallback"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def within_window(recalled: Sequence[tuple[str, float]], window: float | None) -> int:
