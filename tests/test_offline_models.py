@@ -347,13 +347,22 @@ def test_gemma_fingerprints_change_with_what_changes_scores(reasoner, reranker, 
     assert reasoner.fingerprint != reranker.fingerprint
 
 
-def test_documents_embedded_from_several_threads_at_once_load_the_torch_model_once(tmp_path: Path) -> None:
-    # Indexing embeds batches on a thread pool: the first document batches arrive together.
+def test_documents_embedded_from_several_threads_at_once_load_one_model(tmp_path: Path) -> None:
+    # Indexing embeds batches on a thread pool: the first batches ask for the embedder together, and
+    # transformers' lazy module fails a second thread that imports it at the same time.
     from concurrent.futures import ThreadPoolExecutor
 
-    embedder = load_embedder(offline_settings(tmp_path))
+    from r3tasks.models.registry import shared_embedder
+
+    settings = offline_settings(tmp_path)
     batches = [[EmbedInput(f"{k}-{i}", f"#C C picks item {k} {i}") for i in range(3)] for k in range(4)]
+
+    def embed(batch: list[EmbedInput]) -> tuple[int, np.ndarray]:
+        embedder = shared_embedder(settings)
+        return id(embedder), embedder.embed_documents(batch, "")
+
     with ThreadPoolExecutor(4) as pool:
-        vectors = list(pool.map(lambda batch: embedder.embed_documents(batch, ""), batches))
-    assert [v.shape for v in vectors] == [(3, 384)] * 4
-    np.testing.assert_allclose(vectors[2], embedder.embed_queries(batches[2], ""), atol=1e-5)
+        done = list(pool.map(embed, batches))
+    assert len({instance for instance, _ in done}) == 1
+    assert [vectors.shape for _, vectors in done] == [(3, 384)] * 4
+    np.testing.assert_allclose(done[2][1], shared_embedder(settings).embed_queries(batches[2], ""), atol=1e-5)

@@ -6,6 +6,7 @@ Frames everywhere are ``uint8`` arrays shaped ``(T, H, W, 3)`` (RGB), as
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -13,6 +14,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from r3tasks.media.cues import Cue
+
+# Held while any model loads. transformers' lazy module is not safe to import from two threads at once
+# (measured with 5.23: of three threads reading `transformers.AutoTokenizer` together, one or two get
+# "module 'transformers' has no attribute ..."), and index and query tasks run on thread pools.
+MODEL_LOADING = threading.RLock()
 
 
 @dataclass(frozen=True)

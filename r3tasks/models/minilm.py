@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from r3tasks.errors import MissingTextError, ModelNotAvailableError
-from r3tasks.models.base import EmbedInput, l2_normalise
+from r3tasks.models.base import MODEL_LOADING, EmbedInput, l2_normalise
 from r3tasks.models.bert_encoder import BertEncoder
 from r3tasks.settings.tree import R3Settings
 
@@ -103,9 +102,6 @@ class MiniLMEmbedder:
     _fingerprint: str
     bulk_device: str = "cpu"  # `models.device`, for the document runtime
     _bulk_model: Any = None  # transformers' BertModel on torch, for documents; loaded when first needed
-    # Indexing embeds batches from several threads: one of them loads the model (and imports transformers,
-    # whose lazy module a second concurrent importer can find half-initialised).
-    _bulk_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -159,14 +155,16 @@ class MiniLMEmbedder:
     def _bulk_hidden(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
-        with self._bulk_lock:
+        with MODEL_LOADING:
             if self._bulk_model is None:
-                from transformers import AutoModel
+                # The class from its own module: transformers' lazy top-level `AutoModel` lookup, raced by
+                # another thread's first import, failed here with "cannot import name 'AutoModel'".
+                from transformers.models.bert.modeling_bert import BertModel
 
                 from r3tasks.models.device import resolve_device
 
                 device = resolve_device(self.bulk_device)
-                self._bulk_model = AutoModel.from_pretrained(self.folder, dtype="float32").to(device).eval()
+                self._bulk_model = BertModel.from_pretrained(self.folder, dtype="float32").to(device).eval()
         device = self._bulk_model.device
         with torch.inference_mode():
             hidden = self._bulk_model(

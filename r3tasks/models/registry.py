@@ -8,7 +8,7 @@ from importlib import import_module
 from typing import Any, Literal
 
 from r3tasks.errors import R3Error
-from r3tasks.models.base import Embedder, QueryTemplates, Reasoner, Reranker, SpeechRecognizer
+from r3tasks.models.base import MODEL_LOADING, Embedder, QueryTemplates, Reasoner, Reranker, SpeechRecognizer
 from r3tasks.settings.tree import R3Settings
 
 Role = Literal["embedder", "reasoner", "reranker", "asr"]
@@ -86,9 +86,12 @@ _MAX_LOADED = 6
 def _cached(role: Role, settings: R3Settings, loader: Callable[[R3Settings], object]) -> object:
     key = (role, settings.settings_hash("models", "frames") + str(settings.home))
     if key not in _LOADED:
-        if len(_LOADED) >= _MAX_LOADED:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = loader(settings)
+        # One loader at a time: two tasks asking first would load twice and race on transformers' imports.
+        with MODEL_LOADING:
+            if key not in _LOADED:
+                if len(_LOADED) >= _MAX_LOADED:
+                    _LOADED.pop(next(iter(_LOADED)))
+                _LOADED[key] = loader(settings)
     return _LOADED[key]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from r3tasks.errors import ModelNotAvailableError, R3Error
 from r3tasks.media.cues import Cue
+from r3tasks.models.base import MODEL_LOADING
 from r3tasks.settings.tree import ModelSettings, R3Settings
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,6 @@ class WhisperRecognizer:
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         self._fingerprint = f"{BACKEND}-{digest}"
         self._bundle: _Loaded | None = None
-        self._lock = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
@@ -216,7 +215,7 @@ class WhisperRecognizer:
 
     def _loaded(self) -> _Loaded:
         if self._bundle is None:
-            with self._lock:
+            with MODEL_LOADING:
                 if self._bundle is None:
                     self._bundle = self._load()
         return self._bundle

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from r3tasks.errors import ModelNotAvailableError, R3Error
+from r3tasks.models.base import MODEL_LOADING
 from r3tasks.models.qwen3vl.prompts import prompt_version
 from r3tasks.models.qwen3vl.resolve import MODEL_SETTING, ResolvedModel, Role, resolve_model
 from r3tasks.settings.tree import R3Settings
@@ -140,12 +140,11 @@ class LazyWeights:
         check_model_type(self._resolved)
         self._fingerprint = model_fingerprint(settings, role, self._resolved)
         self._bundle: Loaded | None = None
-        self._load_lock = threading.Lock()
 
     @property
     def _loaded(self) -> Loaded:
         if self._bundle is None:
-            with self._load_lock:
+            with MODEL_LOADING:
                 if self._bundle is None:
                     self._bundle = load(self._settings, self._role, self._with_lm_head)
         return self._bundle
