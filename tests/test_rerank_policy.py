@@ -155,6 +155,7 @@ def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None
     shipped = rerank_policy(load_settings(preset="offline").query)
     assert not shipped.is_reference and shipped.depth == 20 and shipped.recall_window == 0.12
     assert shipped.recall_margin_gate is None and shipped.reranker_scale == 0.04
+    assert shipped.decision is not None and shipped.decision.keep_below <= shipped.decision.threshold
     # The reranker loves a candidate recall put far below the top-1 (outside the window).
     recalled = [("right", 0.80), ("close", 0.75)] + [(f"c{i}", 0.70 - 0.01 * i) for i in range(18)]
     table = {item_id: -3.0 for item_id, _ in recalled} | {"c10": 0.0, "right": -2.5}
@@ -163,7 +164,7 @@ def test_offline_preset_ships_a_protected_policy_and_user_settings_win() -> None
     back = rerank_policy(
         load_settings(
             preset="offline",
-            query={"rerank_k": 50, "rerank_recall_window": None, "final_reranker_scale": None},
+            query={"rerank_k": 50, "rerank_recall_window": None, "final_reranker_scale": None, "rerank_decision": None},
         ).query
     )
     assert back.is_reference and back.depth == 50

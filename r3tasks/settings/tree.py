@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -343,7 +343,9 @@ class R3Settings(BaseSettings):
             section = getattr(self, section_name)
             for name, value in values.items():
                 if name not in section.model_fields_set:
-                    setattr(section, name, value)
+                    # Validated as the field's type: a nested block (a dict here) becomes its settings model.
+                    field = type(section).model_fields[name]
+                    setattr(section, name, TypeAdapter(field.annotation).validate_python(value))
         return self
 
     @model_validator(mode="after")
