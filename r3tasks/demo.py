@@ -151,6 +151,9 @@ def stages_report(stages: list[TargetStages]) -> str:
             verdict = "not reranked" + (
                 f" (the {stage.rerank_gate.replace('_', ' ')} kept recall's order)" if stage.rerank_gate else ""
             )
+        elif stage.rerank_gate == "decision":
+            picked = "the target" if stage.reranker_choice == stage.target else stage.reranker_choice
+            verdict = f"reranker picks {picked}; the rerank decision kept recall's order"
         elif stage.reranker_choice == stage.target:
             verdict = "reranker picks the target" + ("" if stage.final_rank == 1 else ", outvoted by recall's lead")
         else:

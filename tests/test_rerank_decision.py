@@ -66,6 +66,7 @@ def test_a_confident_query_gets_the_strong_fusion_and_an_unsure_one_the_default(
     kept = apply_policy(RECALLED, scorer, RerankPolicy(depth=6, reranker_scale=0.04, decision=doubt))
     assert kept.fusion == "recall" and kept.gate == "decision" and kept.pairs == 6
     assert [item.id for item in kept.ranked] == [item_id for item_id, _ in RECALLED]
+    assert [item.reranker_score for item in kept.ranked] == [SCORES[item_id] for item_id, _ in RECALLED]
 
 
 def test_a_calibration_for_another_reranker_falls_back_to_the_default_and_says_so() -> None:

@@ -216,7 +216,9 @@ def apply_policy(
         probability = round(decision.probability(decision_features(recalled, scores, depth)), 6)
         level = decision.level(probability)
         if level == "recall":
-            return RerankOutcome(recall_order, asked, depth, "decision", probability, level)
+            # Recall's order, carrying the scores the reranker gave (the result shows what it would have chosen).
+            kept = [RankedItem(item.id, item.score, item.embedding_score, scores.get(item.id)) for item in recall_order]
+            return RerankOutcome(kept, asked, depth, "decision", probability, level)
         if level == "strong":  # additive at the calibration's own scale, or (None) R^3's reference min-max weights
             fusion = (RerankPolicy.embedding_weight, RerankPolicy.reranker_weight, decision.strong_reranker_scale)
     ranked = rerank_topk(recalled, scores, depth, *fusion)
