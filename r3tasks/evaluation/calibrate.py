@@ -170,7 +170,7 @@ def markdown(rows: list[dict], best: dict | None, pooled: list) -> str:
         f"Rule: every dev set loses at most {MAX_LOST:.0%} of recall's right rank-1s and keeps break-even base R@1 "
         f">= {100 * MIN_BREAK_EVEN:.0f}; then the largest smallest ΔR@1, then the largest mean.",
         "",
-        "| strong fusion | threshold | "
+        "| strong fusion | keep below | strong from | "
         + " | ".join(f"{n}: ΔR@1 / lost / fixed / break-even / pairs" for n in names)
         + " | passes |",
         "|---|---:|---:|" + "---|" * len(names) + "---|",
