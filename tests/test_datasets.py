@@ -396,6 +396,13 @@ def test_load_benchmark_dispatch_errors(tmp_path: Path) -> None:
     assert ego.setting == "local" and ego.queries[0].gallery_group == "v1"  # type: ignore[union-attr]
 
 
+def _narrations_csv(folder: Path, narrations: list[str]) -> None:
+    """An `egocvr_data.csv` of one clip per narration, as the swap benchmarks read it."""
+    (folder / "egocvr_data.csv").write_text(
+        "clip_name,narration_text,video_uid\n" + "".join(f"clip{i},{t},v{i}\n" for i, t in enumerate(narrations))
+    )
+
+
 def test_egocvr_swap_queries_differ_from_their_target_in_one_word_named_by_the_edit(tmp_path: Path) -> None:
     from r3tasks.datasets import load_benchmark
 
@@ -406,10 +413,7 @@ def test_egocvr_swap_queries_differ_from_their_target_in_one_word_named_by_the_e
         "#C C washes a plate in the sink",
         "#C C washes a cup in the sink",
     ]
-    data = tmp_path / "egocvr_data.csv"
-    data.write_text(
-        "clip_name,narration_text,video_uid\n" + "".join(f"clip{i},{t},v{i}\n" for i, t in enumerate(narrations))
-    )
+    _narrations_csv(tmp_path, narrations)
     first = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=3)
     again = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=3)
     assert [(q.id, q.edit, q.source_text) for q in first.queries] == [
@@ -443,10 +447,7 @@ def test_egocvr_swap2_queries_differ_from_their_target_in_two_words_both_named_b
         "#C C washes a plate in the sink",
         "#C C rinses a cup in the sink",
     ]
-    data = tmp_path / "egocvr_data.csv"
-    data.write_text(
-        "clip_name,narration_text,video_uid\n" + "".join(f"clip{i},{t},v{i}\n" for i, t in enumerate(narrations))
-    )
+    _narrations_csv(tmp_path, narrations)
     bench = load_benchmark("egocvr-swap2", folder=tmp_path, n_queries=50, seed=1)
     assert bench.name == "egocvr-swap2"
     texts = {item.id: item.text for item in bench.items}
