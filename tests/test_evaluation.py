@@ -139,3 +139,16 @@ def test_split_record_says_dev_for_a_held_out_run_and_names_the_queries() -> Non
     assert dev["role"] == "dev" and (dev["first_query"], dev["last_query"]) == (500, 699)
     assert "queries #500-#699" in split_line(dev)
     assert split_record("egocvr", "global", 0, 100, 100)["role"] == "reported"
+
+
+def test_the_reference_arm_runs_r3s_rerank_under_every_preset() -> None:
+    # A preset's own policy (the offline preset's window, additive fusion and per-query decision) must not
+    # leak into the arm whose stored scores every other policy is replayed from.
+    from r3tasks.evaluation.arms import arms
+    from r3tasks.rerank.policy import rerank_policy
+    from r3tasks.settings.tree import load_settings
+
+    (reference,) = arms(20, ["+rerank (reference)"], policy_is_reference=False)
+    for preset in ("offline", "qwen3vl", "tiny"):
+        policy = rerank_policy(load_settings(preset=preset, **reference.overrides).query)
+        assert policy.is_reference and policy.depth == 20, preset

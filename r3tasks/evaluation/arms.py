@@ -31,6 +31,8 @@ REFERENCE_POLICY = {
     "final_embedding_weight": RerankPolicy.embedding_weight,
     "final_reranker_weight": RerankPolicy.reranker_weight,
     "final_reranker_scale": None,
+    # and no per-query decision: every query's scores fused alike, stored for replay.
+    "rerank_decision": None,
 }
 ARM_NAMES = ("base", "+rerank", "+rerank (reference)", "+reasoning", "+reasoning+rerank")
 DEFAULT_ARMS = ("base", "+rerank", "+reasoning", "+reasoning+rerank")
