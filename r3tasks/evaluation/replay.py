@@ -90,14 +90,28 @@ def pooled_reports(report_paths: list[Path]) -> list[tuple[dict, list[dict], dic
     return pooled
 
 
-def replay(report_paths: list[Path]) -> list[dict]:
+def replay(report_paths: list[Path], shipped_only: bool = False) -> list[dict]:
+    """Every policy of the grid on each pooled set; `shipped_only`: R^3's reference, the offline preset as
+    shipped, and the same without its per-query decision."""
     shipped = rerank_policy(load_settings(models={"preset": "offline"}).query)
     rows = []
     for split, results, qrels, base_metrics in pooled_reports(report_paths):
         depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
         reference = RerankPolicy(depth=depth)
+        capped = replace(shipped, depth=min(shipped.depth, depth))
+        if shipped_only:
+            grid = [
+                ("reference", reference),
+                ("offline preset without its rerank decision", replace(capped, decision=None)),
+                ("offline preset as shipped", capped),
+            ]
+            policies = policy_sweep(results, qrels, grid)
+            for row, (_, policy) in zip(policies, grid):
+                row.update(flips(results, qrels, policy))
+            rows.append({"split": split, "base": base_metrics, "policies": policies})
+            continue
         grid = policy_grid(results, reference, depth=depth)
-        grid.append(("offline preset as shipped", replace(shipped, depth=min(shipped.depth, depth))))
+        grid.append(("offline preset as shipped", capped))
         # Windows and gates with other final fusion weights (R^3's is 0.4 embedding / 0.6 reranker).
         guards = [("no window", {})] + [(f"recall window {w}", {"recall_window": w}) for w in WINDOWS if w]
         guards += [(f"recall gate {g}", {"recall_margin_gate": g}) for g in GATES]
@@ -177,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="r3 eval report JSONs with a +rerank arm")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) and rows (JSON beside it)")
+    parser.add_argument(
+        "--shipped-only",
+        action="store_true",
+        help="only R^3's reference and the offline preset with and without its decision",
+    )
     args = parser.parse_args(argv)
-    rows = replay(args.reports)
+    rows = replay(args.reports, shipped_only=args.shipped_only)
     table = markdown(rows)
     print(table)
     if args.out:
