@@ -247,3 +247,22 @@ def test_tiny_preset_end_to_end_on_generated_videos(tmp_path, r3_home) -> None:
     assert len(reranked) == 2  # only the top-K is rescored
     assert 0.0 <= reranked[0]["reranker_score"] <= 1.0  # sigmoid of the yes-no logit
     assert night["lineage"]["embedder"] != squares["lineage"]["reranker"]
+
+
+def test_a_rerank_decision_runs_only_with_the_reranker_it_was_calibrated_on(tmp_path, r3_home, indexed) -> None:
+    from r3tasks.rerank.decision import FEATURES
+
+    queries = write_queries(tmp_path, QUERIES)
+    # Every query confident: the strong fusion (R^3's min-max) wherever the reranker disagrees with recall.
+    block = {"weights": dict.fromkeys(FEATURES, 0.0), "bias": 10.0, "threshold": 0.5}
+    ours = run(queries, r3_home, query={"rerank_decision": {**block, "reranker_fingerprint": "fake-reranker-1"}})
+    assert ours["results"][0]["lineage"]["rerank_decision"] == {"calibrated_on": "fake-reranker-1", "applied": True}
+    assert all(r["rerank"]["fusion"] == "strong" and r["rerank"]["probability"] > 0.99 for r in ours["results"])
+    assert not any(r["warnings"] for r in ours["results"])
+    # Calibrated on another reranker: the default fusion runs, and each result says why.
+    other = run(queries, r3_home, query={"rerank_decision": {**block, "reranker_fingerprint": "gemma-1234"}})
+    assert other["results"][0]["lineage"]["rerank_decision"] == {"calibrated_on": "gemma-1234", "applied": False}
+    plain = run(queries, r3_home)
+    for result, without in zip(other["results"], plain["results"]):
+        assert "fusion" not in result["rerank"] and result["ranked"] == without["ranked"]
+        assert any("calibrated on reranker gemma-1234" in w and "fake-reranker-1" in w for w in result["warnings"])

@@ -48,13 +48,25 @@ def batch_lineage(
     None for none), the fingerprints of the models that ran, the settings hash, the code version and the
     stage caches' hits and misses."""
     reasoned = settings.query.use_reasoning and any(s.reasoning is not None for s in states)
-    reranked = settings.query.rerank_k > 0 and any(s.ranked and s.ranked[0].reranker_score is not None for s in states)
+    reranked = settings.query.rerank_k > 0 and any(
+        any(item.reranker_score is not None for item in s.ranked) for s in states
+    )
+    reranker = shared_reranker(settings).fingerprint if reranked else None
+    decision = settings.query.rerank_decision
     return {
         "gallery": {"uri": gallery.ref.uri, "table": gallery.ref.table, "version": gallery.ref.version},
         "where": where,
         "embedder": shared_embedder(settings).fingerprint,
         "reasoner": shared_reasoner(settings).fingerprint if reasoned else None,
-        "reranker": shared_reranker(settings).fingerprint if reranked else None,
+        "reranker": reranker,
+        # The per-query rerank decision: which reranker it was calibrated on, and whether it ran for this one
+        # (with another the default fusion ran, and each result's warnings say so).
+        "rerank_decision": None
+        if decision is None
+        else {
+            "calibrated_on": decision.reranker_fingerprint,
+            "applied": None if reranker is None else reranker == decision.reranker_fingerprint,
+        },
         "settings_hash": settings.settings_hash(),
         "code_version": code_version,
         "cache": {name: cache.counts() for name, cache in caches.items()},
