@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3tasks.errors import MissingTextError
+from r3tasks.errors import ItemError, MissingTextError
 from r3tasks.models.base import (
     Embedder,
     EmbedInput,
@@ -366,3 +366,11 @@ def test_documents_embedded_from_several_threads_at_once_load_one_model(tmp_path
     assert len({instance for instance, _ in done}) == 1
     assert [vectors.shape for _, vectors in done] == [(3, 384)] * 4
     np.testing.assert_allclose(done[2][1], shared_embedder(settings).embed_queries(batches[2], ""), atol=1e-5)
+
+
+def test_minilm_refuses_text_that_is_not_unicode_by_item(minilm) -> None:
+    # A JSON "\udce9" escape arrives as a lone surrogate: that query's error, in words, never a tokenizer's TypeError.
+    with pytest.raises(ItemError) as info:
+        minilm.embed_queries([EmbedInput("q-ok", "a dog"), EmbedInput("q-broken", "\udce9 broken")], "")
+    assert info.value.item == "q-broken"
+    assert "not valid Unicode" in info.value.reason and "surrogates not allowed at character 0" in info.value.reason

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from r3tasks.errors import MissingTextError, ModelNotAvailableError
+from r3tasks.errors import ItemError, MissingTextError, ModelNotAvailableError
 from r3tasks.models.base import MODEL_LOADING, EmbedInput, l2_normalise
 from r3tasks.models.bert_encoder import BertEncoder
 from r3tasks.settings.tree import R3Settings
@@ -149,6 +149,12 @@ class MiniLMEmbedder:
             text = (item.text or "").strip()
             if not text:
                 raise MissingTextError(item.item_id, NO_TEXT_REASON)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ItemError(
+                    item.item_id, f"its text is not valid Unicode ({error.reason} at character {error.start})"
+                ) from None
             texts.append(f"{instruction.strip()} {text}" if _INSTRUCTIONS and instruction.strip() else text)
         return texts
 
