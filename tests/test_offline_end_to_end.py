@@ -72,9 +72,14 @@ def test_offline_preset_indexes_and_answers_composed_and_text_queries_with_its_r
     assert results["q-pick"]["lineage"]["embedder"] == summary["embedder"]  # the table MiniLM wrote
     for qid in ("q-pick", "q-close"):  # Gemma scored the near misses in the window, and put the target above them
         target, near_miss = (item["reranker_score"] for item in results[qid]["ranked"][:2])
-        assert results[qid]["rerank"]["pairs"] >= 2 and results[qid]["rerank"]["gate"] is None
+        assert results[qid]["rerank"]["pairs"] >= 2
+        # The preset's per-query decision read the scores: it either used them or kept recall's order.
+        assert results[qid]["rerank"]["fusion"] in ("strong", "default", "recall")
+        assert results[qid]["rerank"]["gate"] == ("decision" if results[qid]["rerank"]["fusion"] == "recall" else None)
         assert None not in (target, near_miss) and target > near_miss
         assert results[qid]["lineage"]["reranker"] is not None
+        # The preset's decision was calibrated on this very reranker (its fingerprint), so it ran.
+        assert results[qid]["lineage"]["rerank_decision"]["applied"] is True
     # The text query's window holds its top-1 alone (cosine 0.60 against 0.43 for the next): recall is sure.
     assert results["t-window"]["rerank"] == {"pairs": 0, "depth": 0, "gate": "recall_window"}
     assert "phone-put" not in [i["id"] for i in results["q-pick"]["ranked"]]
