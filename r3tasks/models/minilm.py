@@ -161,6 +161,19 @@ class MiniLMEmbedder:
     def _bulk_hidden(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._bulk_model is None:
+            self._load_bulk_model()
+        device = self._bulk_model.device
+        with torch.inference_mode():
+            hidden = self._bulk_model(
+                input_ids=torch.from_numpy(input_ids).to(device),
+                attention_mask=torch.from_numpy(mask.astype(np.int64)).to(device),
+            ).last_hidden_state
+        return hidden.float().cpu().numpy()
+
+    def _load_bulk_model(self) -> None:
+        # Checked again under the lock: the document batches of an index run arrive on several threads at once,
+        # and only the first loads; once loaded, no batch takes the lock.
         with MODEL_LOADING:
             if self._bulk_model is None:
                 # The class from its own module: transformers' lazy top-level `AutoModel` lookup, raced by
@@ -171,13 +184,6 @@ class MiniLMEmbedder:
 
                 device = resolve_device(self.bulk_device)
                 self._bulk_model = BertModel.from_pretrained(self.folder, dtype="float32").to(device).eval()
-        device = self._bulk_model.device
-        with torch.inference_mode():
-            hidden = self._bulk_model(
-                input_ids=torch.from_numpy(input_ids).to(device),
-                attention_mask=torch.from_numpy(mask.astype(np.int64)).to(device),
-            ).last_hidden_state
-        return hidden.float().cpu().numpy()
 
 
 def _folder_config(folder: Path) -> tuple[int, str]:
