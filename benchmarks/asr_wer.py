@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, Context, Result, machine_info, now_iso, write_json
+from benchmarks.common import RESULTS_DIR, Context, Result, machine_info, now_iso, write_json, write_wav
 
 NAME = "asr_wer"
 TITLE = "Speech recognition: pocketsphinx word error rate and speed on pocketsphinx-testdata"
@@ -131,15 +131,7 @@ def find_recordings(root: Path = TESTDATA) -> tuple[list[Recording], list[str]]:
 
 def _wav_of_raw(raw: Path, work: Path) -> Path:
     """A .raw file (16 kHz 16-bit mono, the testdata's convention) as a WAV that PyAV can open."""
-    import wave
-
-    out = work / f"{raw.stem}.wav"
-    with wave.open(str(out), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(RATE)
-        handle.writeframes(raw.read_bytes())
-    return out
+    return write_wav(work / f"{raw.stem}.wav", raw.read_bytes(), RATE)
 
 
 def run(ctx: Context | None = None) -> Result:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+import wave
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,6 +276,16 @@ def now_iso() -> str:
 
 def command_line(argv: Sequence[str]) -> str:
     return " ".join(["python -m benchmarks.run", *argv])
+
+
+def write_wav(path: Path, pcm16: bytes, rate: int) -> Path:
+    """Mono 16-bit PCM samples as a WAV file (what PyAV and the ASR backends open)."""
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(pcm16)
+    return path
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

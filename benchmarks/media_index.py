@@ -47,13 +47,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BENCH_DIR, REPO_ROOT, RESULTS_DIR, Result, machine_info, now_iso, write_json
+from benchmarks.common import BENCH_DIR, REPO_ROOT, RESULTS_DIR, Result, machine_info, now_iso, write_json, write_wav
 
 NAME = "media_index"
 TITLE = "Indexing long videos as moments (offline preset)"
@@ -148,12 +147,7 @@ def make_video(work: Path, minutes: float, say: Any = print) -> tuple[Path, dict
     write_scenes_video(silent, scenes, fps=FPS, size=SIZE)
     video_s = time.perf_counter() - start
     samples, placed = speech_track(minutes * 60.0 - 0.05)  # add_audio wants the speech inside the video
-    wav = work / f"{stem}.wav"
-    with wave.open(str(wav), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(AUDIO_RATE)
-        handle.writeframes(samples.tobytes())
+    wav = write_wav(work / f"{stem}.wav", samples.tobytes(), AUDIO_RATE)
     add_audio(silent, wav, 0.0, video)
     silent.unlink()
     wav.unlink()
@@ -378,22 +372,19 @@ def summarise(result: Result, data: dict[str, Any]) -> None:
     by_length = {r["minutes"]: r for r in runs}
     for r in runs:
         video_s, t = r["duration_s"], totals(r)
-        result.row(
-            f"{r['minutes']:g} min: total without ASR (keying, shots, OCR, embedding)",
-            _speed(video_s, t["without_asr"]),
-            "x real time",
-            target=f"≥ {TARGET_NO_ASR:g}x",
-            passed=_speed(video_s, t["without_asr"]) >= TARGET_NO_ASR,
-            note=f"{t['without_asr']:.0f} s for {video_s:.0f} s of video",
-        )
-        result.row(
-            f"{r['minutes']:g} min: total with ASR (pocketsphinx)",
-            _speed(video_s, t["total"]),
-            "x real time",
-            target=f"≥ {TARGET_WITH_ASR:g}x",
-            passed=_speed(video_s, t["total"]) >= TARGET_WITH_ASR,
-            note=f"{t['total']:.0f} s for {video_s:.0f} s of video",
-        )
+        for what, key, target in (
+            ("total without ASR (keying, shots, OCR, embedding)", "without_asr", TARGET_NO_ASR),
+            ("total with ASR (pocketsphinx)", "total", TARGET_WITH_ASR),
+        ):
+            speed = _speed(video_s, t[key])
+            result.row(
+                f"{r['minutes']:g} min: {what}",
+                speed,
+                "x real time",
+                target=f"≥ {target:g}x",
+                passed=speed >= target,
+                note=f"{t[key]:.0f} s for {video_s:.0f} s of video",
+            )
     if len(by_length) >= 2:
         short, long = by_length[min(by_length)], by_length[max(by_length)]
         ratio = long["peak_rss"] / short["peak_rss"]
