@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from r3tasks.evaluation.metrics import ranked_ids
-from r3tasks.evaluation.replay import flips, pooled_reports
-from r3tasks.evaluation.sweeps import policy_sweep
+from r3tasks.evaluation.replay import pooled_reports, replayed, stored_depth
 from r3tasks.rerank.decision import FEATURES, Calibration, decision_features, fit_logistic
-from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer, within_window
+from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer
 from r3tasks.settings.tree import load_settings
 
 # Strong fusions tried: R^3's reference min-max (None) and additive scales above the shipped one.
@@ -35,10 +34,9 @@ MAX_LOST = 0.02
 MIN_BREAK_EVEN = 0.92
 
 
-def _top1(outcome_ranked: list, relevant: set[str]) -> tuple[str | None, bool]:
-    if not outcome_ranked:
-        return None, False
-    first = ranked_ids({item.id: item.score for item in outcome_ranked})[0]
+def _top1(scores: dict[str, float], relevant: set[str]) -> tuple[str, bool]:
+    """Rank 1 as the metrics read it (ties broken as they break them), and whether it is relevant."""
+    first = ranked_ids(scores)[0]
     return first, first in relevant
 
 
@@ -58,15 +56,15 @@ def examples(
         recalled, score, stored = stored_scorer(result["ranked"])
         if not relevant or stored == 0:
             continue
-        policy = replace(default, depth=min(default.depth, stored))
-        outcome = apply_policy(recalled, score, replace(strong, depth=policy.depth))
+        outcome = apply_policy(recalled, score, replace(strong, depth=min(strong.depth, stored)))
         if outcome.gate is not None or outcome.depth == 0:
             continue  # recall's order kept without scores: no decision to make
-        recall_top, recall_right = _top1(apply_policy(recalled, score, replace(policy, depth=0)).ranked, relevant)
-        strong_top, strong_right = _top1(outcome.ranked, relevant)
+        recall_top, recall_right = _top1(dict(recalled), relevant)
+        strong_top, strong_right = _top1({item.id: item.score for item in outcome.ranked}, relevant)
         if recall_top == strong_top or recall_right == strong_right:
             continue
-        depth = min(policy.depth, within_window(recalled, policy.recall_window))
+        # The block the decision reads is the one the strong fusion was given: the same window and depth.
+        depth = outcome.depth
         scores = dict(score([i for i, _ in recalled[:depth]]))
         features = decision_features(recalled, scores, depth)
         rows.append([features[name] for name in FEATURES])
@@ -104,6 +102,7 @@ def choose(
     """Every (strong fusion, keep_below, threshold) replayed on every dev set; the rule's choice (None: none
     passes)."""
     rows = []
+    depths = [stored_depth(results) for _, results, _, _ in pooled]
     for strong_scale in strong_scales:
         weights, bias, counts = fit(pooled, default, strong_scale)
         for keep_below, threshold in ((k, t) for k in thresholds for t in thresholds if k <= t and t > 0):
@@ -112,11 +111,9 @@ def choose(
             )
             policy = replace(default, decision=decision)
             per_set = []
-            for split, results, qrels, base in pooled:
-                depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
+            for (split, results, qrels, base), depth in zip(pooled, depths):
                 capped = replace(policy, depth=min(policy.depth, depth))
-                row = policy_sweep(results, qrels, [("decision", capped)])[0]
-                row.update(flips(results, qrels, capped))
+                (row,) = replayed(results, qrels, [("decision", capped)])
                 per_set.append(
                     {
                         "dataset": f"{split['dataset']} ({split['setting']})",

@@ -96,7 +96,7 @@ def replay(report_paths: list[Path], shipped_only: bool = False) -> list[dict]:
     shipped = rerank_policy(load_settings(models={"preset": "offline"}).query)
     rows = []
     for split, results, qrels, base_metrics in pooled_reports(report_paths):
-        depth = max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
+        depth = stored_depth(results)
         reference = RerankPolicy(depth=depth)
         capped = replace(shipped, depth=min(shipped.depth, depth))
         if shipped_only:
@@ -105,27 +105,37 @@ def replay(report_paths: list[Path], shipped_only: bool = False) -> list[dict]:
                 ("offline preset without its rerank decision", replace(capped, decision=None)),
                 ("offline preset as shipped", capped),
             ]
-            policies = policy_sweep(results, qrels, grid)
-            for row, (_, policy) in zip(policies, grid):
-                row.update(flips(results, qrels, policy))
-            rows.append({"split": split, "base": base_metrics, "policies": policies})
-            continue
-        grid = policy_grid(results, reference, depth=depth)
-        grid.append(("offline preset as shipped", capped))
-        # Windows and gates with other final fusion weights (R^3's is 0.4 embedding / 0.6 reranker).
-        guards = [("no window", {})] + [(f"recall window {w}", {"recall_window": w}) for w in WINDOWS if w]
-        guards += [(f"recall gate {g}", {"recall_margin_gate": g}) for g in GATES]
-        for label, guard in guards:
-            for weight in WEIGHTS:
-                weights = {"embedding_weight": round(1 - weight, 4), "reranker_weight": weight}
-                grid.append((f"{label}, reranker weight {weight}", replace(reference, **guard, **weights)))
-            # Additive fusion on raw scores (`final_reranker_scale`), in the reranker's own units.
-            for scale in SCALES:
-                grid.append((f"{label}, additive scale {scale}", replace(reference, **guard, reranker_scale=scale)))
-        policies = policy_sweep(results, qrels, grid)
-        for row, (_, policy) in zip(policies, grid):
-            row.update(flips(results, qrels, policy))
-        rows.append({"split": split, "base": base_metrics, "policies": policies})
+        else:
+            grid = full_grid(results, reference, depth) + [("offline preset as shipped", capped)]
+        rows.append({"split": split, "base": base_metrics, "policies": replayed(results, qrels, grid)})
+    return rows
+
+
+def full_grid(results: list[dict], reference: RerankPolicy, depth: int) -> list[tuple[str, RerankPolicy]]:
+    """The sweeps' grid, then windows and gates under other final fusions (R^3's is 0.4 embedding / 0.6
+    reranker) and additive fusion on raw scores (`final_reranker_scale`, in the reranker's own units)."""
+    grid = policy_grid(results, reference, depth=depth)
+    guards = [("no window", {})] + [(f"recall window {w}", {"recall_window": w}) for w in WINDOWS if w]
+    guards += [(f"recall gate {g}", {"recall_margin_gate": g}) for g in GATES]
+    for label, guard in guards:
+        for weight in WEIGHTS:
+            weights = {"embedding_weight": round(1 - weight, 4), "reranker_weight": weight}
+            grid.append((f"{label}, reranker weight {weight}", replace(reference, **guard, **weights)))
+        for scale in SCALES:
+            grid.append((f"{label}, additive scale {scale}", replace(reference, **guard, reranker_scale=scale)))
+    return grid
+
+
+def stored_depth(results: list[dict]) -> int:
+    """The deepest block of stored reranker scores in these results: the depth policies replay within."""
+    return max(len([c for c in r["ranked"] if c.get("reranker_score") is not None]) for r in results)
+
+
+def replayed(results: list[dict], qrels: dict[str, dict[str, int]], grid: list[tuple[str, RerankPolicy]]) -> list[dict]:
+    """Each policy's metrics and pairs (`policy_sweep`) with what it does to rank 1 (`flips`)."""
+    rows = policy_sweep(results, qrels, grid)
+    for row, (_, policy) in zip(rows, grid):
+        row.update(flips(results, qrels, policy))
     return rows
 
 

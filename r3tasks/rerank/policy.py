@@ -21,7 +21,8 @@ strong). Three guards, each off by default (the reference), each a setting in th
   top `start` first and widen (x growth, up to `rerank_k`) only while the reranker is uncertain, i.e.
   its best two raw scores in the block are closer than `rerank_widen_margin`.
 - **per-query decision** (`rerank_decision`, `r3tasks.rerank.decision`): a calibrated probability, per
-  query, that a stronger fusion's top-1 is right; above its threshold that query gets the stronger fusion.
+  query, that the reranker is right where it disagrees with recall; from its threshold the query gets the
+  strong fusion, below `keep_below` recall's order, in between the fusion above.
 
 Pure logic: the caller hands a `score` callback (live: the model with its stage cache; replay: stored
 scores), so the evaluation can replay any policy on scores stored once at the largest depth.
