@@ -460,3 +460,36 @@ def test_egocvr_swap2_queries_differ_from_their_target_in_two_words_both_named_b
         changed = [(a, b) for a, b in zip(source, target) if a != b]
         assert len(source) == len(target) and len(changed) == 2
         assert all(old in query.edit.lower() and new in query.edit.lower() for old, new in changed)
+
+
+def test_egocvr_swap_sparse_gallery_holds_no_other_text_one_word_from_a_query(tmp_path: Path) -> None:
+    from r3tasks.datasets import load_benchmark
+
+    narrations = [
+        "#C C takes the sieve",
+        "#C C shakes the sieve",
+        "#C C takes the knife",  # one word from the first: at most one pair of these three is taken
+        "#C C washes a plate in the sink",
+        "#C C washes a cup in the sink",
+    ]
+    _narrations_csv(tmp_path, narrations)
+    dense = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=0)
+    sparse = load_benchmark("egocvr-swap-sparse", folder=tmp_path, n_queries=50, seed=0)
+    assert sparse.name == "egocvr-swap-sparse" and len(dense.queries) == 5
+    # One pair from the sieve/knife texts, one from the sink texts: two queries, four gallery texts.
+    assert len(sparse.queries) == 2 and len(sparse.items) == 4
+    texts = [item.text.lower().split() for item in sparse.items]
+    one_word_apart = {
+        (" ".join(a), " ".join(b))
+        for a in texts
+        for b in texts
+        if len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
+    }
+    pairs = {(q.source_text.lower(), _target_text(sparse, q.id)) for q in sparse.queries}
+    assert one_word_apart == pairs | {(b, a) for a, b in pairs}  # each text's only near-copy is its pair's
+    assert all(q.id.startswith("swaps-") for q in sparse.queries)
+
+
+def _target_text(bench, query_id: str) -> str:
+    (target_id,) = bench.qrels[query_id]
+    return next(item.text for item in bench.items if item.id == target_id).lower()

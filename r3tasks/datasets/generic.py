@@ -140,13 +140,14 @@ def _first_existing(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | 
 
 
 # Benchmark names read from the EgoCVR folder (`data.egocvr_dir`, else the default location).
-EGOCVR_NAMES = ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap", "egocvr-swap2")
+EGOCVR_NAMES = ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap", "egocvr-swap2", "egocvr-swap-sparse")
+SWAP_NAMES = {"egocvr-swap": {}, "egocvr-swap2": {"n_words": 2}, "egocvr-swap-sparse": {"sparse": True}}
 
 
 def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
-    """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"``, ``"egocvr-swap"``, ``"egocvr-swap2"`` (``folder=``
-    or the default location; the last two are WebVid-CoVR-style one- and two-word swaps of EgoCVR's
-    narrations), or a path:
+    """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"``, ``"egocvr-swap"``, ``"egocvr-swap2"``,
+    ``"egocvr-swap-sparse"`` (``folder=`` or the default location; the last three are WebVid-CoVR-style
+    one- and two-word swaps of EgoCVR's narrations, `r3tasks.datasets.swap`), or a path:
     a folder holding EgoCVR's CSVs or ``manifest.*`` + ``queries.*`` [+ ``qrels.*``] (generic), a ``.csv``
     (WebVid-CoVR) or a ``.json`` (CoVR-R). Other keywords go to the loader."""
     name = str(name_or_path)
@@ -157,8 +158,8 @@ def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
                 f"{name}: EgoCVR annotations not found; set data.egocvr_dir (R3_DATA__EGOCVR_DIR) to the folder "
                 "with egocvr_annotations.csv and egocvr_data.csv"
             )
-        if name.lower() in ("egocvr-swap", "egocvr-swap2"):
-            return load_egocvr_swap(Path(folder), n_words=2 if name.lower() == "egocvr-swap2" else 1, **kw)
+        if name.lower() in SWAP_NAMES:
+            return load_egocvr_swap(Path(folder), **SWAP_NAMES[name.lower()], **kw)
         setting: EgoCVRSetting = "local" if name.lower() == "egocvr-local" else kw.pop("setting", "global")
         return load_egocvr(Path(folder), setting=setting, **kw)
     path = Path(name).expanduser()
