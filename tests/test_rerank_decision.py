@@ -167,6 +167,8 @@ def test_calibration_on_dev_sets_learns_when_to_trust_the_reranker() -> None:
     assert weak["delta_R@1"] > 50  # most of the weak set's wrong rank-1s fixed
     assert strong["lost"] <= 0.02 and strong["delta_R@1"] > 0
     assert best["weights"]["reranker_lead"] > 0  # a wider lead of the reranker means trust it
+    # The grid reads outcomes precomputed per query; the choice, replayed through the policy, agrees.
+    assert [row["metrics"]["R@1"] for row in best["replayed"]] == [weak["R@1"], strong["R@1"]]
     # R^3's fixed min-max, for contrast, would move the strong set's right rank-1s off.
     from r3tasks.evaluation.replay import flips
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,46 +40,80 @@ def _top1(scores: dict[str, float], relevant: set[str]) -> tuple[str, bool]:
     return first, first in relevant
 
 
-def examples(
+@dataclass(frozen=True)
+class Levels:
+    """One dev query under each fusion the decision can give it: whether rank 1 is right under recall's
+    order, the default fusion and the strong one, and the features its decision reads."""
+
+    recall_right: bool
+    default_right: bool
+    strong_right: bool
+    example: bool  # the strong top-1 is not recall's and exactly one of the two is right: a training row
+    features: tuple[float, ...] | None  # None: a gate kept recall's order before any decision
+    pairs: int
+    ranked: bool = True  # False: the query ranked nothing (counted in R@1 as a miss, in no flip)
+
+
+def levels(
     results: list[dict], qrels: dict[str, dict[str, int]], default: RerankPolicy, strong_scale: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of the queries where the strong fusion's top-1 is not recall's and one of them is right."""
+) -> list[Levels]:
+    """Each query with a relevant item under recall, the default and the strong fusion, from stored scores.
+
+    The three outcomes and the features do not depend on the calibration, so the whole (keep_below,
+    threshold) grid is read off them (`decide`) instead of replaying every policy on every query."""
     strong = replace(
         default,
         embedding_weight=RerankPolicy.embedding_weight,
         reranker_weight=RerankPolicy.reranker_weight,
         reranker_scale=strong_scale,
     )
-    rows, labels = [], []
+    out = []
     for result in results:
         relevant = {i for i, grade in qrels.get(result["id"], {}).items() if grade > 0}
+        if not relevant:
+            continue
         recalled, score, stored = stored_scorer(result["ranked"])
-        if not relevant or stored == 0:
+        if not recalled:
+            out.append(Levels(False, False, False, False, None, 0, ranked=False))
             continue
-        outcome = apply_policy(recalled, score, replace(strong, depth=min(strong.depth, stored)))
-        if outcome.gate is not None or outcome.depth == 0:
-            continue  # recall's order kept without scores: no decision to make
+        capped = replace(default, depth=min(default.depth, stored))
+        by_default = apply_policy(recalled, score, capped)
+        by_strong = apply_policy(recalled, score, replace(strong, depth=capped.depth))
         recall_top, recall_right = _top1(dict(recalled), relevant)
-        strong_top, strong_right = _top1({item.id: item.score for item in outcome.ranked}, relevant)
-        if recall_top == strong_top or recall_right == strong_right:
-            continue
-        # The block the decision reads is the one the strong fusion was given: the same window and depth.
-        depth = outcome.depth
-        scores = dict(score([i for i, _ in recalled[:depth]]))
-        features = decision_features(recalled, scores, depth)
-        rows.append([features[name] for name in FEATURES])
-        labels.append(1.0 if strong_right else 0.0)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES)), np.asarray(labels)
+        strong_top, strong_right = _top1({item.id: item.score for item in by_strong.ranked}, relevant)
+        features = None
+        if by_default.gate is None and by_default.depth:
+            # The block the decision reads: the one both fusions were given (same window and depth).
+            scores = dict(score([i for i, _ in recalled[: by_default.depth]]))
+            named = decision_features(recalled, scores, by_default.depth)
+            features = tuple(named[name] for name in FEATURES)
+        out.append(
+            Levels(
+                recall_right,
+                _top1({item.id: item.score for item in by_default.ranked}, relevant)[1],
+                strong_right,
+                features is not None and recall_top != strong_top and recall_right != strong_right,
+                features,
+                by_default.pairs,
+            )
+        )
+    return out
 
 
-def fit(
-    pooled: list, default: RerankPolicy, strong_scale: float | None, l2: float = 1.0
-) -> tuple[np.ndarray, float, dict]:
+def examples(queries: list[Levels]) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels): the queries whose strong top-1 is not recall's and one of them is right; the label
+    says the strong fusion's is."""
+    rows = [q for q in queries if q.example]
+    x = np.asarray([q.features for q in rows], dtype=np.float64).reshape(-1, len(FEATURES))
+    return x, np.asarray([1.0 if q.strong_right else 0.0 for q in rows])
+
+
+def fit(per_set: list[tuple[str, list[Levels]]], l2: float = 1.0) -> tuple[np.ndarray, float, dict]:
     """Logistic weights on every dev set's examples, each set weighted to the same total."""
     xs, ys, ws, counts = [], [], [], {}
-    for split, results, qrels, _ in pooled:
-        x, y = examples(results, qrels, default, strong_scale)
-        counts[f"{split['dataset']} ({split['setting']})"] = {"examples": len(y), "strong_right": int(y.sum())}
+    for name, queries in per_set:
+        x, y = examples(queries)
+        counts[name] = {"examples": len(y), "strong_right": int(y.sum())}
         if len(y):
             xs.append(x)
             ys.append(y)
@@ -87,9 +121,35 @@ def fit(
     if not xs:
         raise SystemExit("no dev query where the two fusions disagree: nothing to calibrate on")
     x, y, w = np.vstack(xs), np.concatenate(ys), np.concatenate(ws)
-    # Weighted fit by replication is not needed: scale each row's log-likelihood by its weight.
     weights, bias = fit_logistic(x, y, l2=l2, sample_weight=w * len(y) / w.sum())
     return weights, bias, counts
+
+
+def decide(queries: list[Levels], probabilities: list[float | None], decision: Calibration, base_r1: float) -> dict:
+    """R@1, its gain, rank-1 flips and pairs of one dev set under `decision` (as `replay.replayed` reads them)."""
+    right = wrong = lost = fixed = hits = pairs = 0
+    for q, p in zip(queries, probabilities):
+        if p is None:
+            after = q.default_right
+        else:
+            after = {"strong": q.strong_right, "default": q.default_right, "recall": q.recall_right}[decision.level(p)]
+        hits += after
+        pairs += q.pairs
+        if q.ranked:
+            right += q.recall_right
+            wrong += not q.recall_right
+            lost += q.recall_right and not after
+            fixed += (not q.recall_right) and after
+    lost_rate, fixed_rate = lost / max(right, 1), fixed / max(wrong, 1)
+    r1 = 100.0 * hits / max(len(queries), 1)
+    return {
+        "R@1": r1,
+        "delta_R@1": r1 - base_r1,
+        "lost": lost_rate,
+        "fixed": fixed_rate,
+        "break_even_base": fixed_rate / (fixed_rate + lost_rate) if lost_rate + fixed_rate else 1.0,
+        "pairs_per_query": pairs / max(len(queries), 1),
+    }
 
 
 def choose(
@@ -99,32 +159,29 @@ def choose(
     strong_scales: tuple[float | None, ...] = STRONG_SCALES,
     thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> tuple[list[dict], dict | None]:
-    """Every (strong fusion, keep_below, threshold) replayed on every dev set; the rule's choice (None: none
-    passes)."""
+    """Every (strong fusion, keep_below, threshold) on every dev set; the rule's choice (None: none passes).
+
+    The choice is replayed through the policy itself (`replay.replayed`) and must give the same R@1 and
+    flips as the grid read them; its full metrics are kept as `replayed`."""
     rows = []
+    names = [f"{split['dataset']} ({split['setting']})" for split, *_ in pooled]
     depths = [stored_depth(results) for _, results, _, _ in pooled]
     for strong_scale in strong_scales:
-        weights, bias, counts = fit(pooled, default, strong_scale)
+        per_set = [
+            (name, levels(results, qrels, default, strong_scale)) for name, (_, results, qrels, _) in zip(names, pooled)
+        ]
+        weights, bias, counts = fit(per_set)
+        probe = Calibration(tuple(float(w) for w in weights), bias, 1.0, fingerprint, strong_scale)
+        probabilities = [
+            [None if q.features is None else probe.probability(dict(zip(FEATURES, q.features))) for q in queries]
+            for _, queries in per_set
+        ]
         for keep_below, threshold in ((k, t) for k in thresholds for t in thresholds if k <= t and t > 0):
-            decision = Calibration(
-                tuple(float(w) for w in weights), bias, threshold, fingerprint, strong_scale, keep_below
-            )
-            policy = replace(default, decision=decision)
-            per_set = []
-            for (split, results, qrels, base), depth in zip(pooled, depths):
-                capped = replace(policy, depth=min(policy.depth, depth))
-                (row,) = replayed(results, qrels, [("decision", capped)])
-                per_set.append(
-                    {
-                        "dataset": f"{split['dataset']} ({split['setting']})",
-                        "R@1": row["metrics"]["R@1"],
-                        "delta_R@1": row["metrics"]["R@1"] - base["R@1"],
-                        "lost": row["lost"],
-                        "fixed": row["fixed"],
-                        "break_even_base": row["break_even_base"],
-                        "pairs_per_query": row["pairs_per_query"],
-                    }
-                )
+            decision = replace(probe, threshold=threshold, keep_below=keep_below)
+            sets = [
+                {"dataset": name, **decide(queries, ps, decision, base["R@1"])}
+                for (name, queries), ps, (_, _, _, base) in zip(per_set, probabilities, pooled)
+            ]
             rows.append(
                 {
                     "strong_reranker_scale": strong_scale,
@@ -133,8 +190,8 @@ def choose(
                     "weights": dict(zip(FEATURES, (float(w) for w in weights))),
                     "bias": bias,
                     "examples": counts,
-                    "sets": per_set,
-                    "passes": all(s["lost"] <= MAX_LOST and s["break_even_base"] >= MIN_BREAK_EVEN for s in per_set),
+                    "sets": sets,
+                    "passes": all(s["lost"] <= MAX_LOST and s["break_even_base"] >= MIN_BREAK_EVEN for s in sets),
                 }
             )
     passing = [r for r in rows if r["passes"]]
@@ -143,6 +200,25 @@ def choose(
         key=lambda r: (min(s["delta_R@1"] for s in r["sets"]), float(np.mean([s["delta_R@1"] for s in r["sets"]]))),
         default=None,
     )
+    if best is not None:
+        decision = Calibration(
+            tuple(best["weights"][n] for n in FEATURES),
+            best["bias"],
+            best["threshold"],
+            fingerprint,
+            best["strong_reranker_scale"],
+            best["keep_below"],
+        )
+        policy = replace(default, decision=decision)
+        best["replayed"] = []
+        for (_, results, qrels, _), depth, fast in zip(pooled, depths, best["sets"]):
+            (row,) = replayed(results, qrels, [("decision", replace(policy, depth=min(policy.depth, depth)))])
+            if abs(row["metrics"]["R@1"] - fast["R@1"]) > 1e-9 or (row["lost"], row["fixed"]) != (
+                fast["lost"],
+                fast["fixed"],
+            ):
+                raise RuntimeError(f"{fast['dataset']}: the grid and the policy's replay disagree on the choice")
+            best["replayed"].append(row)
     return rows, best
 
 

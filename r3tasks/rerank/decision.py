@@ -61,8 +61,9 @@ class Calibration:
         return "recall" if probability < self.keep_below else "default"
 
     def probability(self, features: Mapping[str, float]) -> float:
+        """p for a query's features, to 6 decimals (as results record it: a replay decides as the query did)."""
         z = self.bias + sum(w * features[name] for w, name in zip(self.weights, FEATURES))
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        return round(1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0, 6)
 
 
 def decision_features(

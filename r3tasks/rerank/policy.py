@@ -214,7 +214,7 @@ def apply_policy(
             )
             decision = None
     if decision is not None and block:
-        probability = round(decision.probability(decision_features(recalled, scores, depth)), 6)
+        probability = decision.probability(decision_features(recalled, scores, depth))
         level = decision.level(probability)
         if level == "recall":
             # Recall's order, carrying the scores the reranker gave (the result shows what it would have chosen).
