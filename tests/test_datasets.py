@@ -353,6 +353,17 @@ def test_generic_jsonl_manifest_csv_queries_json_qrels(tmp_path: Path) -> None:
     assert b.qrels == {"1": {"x": 1}, "2": {"y": 1}}
 
 
+def test_generic_folder_keeps_the_first_queries_under_a_limit(tmp_path: Path) -> None:
+    from r3tasks.datasets import load_benchmark
+
+    (tmp_path / "manifest.jsonl").write_text('{"id": "x", "text": "t"}\n{"id": "y", "text": "u"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"id": "1", "text": "find x"}\n{"id": "2", "text": "find y"}\n')
+    (tmp_path / "qrels.json").write_text(json.dumps({"1": {"x": 1}, "2": {"y": 1}}))
+    first = load_benchmark(tmp_path, limit=1)
+    assert [q.id for q in first.queries] == ["1"] and first.qrels == {"1": {"x": 1}} and len(first.items) == 2
+    assert len(load_benchmark(tmp_path).queries) == 2
+
+
 def test_generic_malformed(tmp_path: Path) -> None:
     q = tmp_path / "q.jsonl"
     q.write_text('{"id": "1", "text": "a"}\n')

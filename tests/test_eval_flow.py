@@ -142,3 +142,29 @@ def test_eval_on_a_held_out_split_with_the_fusion_grid_and_no_rerank_arm(tmp_pat
     assert "+reasoning w=0.25 tau=0.9" in names and "+reasoning rrf" in names
     assert all(a["queries"] == 1 and a["failed"] == 0 for a in report["fusion_sweep"])
     assert "reranker_weight_sweep" not in report
+
+
+def test_a_whole_dataset_pooled_from_reported_and_dev_reports_is_replayed_but_never_calibrated_on(
+    tmp_path: Path, r3_home: Path
+) -> None:
+    from r3tasks.evaluation.calibrate import main as calibrate
+    from r3tasks.evaluation.replay import pooled_reports
+
+    folder = _bench(tmp_path)
+    paths = []
+    for name, split in (("reported", {"limit": 1}), ("dev", {"skip": 1})):
+        paths.append(tmp_path / f"{name}.json")
+        evaluate_benchmark(
+            dataset=str(folder),
+            out=str(paths[-1]),
+            home=str(r3_home),
+            overrides=FAKES,
+            arm_names=["base", "+rerank (reference)"],
+            **split,
+        )
+
+    [(split, results, qrels, base)] = pooled_reports(paths)
+    assert split["role"] == "reported and dev" and split["queries"] == 2 and split["ranges"] == ["#0-#0", "#1-#1"]
+    assert sorted(r["id"] for r in results) == ["q1", "q2"] and base["R@1"] == BASE["R@1"]
+    with pytest.raises(SystemExit, match="dev splits only"):
+        calibrate([str(p) for p in paths])

@@ -73,6 +73,14 @@ class Benchmark:
             setting=f"{self.setting}{_FROM}{skip}" if skip else self.setting,
         )
 
+    def first_queries(self, limit: int | None) -> Benchmark:
+        """The same gallery with the first `limit` queries only (None: all)."""
+        _check_limit(limit)
+        if limit is None:
+            return self
+        kept = self.queries[:limit]
+        return replace(self, queries=kept, qrels={q.id: self.qrels[q.id] for q in kept if q.id in self.qrels})
+
     def gallery_for(self, query: ComposedQuery | TextQuery) -> list[GalleryItem]:
         """The items `query` is searched over: all of them, or its `gallery_group`'s."""
         group = query.gallery_group if isinstance(query, ComposedQuery) else None

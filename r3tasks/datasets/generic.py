@@ -173,7 +173,8 @@ def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
                 f"{path}: not a benchmark folder (expected egocvr_annotations.csv, or manifest.* and queries.*)"
             )
         qrels = _first_existing(path, "qrels", (".json", ".txt", ".tsv", ".qrels"))
-        return load_generic(manifest, queries, qrels)
+        # The generic files hold no split of their own: `limit` keeps the first queries, as the other loaders do.
+        return load_generic(manifest, queries, qrels).first_queries(kw.get("limit"))
     if not path.exists():
         raise SourceError(f"{path}: no such benchmark name or file")
     suffix = path.suffix.lower()

@@ -81,6 +81,8 @@ def pooled_reports(report_paths: list[Path]) -> list[tuple[dict, list[dict], dic
                 queries=sum(sp["queries"] for sp in splits),
                 ranges=[f"#{sp['first_query']}-#{sp['last_query']}" for sp in splits],
             )
+            if len({sp.get("role") for sp in splits}) > 1:
+                split["role"] = "reported and dev"  # a whole dataset: never a calibration's input
         results = [r for _, rs, _ in parts for r in rs]
         qrels = {qid: rel for _, _, qr in parts for qid, rel in qr.items()}
         split["reranker_fingerprints"] = sorted(
