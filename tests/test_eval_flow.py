@@ -148,7 +148,7 @@ def test_a_whole_dataset_pooled_from_reported_and_dev_reports_is_replayed_but_ne
     tmp_path: Path, r3_home: Path
 ) -> None:
     from r3tasks.evaluation.calibrate import main as calibrate
-    from r3tasks.evaluation.replay import pooled_reports
+    from r3tasks.evaluation.replay import pooled_reports, replay
 
     folder = _bench(tmp_path)
     paths = []
@@ -168,3 +168,17 @@ def test_a_whole_dataset_pooled_from_reported_and_dev_reports_is_replayed_but_ne
     assert sorted(r["id"] for r in results) == ["q1", "q2"] and base["R@1"] == BASE["R@1"]
     with pytest.raises(SystemExit, match="dev splits only"):
         calibrate([str(p) for p in paths])
+    [whole] = replay(paths, shipped_only=True)
+    assert whole["policies"][0]["policy"] == "reference"  # every query's top-K was scored
+
+    # A preset's own arm stores its window's scores only: R^3's reference cannot be replayed from them.
+    windowed = tmp_path / "windowed.json"
+    evaluate_benchmark(
+        dataset=str(folder),
+        out=str(windowed),
+        home=str(r3_home),
+        overrides={**FAKES, "query": {"rerank_recall_window": 0.12}},
+        arm_names=["base", "+rerank"],
+    )
+    [row] = replay([windowed], shipped_only=True)
+    assert row["policies"][0]["policy"] == "R^3's min-max over the stored windows (no fixed-depth scores)"

@@ -102,8 +102,16 @@ def replay(report_paths: list[Path], shipped_only: bool = False) -> list[dict]:
         reference = RerankPolicy(depth=depth)
         capped = replace(shipped, depth=min(shipped.depth, depth))
         if shipped_only:
+            # R^3's reference needs every query's top-K scored; a preset's own arm stored its window's only.
+            fixed_depth = all(
+                stored == min(depth, len(recalled))
+                for recalled, _, stored in (stored_scorer(result["ranked"]) for result in results)
+            )
             grid = [
-                ("reference", reference),
+                (
+                    "reference" if fixed_depth else "R^3's min-max over the stored windows (no fixed-depth scores)",
+                    reference,
+                ),
                 ("offline preset without its rerank decision", replace(capped, decision=None)),
                 ("offline preset as shipped", capped),
             ]
