@@ -63,6 +63,7 @@ def run(ctx: Context) -> Result:
     start = time.perf_counter()
     try:
         reranker = load_reranker(settings)
+        getattr(reranker, "load", lambda: None)()  # Gemma loads its weights at the first score: count them here
     except Exception as exc:  # noqa: BLE001 - fall back to tiny when the offline reranker cannot load
         result.note(f"offline Gemma reranker failed to load ({type(exc).__name__}: {exc}); using tiny")
         settings = load_settings(home=home, models={"preset": "tiny"})

@@ -204,7 +204,7 @@ def test_gemma_converts_once_and_later_loads_reuse_the_copy(gemma_home: Path, re
     assert [p.name for p in models_dir.iterdir()] == ["gemma3-270m"]
     assert not list(models_dir.rglob("*.gguf"))
     before = (weights.stat().st_mtime_ns, (checkpoint / MARKER).stat().st_mtime_ns)
-    load_reranker(offline_settings(gemma_home))
+    load_reranker(offline_settings(gemma_home)).load()
     assert (weights.stat().st_mtime_ns, (checkpoint / MARKER).stat().st_mtime_ns) == before
 
 
@@ -339,6 +339,22 @@ def test_gemma_reranker_refuses_a_candidate_without_text(reranker) -> None:
             [RerankCandidate("fine", "a caption"), RerankCandidate("clip-9", None)],
         )
     assert info.value.item == "clip-9" and "text" in info.value.reason
+
+
+@pytest.mark.slow
+def test_a_gemma_rerank_cache_key_needs_no_weights(gemma_home: Path, reasoner) -> None:
+    from r3tasks.cache.keys import rerank_key
+
+    settings = offline_settings(gemma_home, rerank_rule="edit_likelihood")
+    reranker = load_reranker(settings)
+    query = RerankQuery(text="a dog\nmake it night", instruction="i", source_text="a dog", edit="make it night")
+    key = rerank_key(reranker, query, None, "caption-1", settings)
+    assert not reranker.is_loaded  # a batch whose pairs are all cached stops here: no weights read
+    [score] = reranker.score(query, [RerankCandidate("c1", text="a dog at night")])
+    assert reranker.is_loaded and np.isfinite(score)
+    # The fingerprint computed without the weights is the loaded model's, so the key is the same after loading.
+    assert reranker.load().fingerprint == reranker.fingerprint
+    assert rerank_key(reranker.load(), query, None, "caption-1", settings) == key
 
 
 @pytest.mark.slow

@@ -35,10 +35,12 @@ from r3tasks.models.gemma3.reranker import (
     RERANK_PROMPT_VERSION,
     TEXT_LIKELIHOOD_EXAMPLES,
     Gemma3Reranker,
+    LazyGemma3Reranker,
     likelihood_prompt_parts,
     load_reranker,
     rerank_prompt,
     rerank_prompt_parts,
+    reranker_fingerprint,
     yes_no_score,
 )
 
@@ -68,9 +70,11 @@ __all__ = [
     "RERANK_PROMPT_VERSION",
     "TEXT_LIKELIHOOD_EXAMPLES",
     "Gemma3Reranker",
+    "LazyGemma3Reranker",
     "likelihood_prompt_parts",
     "load_reranker",
     "rerank_prompt",
     "rerank_prompt_parts",
+    "reranker_fingerprint",
     "yes_no_score",
 ]

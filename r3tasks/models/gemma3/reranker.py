@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from r3tasks.errors import MissingTextError, R3Error
-from r3tasks.models.base import RerankCandidate, RerankQuery
+from r3tasks.models.base import MODEL_LOADING, RerankCandidate, RerankQuery
 from r3tasks.models.gemma3.lm import _MIN_TEXT_BATCH, GemmaLM, _fingerprint, _load_lm, _one_line, _short_hash
 from r3tasks.models.gemma3.reasoner import REASON_EXAMPLES
 from r3tasks.settings.tree import ModelSettings, R3Settings
@@ -173,13 +173,7 @@ class Gemma3Reranker(GemmaLM):
         return False
 
     def query_key(self, query: RerankQuery) -> tuple:
-        """What `score` reads of the query, for the rerank cache key: `edit_likelihood` scores a composed
-        query's source caption and edit (never the reasoning paragraph in `text`)."""
-        if self.rule == "edit_likelihood":
-            if query.source_text and query.edit:
-                return (self.rule, query.source_text, query.edit)
-            return (self.rule, query.text)
-        return (self.rule, query.instruction, query.text)
+        return rerank_query_key(self.rule, query)
 
     def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
         if not query.text.strip():
@@ -207,8 +201,82 @@ class Gemma3Reranker(GemmaLM):
         return yes_no_score(logits, self.rule, self.yes_id, self.no_id, self.yes_ids, self.no_ids)
 
 
-def load_reranker(settings: R3Settings) -> Gemma3Reranker:
-    model, tokenizer, device, dtype = _load_lm(settings)
+def rerank_query_key(rule: str, query: RerankQuery) -> tuple:
+    """What `score` reads of the query, for the rerank cache key: `edit_likelihood` scores a composed
+    query's source caption and edit (never the reasoning paragraph in `text`)."""
+    if rule == "edit_likelihood":
+        if query.source_text and query.edit:
+            return (rule, query.source_text, query.edit)
+        return (rule, query.text)
+    return (rule, query.instruction, query.text)
+
+
+def reranker_fingerprint(settings: R3Settings) -> str:
+    """The loaded reranker's `fingerprint`, from the settings and the package alone (the same function
+    computes both, so they cannot disagree)."""
+    from r3tasks.models.device import resolve_device, resolve_dtype_name
+
+    rule = settings.models.rerank_rule
+    return _fingerprint(
+        "reranker",
+        resolve_dtype_name(settings.models.dtype, resolve_device(settings.models.device)),
+        rule=rule,
+        prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
+        # Only a cut other than the default enters the fingerprint, so default caches stay valid.
+        **_non_default_caps(settings.models),
+    )
+
+
+class LazyGemma3Reranker:
+    """Gemma's reranker with its weights loaded at the first score. What a rerank cache key reads of a
+    reranker (`fingerprint`, `query_key`, `uses_frames`) needs no weights, so a batch whose every pair is
+    cached loads no model (about 10 s of a one-shot query on a CPU)."""
+
+    def __init__(self, settings: R3Settings) -> None:
+        self._settings = settings
+        self.rule = settings.models.rerank_rule
+        self._fingerprint = reranker_fingerprint(settings)
+        self._reranker: Gemma3Reranker | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def uses_frames(self) -> bool:
+        return False
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._reranker is not None
+
+    def query_key(self, query: RerankQuery) -> tuple:
+        return rerank_query_key(self.rule, query)
+
+    def load(self) -> Gemma3Reranker:
+        """The reranker with its weights, loaded (and converted, the first time in a data home) once."""
+        if self._reranker is None:
+            with MODEL_LOADING:  # transformers' lazy imports are not safe from two threads at once
+                if self._reranker is None:
+                    self._reranker = _load_reranker_weights(self._settings)
+        return self._reranker
+
+    def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> np.ndarray:
+        return self.load().score(query, candidates)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names this class lacks get here (the loaded model's own: batch_size, tokenizer, ...).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+
+def load_reranker(settings: R3Settings) -> LazyGemma3Reranker:
+    return LazyGemma3Reranker(settings)
+
+
+def _load_reranker_weights(settings: R3Settings) -> Gemma3Reranker:
+    model, tokenizer, device, _ = _load_lm(settings)
     rule = settings.models.rerank_rule
     return Gemma3Reranker(
         model=model,
@@ -221,14 +289,7 @@ def load_reranker(settings: R3Settings) -> Gemma3Reranker:
         no_id=_single_token(tokenizer, " no"),
         yes_ids=_answer_ids(tokenizer, "yes"),
         no_ids=_answer_ids(tokenizer, "no"),
-        _fingerprint=_fingerprint(
-            "reranker",
-            dtype,
-            rule=rule,
-            prompt=LIKELIHOOD_PROMPT_VERSION if rule == "edit_likelihood" else RERANK_PROMPT_VERSION,
-            # Only a cut other than the default enters the fingerprint, so default caches stay valid.
-            **_non_default_caps(settings.models),
-        ),
+        _fingerprint=reranker_fingerprint(settings),
         query_chars=settings.models.offline_rerank_query_chars,
         candidate_chars=settings.models.offline_rerank_candidate_chars,
     )
