@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from r3tasks.evaluation.metrics import ranked_ids
-from r3tasks.evaluation.replay import pooled_reports, replayed, stored_depth
+from r3tasks.evaluation.replay import flip_rates, pooled_reports, replayed, stored_depth
 from r3tasks.rerank.decision import FEATURES, Calibration, decision_features, fit_logistic
 from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer
 from r3tasks.settings.tree import load_settings
@@ -140,14 +140,11 @@ def decide(queries: list[Levels], probabilities: list[float | None], decision: C
             wrong += not q.recall_right
             lost += q.recall_right and not after
             fixed += (not q.recall_right) and after
-    lost_rate, fixed_rate = lost / max(right, 1), fixed / max(wrong, 1)
     r1 = 100.0 * hits / max(len(queries), 1)
     return {
         "R@1": r1,
         "delta_R@1": r1 - base_r1,
-        "lost": lost_rate,
-        "fixed": fixed_rate,
-        "break_even_base": fixed_rate / (fixed_rate + lost_rate) if lost_rate + fixed_rate else 1.0,
+        **flip_rates(right, wrong, lost, fixed),
         "pairs_per_query": pairs / max(len(queries), 1),
     }
 
@@ -163,7 +160,8 @@ def choose(
 
     The choice is replayed through the policy itself (`replay.replayed`) and must give the same R@1 and
     flips as the grid read them; its full metrics are kept as `replayed`."""
-    rows = []
+    rows: list[dict] = []
+    decisions: list[Calibration] = []  # each row's, for replaying the choice
     names = [f"{split['dataset']} ({split['setting']})" for split, *_ in pooled]
     depths = [stored_depth(results) for _, results, _, _ in pooled]
     for strong_scale in strong_scales:
@@ -178,6 +176,7 @@ def choose(
         ]
         for keep_below, threshold in ((k, t) for k in thresholds for t in thresholds if k <= t and t > 0):
             decision = replace(probe, threshold=threshold, keep_below=keep_below)
+            decisions.append(decision)
             sets = [
                 {"dataset": name, **decide(queries, ps, decision, base["R@1"])}
                 for (name, queries), ps, (_, _, _, base) in zip(per_set, probabilities, pooled)
@@ -194,22 +193,18 @@ def choose(
                     "passes": all(s["lost"] <= MAX_LOST and s["break_even_base"] >= MIN_BREAK_EVEN for s in sets),
                 }
             )
-    passing = [r for r in rows if r["passes"]]
-    best = max(
+    passing = [i for i, r in enumerate(rows) if r["passes"]]
+    chosen = max(
         passing,
-        key=lambda r: (min(s["delta_R@1"] for s in r["sets"]), float(np.mean([s["delta_R@1"] for s in r["sets"]]))),
+        key=lambda i: (
+            min(s["delta_R@1"] for s in rows[i]["sets"]),
+            float(np.mean([s["delta_R@1"] for s in rows[i]["sets"]])),
+        ),
         default=None,
     )
+    best = None if chosen is None else rows[chosen]
     if best is not None:
-        decision = Calibration(
-            tuple(best["weights"][n] for n in FEATURES),
-            best["bias"],
-            best["threshold"],
-            fingerprint,
-            best["strong_reranker_scale"],
-            best["keep_below"],
-        )
-        policy = replace(default, decision=decision)
+        policy = replace(default, decision=decisions[chosen])
         best["replayed"] = []
         for (_, results, qrels, _), depth, fast in zip(pooled, depths, best["sets"]):
             (row,) = replayed(results, qrels, [("decision", replace(policy, depth=min(policy.depth, depth)))])

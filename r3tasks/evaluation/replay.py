@@ -172,6 +172,12 @@ def flips(results: list[dict], qrels: dict[str, dict[str, int]], policy: RerankP
         wrong += not before
         lost += before and not after
         fixed += (not before) and after
+    return flip_rates(right, wrong, lost, fixed)
+
+
+def flip_rates(right: int, wrong: int, lost: int, fixed: int) -> dict:
+    """`lost`, `fixed` and the break-even base R@1 (see `flips`) from counts of queries: recall right / wrong,
+    and of those, moved off / put right."""
     lost_rate, fixed_rate = lost / max(right, 1), fixed / max(wrong, 1)
     return {
         "lost": lost_rate,
