@@ -167,10 +167,34 @@ def test_calibration_on_dev_sets_learns_when_to_trust_the_reranker() -> None:
     assert weak["delta_R@1"] > 50  # most of the weak set's wrong rank-1s fixed
     assert strong["lost"] <= 0.02 and strong["delta_R@1"] > 0
     assert best["weights"]["reranker_lead"] > 0  # a wider lead of the reranker means trust it
-    # The grid reads outcomes precomputed per query; the choice, replayed through the policy, agrees.
-    assert [row["metrics"]["R@1"] for row in best["replayed"]] == [weak["R@1"], strong["R@1"]]
+    # The grid reads outcomes precomputed per query; the choice with its shipped weights, replayed through the
+    # policy, agrees.
+    assert [row["metrics"]["R@1"] for row in best["replayed"]] == [s["R@1"] for s in best["fitted"]]
     # R^3's fixed min-max, for contrast, would move the strong set's right rank-1s off.
     from r3tasks.evaluation.replay import flips
 
     reference = flips(pooled[1][1], pooled[1][2], RerankPolicy(depth=20))
     assert reference["lost"] > 0.5
+
+
+def test_the_rule_reads_each_query_with_weights_fitted_without_it() -> None:
+    from r3tasks.evaluation.calibrate import fit, fold_of, held_out_probabilities, levels, probabilities
+    from r3tasks.rerank.decision import Calibration
+
+    default = RerankPolicy(depth=20, recall_window=0.12, reranker_scale=0.04)
+    per_set = [
+        (split["dataset"], levels(results, qrels, default, 0.2))
+        for split, results, qrels, _ in (_synthetic_set("weak", 60, 0.3, 3), _synthetic_set("strong", 60, 0.9, 4))
+    ]
+    assert {q.fold for _, queries in per_set for q in queries} == {0, 1, 2, 3, 4}
+    assert fold_of("weak7") == fold_of("weak7") and fold_of("weak7", 2) in (0, 1)
+    probe = Calibration((0.0,) * 7, 0.0, 0.5, "rr-1", 0.2)
+    held = held_out_probabilities(per_set, probe)
+    # A query of fold 2 gets exactly what a fit on the other folds says of it, not what the fit on all says.
+    weights, bias, _ = fit([(name, [q for q in queries if q.fold != 2]) for name, queries in per_set])
+    without_fold_2 = probabilities(per_set[0][1], Calibration(tuple(map(float, weights)), bias, 0.5, "rr-1", 0.2))
+    everything = fit(per_set)
+    with_all = probabilities(per_set[0][1], Calibration(tuple(map(float, everything[0])), everything[1], 0.5, "rr-1"))
+    in_fold_2 = [j for j, q in enumerate(per_set[0][1]) if q.fold == 2]
+    assert in_fold_2 and all(held[0][j] == without_fold_2[j] for j in in_fold_2)
+    assert any(held[0][j] != with_all[j] for j in in_fold_2)
