@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="ablation (base, +reasoning, +reasoning+rerank) on a benchmark")
     evaluate.add_argument(
         "dataset",
-        help="egocvr, egocvr-local, egocvr-swap, egocvr-swap2, egocvr-swap-sparse, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder",
+        help="egocvr, egocvr-local, egocvr-swap, egocvr-swap2, egocvr-swap-sparse, egocvr-swap-redraw, generated, a WebVid-CoVR CSV, a CoVR-R JSON or a folder",
     )
     evaluate.add_argument("--out", required=True, help="report JSON (a PNG plot is written beside it)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N queries only")

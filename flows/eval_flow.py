@@ -77,7 +77,7 @@ def evaluate_benchmark(
         "gallery": len(benchmark.items),
         "preset": settings.models.preset,
         "arms": [],
-        "split": split_record(dataset, benchmark.setting, skip, limit, len(benchmark.queries)),
+        "split": split_record(dataset, benchmark.setting, skip, limit, len(benchmark.queries), benchmark.dev_only),
     }
     print(split_line(report["split"]))
     plan = plan_arms(settings.query, rerank_k, arm_names)

@@ -501,6 +501,33 @@ def test_egocvr_swap_sparse_gallery_holds_no_other_text_one_word_from_a_query(tm
     assert all(q.id.startswith("swaps-") for q in sparse.queries)
 
 
+def test_egocvr_swap_redraw_holds_no_text_of_the_swap_sets_reported_queries_and_is_all_dev(tmp_path: Path) -> None:
+    from r3tasks.datasets import load_benchmark
+    from r3tasks.evaluation.arms import split_record
+
+    narrations = [
+        "#C C takes the sieve",
+        "#C C takes the knife",
+        "#C C takes the spoon",
+        "#C C takes the fork",
+        "#C C washes a plate in the sink",
+        "#C C washes a cup in the sink",
+        "#C C washes a bowl in the sink",
+        "#C C washes a pan in the sink",
+    ]
+    _narrations_csv(tmp_path, narrations)
+    swap = load_benchmark("egocvr-swap", folder=tmp_path, n_queries=50, seed=0)
+    redraw = load_benchmark("egocvr-swap-redraw", folder=tmp_path, n_queries=50, seed=0, reported=2)
+    reported = swap.queries[:2]
+    held = {q.source_text.lower() for q in reported} | {_target_text(swap, q.id) for q in reported}
+    assert held and not held & {item.text.lower() for item in redraw.items}
+    assert redraw.queries and all(q.id.startswith("swapr-") for q in redraw.queries)
+    # Its first queries are dev data: an eval run without --skip is no reported split.
+    assert redraw.dev_only and not swap.dev_only
+    assert split_record(redraw.name, redraw.setting, 0, 2, 2, redraw.dev_only)["role"] == "dev"
+    assert split_record(swap.name, swap.setting, 0, 2, 2, swap.dev_only)["role"] == "reported"
+
+
 def _target_text(bench, query_id: str) -> str:
     (target_id,) = bench.qrels[query_id]
     return next(item.text for item in bench.items if item.id == target_id).lower()

@@ -59,6 +59,7 @@ class Benchmark:
     qrels: dict[str, dict[str, int]]
     setting: str
     stats: dict[str, int] = field(default_factory=dict)
+    dev_only: bool = False  # every query is dev data: its first queries are no reported split
 
     def queries_from(self, skip: int) -> Benchmark:
         """The same gallery with the first `skip` queries left out: a held-out split to tune settings on,

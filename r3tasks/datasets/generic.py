@@ -140,14 +140,19 @@ def _first_existing(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | 
 
 
 # Benchmark names read from the EgoCVR folder (`data.egocvr_dir`, else the default location).
-EGOCVR_NAMES = ("egocvr", "egocvr-global", "egocvr-local", "egocvr-swap", "egocvr-swap2", "egocvr-swap-sparse")
-SWAP_NAMES = {"egocvr-swap": {}, "egocvr-swap2": {"n_words": 2}, "egocvr-swap-sparse": {"sparse": True}}
+SWAP_NAMES = {
+    "egocvr-swap": {},
+    "egocvr-swap2": {"n_words": 2},
+    "egocvr-swap-sparse": {"sparse": True},
+    "egocvr-swap-redraw": {"redraw": True},
+}
+EGOCVR_NAMES = ("egocvr", "egocvr-global", "egocvr-local", *SWAP_NAMES)
 
 
 def load_benchmark(name_or_path: str | Path, **kw: Any) -> Benchmark:
     """``"egocvr"``/``"egocvr-global"``, ``"egocvr-local"``, ``"egocvr-swap"``, ``"egocvr-swap2"``,
-    ``"egocvr-swap-sparse"`` (``folder=`` or the default location; the last three are WebVid-CoVR-style
-    one- and two-word swaps of EgoCVR's narrations, `r3tasks.datasets.swap`), or a path:
+    ``"egocvr-swap-sparse"``, ``"egocvr-swap-redraw"`` (``folder=`` or the default location; the last four
+    are WebVid-CoVR-style one- and two-word swaps of EgoCVR's narrations, `r3tasks.datasets.swap`), or a path:
     a folder holding EgoCVR's CSVs or ``manifest.*`` + ``queries.*`` [+ ``qrels.*``] (generic), a ``.csv``
     (WebVid-CoVR) or a ``.json`` (CoVR-R). Other keywords go to the loader."""
     name = str(name_or_path)

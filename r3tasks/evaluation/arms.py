@@ -72,9 +72,12 @@ def arms(
     ]
 
 
-def split_record(dataset: str, setting: str, skip: int, limit: int | None, queries: int) -> dict:
+def split_record(
+    dataset: str, setting: str, skip: int, limit: int | None, queries: int, dev_only: bool = False
+) -> dict:
     """Which queries a report used: a run with `--skip` is a dev split, held out from the first `skip`
-    queries that reported figures use; one without is the reported (test) split."""
+    queries that reported figures use; one without is the reported (test) split, unless the dataset is
+    dev data throughout (`Benchmark.dev_only`)."""
     return {
         "dataset": dataset,
         "setting": setting,
@@ -83,7 +86,7 @@ def split_record(dataset: str, setting: str, skip: int, limit: int | None, queri
         "queries": queries,
         "first_query": skip,
         "last_query": skip + queries - 1,
-        "role": "dev" if skip else "reported",
+        "role": "dev" if skip or dev_only else "reported",
     }
 
 
