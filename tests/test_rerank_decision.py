@@ -178,7 +178,7 @@ def test_calibration_on_dev_sets_learns_when_to_trust_the_reranker() -> None:
 
 
 def test_the_rule_reads_each_query_with_weights_fitted_without_it() -> None:
-    from r3tasks.evaluation.calibrate import fit, fold_of, held_out_probabilities, levels, probabilities
+    from r3tasks.evaluation.calibrate import fit, fold_of, held_out_probabilities, levels, probabilities_of
     from r3tasks.rerank.decision import Calibration
 
     default = RerankPolicy(depth=20, recall_window=0.12, reranker_scale=0.04)
@@ -192,9 +192,11 @@ def test_the_rule_reads_each_query_with_weights_fitted_without_it() -> None:
     held = held_out_probabilities(per_set, probe)
     # A query of fold 2 gets exactly what a fit on the other folds says of it, not what the fit on all says.
     weights, bias, _ = fit([(name, [q for q in queries if q.fold != 2]) for name, queries in per_set])
-    without_fold_2 = probabilities(per_set[0][1], Calibration(tuple(map(float, weights)), bias, 0.5, "rr-1", 0.2))
+    without_fold_2 = probabilities_of(per_set[0][1], Calibration(tuple(map(float, weights)), bias, 0.5, "rr-1", 0.2))
     everything = fit(per_set)
-    with_all = probabilities(per_set[0][1], Calibration(tuple(map(float, everything[0])), everything[1], 0.5, "rr-1"))
+    with_all = probabilities_of(
+        per_set[0][1], Calibration(tuple(map(float, everything[0])), everything[1], 0.5, "rr-1")
+    )
     in_fold_2 = [j for j, q in enumerate(per_set[0][1]) if q.fold == 2]
     assert in_fold_2 and all(held[0][j] == without_fold_2[j] for j in in_fold_2)
     assert any(held[0][j] != with_all[j] for j in in_fold_2)

@@ -139,7 +139,7 @@ def fit(per_set: list[tuple[str, list[Levels]]], l2: float = 1.0) -> tuple[np.nd
     return weights, bias, counts
 
 
-def probabilities(queries: list[Levels], probe: Calibration) -> list[float | None]:
+def probabilities_of(queries: list[Levels], probe: Calibration) -> list[float | None]:
     """Each query's p under `probe` (None: a gate kept recall's order before any decision)."""
     return [None if q.features is None else probe.probability(dict(zip(FEATURES, q.features))) for q in queries]
 
@@ -153,7 +153,7 @@ def held_out_probabilities(
         weights, bias, _ = fit([(name, [q for q in queries if q.fold != k]) for name, queries in per_set])
         without = replace(probe, weights=tuple(float(w) for w in weights), bias=bias)
         for held, (_, queries) in zip(out, per_set):
-            for j, (q, p) in enumerate(zip(queries, probabilities(queries, without))):
+            for j, (q, p) in enumerate(zip(queries, probabilities_of(queries, without))):
                 if q.fold == k:
                     held[j] = p
     return out
@@ -216,7 +216,7 @@ def choose(
         ]
         weights, bias, counts = fit(per_set)
         probe = Calibration(tuple(float(w) for w in weights), bias, 1.0, fingerprint, strong_scale)
-        fitted_ps = [probabilities(queries, probe) for _, queries in per_set]
+        fitted_ps = [probabilities_of(queries, probe) for _, queries in per_set]
         held_ps = held_out_probabilities(per_set, probe, folds)
         for keep_below, threshold in ((k, t) for k in thresholds for t in thresholds if k <= t and t > 0):
             decision = replace(probe, threshold=threshold, keep_below=keep_below)
