@@ -47,6 +47,9 @@ EDIT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+# (source text, target text, the words swapped out, the words swapped in)
+Pair = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+
 # egocvr-swap's reported split: its first queries (docs/evaluation.md), left out of the redraw.
 REPORTED_QUERIES = 300
 
@@ -67,7 +70,7 @@ TWO_WORD_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def word_swaps(texts: list[str], n_words: int = 1) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+def word_swaps(texts: list[str], n_words: int = 1) -> list[Pair]:
     """Every ordered pair of distinct texts that differ in exactly `n_words` (1 or 2) words, at the same
     positions: (source, target, old words, new words)."""
     from itertools import combinations
@@ -122,23 +125,54 @@ def load_egocvr_swap(
         raise ValueError("a sparse or redrawn egocvr swap set is built for one-word swaps only")
     if sparse and redraw:
         raise ValueError("an egocvr swap set is either sparse or redrawn, not both")
-    held_out: set[str] = set()
-    if redraw:
-        first = load_egocvr_swap(folder, n_queries, seed, limit=min(reported, n_queries))
-        held_out = {q.source_text or "" for q in first.queries} | {
-            item.text or "" for item in first.items if any(item.id in first.qrels[q.id] for q in first.queries)
-        }
-        seed += 1
     _check_limit(limit)
     texts = sorted(
         {clean_narration(row["narration_text"]) for _, row in _read_csv(Path(folder) / "egocvr_data.csv", ())} - {""}
     )
     pairs = word_swaps(texts, n_words)
-    random.Random(seed).shuffle(pairs)
-    chosen: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = []
+    held_out: set[str] = set()
+    if redraw:
+        held_out = {text for pair in _choose_pairs(pairs, seed, min(reported, n_queries)) for text in pair[:2]}
+        seed += 1
+    chosen = _choose_pairs(pairs, seed, n_queries, sparse, held_out)
+    used_targets = {target for _, target, _, _ in chosen}
+    items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets | {c[0] for c in chosen})]
+    queries: list[ComposedQuery | TextQuery] = []
+    qrels: dict[str, dict[str, int]] = {}
+    if sparse:
+        name, prefix = "egocvr-swap-sparse", "swaps"
+    elif redraw:
+        name, prefix = "egocvr-swap-redraw", "swapr"
+    else:
+        name, prefix = ("egocvr-swap", "swap") if n_words == 1 else (f"egocvr-swap{n_words}", f"swap{n_words}")
+    templates = EDIT_TEMPLATES if n_words == 1 else TWO_WORD_TEMPLATES
+    for n, (source, target, old, new) in enumerate(chosen):
+        template = templates[int(hashlib.sha256(f"{source}|{target}".encode()).hexdigest(), 16) % len(templates)]
+        edit = template.format(old=old[0], new=new[0], old2=old[-1], new2=new[-1])
+        qid = f"{prefix}-{n:05d}"
+        queries.append(
+            ComposedQuery(id=qid, source=_text_id(source), edit=edit[:1].upper() + edit[1:], source_text=source)
+        )
+        qrels[qid] = {_text_id(target): 1}
+    stats = {"narrations": len(texts), "swap_pairs": len(pairs), "items": len(items), "queries": len(queries)}
+    if limit is not None:
+        queries = queries[:limit]
+        qrels = {q.id: qrels[q.id] for q in queries}
+    return Benchmark(name, items, queries, qrels, "global", stats, dev_only=redraw)
+
+
+def _choose_pairs(
+    pairs: list[Pair], seed: int, n_queries: int, sparse: bool = False, held_out: set[str] | None = None
+) -> list[Pair]:
+    """The first `n_queries` pairs of `seed`'s order whose target is not taken yet and that use no `held_out`
+    text (`sparse`: nor any text one word from a text already taken)."""
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    held_out = held_out or set()
+    chosen: list[Pair] = []
     used_targets: set[str] = set()
     near: set[tuple] = set()  # sparse: the one-word keys of every text taken so far
-    for source, target, old, new in pairs:
+    for source, target, old, new in order:
         if target in used_targets or source in held_out or target in held_out:
             continue
         if sparse:
@@ -150,30 +184,4 @@ def load_egocvr_swap(
         chosen.append((source, target, old, new))
         if len(chosen) == n_queries:
             break
-    items = [GalleryItem(_text_id(t), None, t) for t in sorted(used_targets | {c[0] for c in chosen})]
-    queries: list[ComposedQuery | TextQuery] = []
-    qrels: dict[str, dict[str, int]] = {}
-    for n, (source, target, old, new) in enumerate(chosen):
-        templates = EDIT_TEMPLATES if n_words == 1 else TWO_WORD_TEMPLATES
-        template = templates[int(hashlib.sha256(f"{source}|{target}".encode()).hexdigest(), 16) % len(templates)]
-        edit = template.format(old=old[0], new=new[0], old2=old[-1], new2=new[-1])
-        prefix = "swaps" if sparse else "swapr" if redraw else "swap" if n_words == 1 else f"swap{n_words}"
-        qid = f"{prefix}-{n:05d}"
-        queries.append(
-            ComposedQuery(id=qid, source=_text_id(source), edit=edit[:1].upper() + edit[1:], source_text=source)
-        )
-        qrels[qid] = {_text_id(target): 1}
-    stats = {"narrations": len(texts), "swap_pairs": len(pairs), "items": len(items), "queries": len(queries)}
-    if limit is not None:
-        queries = queries[:limit]
-        qrels = {q.id: qrels[q.id] for q in queries}
-    name = (
-        "egocvr-swap-sparse"
-        if sparse
-        else "egocvr-swap-redraw"
-        if redraw
-        else "egocvr-swap"
-        if n_words == 1
-        else f"egocvr-swap{n_words}"
-    )
-    return Benchmark(name, items, queries, qrels, "global", stats, dev_only=redraw)
+    return chosen

@@ -63,8 +63,8 @@ class Levels:
     example: bool  # the strong top-1 is not recall's and exactly one of the two is right: a training row
     features: tuple[float, ...] | None  # None: a gate kept recall's order before any decision
     pairs: int
+    fold: int  # its cross-fitting fold (`fold_of`)
     ranked: bool = True  # False: the query ranked nothing (counted in R@1 as a miss, in no flip)
-    fold: int = 0  # its cross-fitting fold (`fold_of`)
 
 
 def levels(
@@ -86,8 +86,9 @@ def levels(
         if not relevant:
             continue
         recalled, score, stored = stored_scorer(result["ranked"])
+        fold = fold_of(result["id"])
         if not recalled:
-            out.append(Levels(False, False, False, False, None, 0, ranked=False, fold=fold_of(result["id"])))
+            out.append(Levels(False, False, False, False, None, 0, ranked=False, fold=fold))
             continue
         capped = replace(default, depth=min(default.depth, stored))
         by_default = apply_policy(recalled, score, capped)
@@ -108,7 +109,7 @@ def levels(
                 features is not None and recall_top != strong_top and recall_right != strong_right,
                 features,
                 by_default.pairs,
-                fold=fold_of(result["id"]),
+                fold=fold,
             )
         )
     return out

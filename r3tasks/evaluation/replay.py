@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from r3tasks.datasets import load_benchmark
-from r3tasks.datasets.common import base_setting
+from r3tasks.datasets.common import Benchmark, base_setting
 from r3tasks.evaluation.metrics import ranked_ids
 from r3tasks.evaluation.sweeps import policy_grid, policy_sweep
 from r3tasks.rerank.policy import RerankPolicy, apply_policy, rerank_policy, stored_scorer
@@ -31,7 +31,9 @@ WEIGHTS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
 SCALES = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.1)
 
 
-def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
+def _stored(report_path: Path, benchmarks: dict[str, Benchmark]) -> tuple[dict, list[dict], dict[str, dict[str, int]]]:
+    """A report, its rerank arm's stored results and their qrels; `benchmarks` holds each dataset loaded once
+    (several reports of one dataset's ranges share it)."""
     report = json.loads(report_path.read_text())
     # `+rerank (reference)` scores every top-K pair; reports from before it was named call it `+rerank`.
     arm = next((a for a in report["arms"] if a["arm"] == "+rerank (reference)"), None) or next(
@@ -43,7 +45,9 @@ def _stored(report_path: Path) -> tuple[dict, list[dict], dict[str, dict[str, in
         )
     results = json.loads((Path(arm["results"]) / "results.json").read_text())["results"]
     split = report["split"]
-    benchmark = load_benchmark(split["dataset"])
+    if split["dataset"] not in benchmarks:
+        benchmarks[split["dataset"]] = load_benchmark(split["dataset"])
+    benchmark = benchmarks[split["dataset"]]
     if split["skip"]:
         benchmark = benchmark.queries_from(split["skip"])
     wanted = {r["id"] for r in results}
@@ -56,8 +60,9 @@ def pooled_reports(report_paths: list[Path]) -> list[tuple[dict, list[dict], dic
     dataset (dev passes run at different times) are pooled into one set, their base metrics query-weighted.
     The split's `reranker_fingerprints` name the rerankers whose scores its results hold (from their lineage)."""
     groups: dict[tuple[str, str], list[tuple[dict, list[dict], dict[str, dict[str, int]]]]] = {}
+    benchmarks: dict[str, Benchmark] = {}
     for path in report_paths:
-        report, results, qrels = _stored(path)
+        report, results, qrels = _stored(path, benchmarks)
         groups.setdefault((report["split"]["dataset"], base_setting(report["setting"])), []).append(
             (report, results, qrels)
         )
