@@ -183,7 +183,7 @@ def test_the_rule_reads_each_query_with_weights_fitted_without_it() -> None:
 
     default = RerankPolicy(depth=20, recall_window=0.12, reranker_scale=0.04)
     per_set = [
-        (split["dataset"], levels(results, qrels, default, 0.2))
+        (split["dataset"], levels(results, qrels, default, (0.2,))[0.2])
         for split, results, qrels, _ in (_synthetic_set("weak", 60, 0.3, 3), _synthetic_set("strong", 60, 0.9, 4))
     ]
     assert {q.fold for _, queries in per_set for q in queries} == {0, 1, 2, 3, 4}

@@ -68,19 +68,26 @@ class Levels:
 
 
 def levels(
-    results: list[dict], qrels: dict[str, dict[str, int]], default: RerankPolicy, strong_scale: float | None
-) -> list[Levels]:
-    """Each query with a relevant item under recall, the default and the strong fusion, from stored scores.
+    results: list[dict],
+    qrels: dict[str, dict[str, int]],
+    default: RerankPolicy,
+    strong_scales: tuple[float | None, ...],
+) -> dict[float | None, list[Levels]]:
+    """Each query with a relevant item under recall, the default and each strong fusion, from stored scores.
 
-    The three outcomes and the features do not depend on the calibration, so the whole (keep_below,
-    threshold) grid is read off them (`decide`) instead of replaying every policy on every query."""
-    strong = replace(
-        default,
-        embedding_weight=RerankPolicy.embedding_weight,
-        reranker_weight=RerankPolicy.reranker_weight,
-        reranker_scale=strong_scale,
-    )
-    out = []
+    The outcomes and the features do not depend on the calibration, so the whole (keep_below, threshold)
+    grid is read off them (`decide`) instead of replaying every policy on every query; recall's and the
+    default fusion's, and the features, are the same for every strong fusion and computed once."""
+    strong = {
+        scale: replace(
+            default,
+            embedding_weight=RerankPolicy.embedding_weight,
+            reranker_weight=RerankPolicy.reranker_weight,
+            reranker_scale=scale,
+        )
+        for scale in strong_scales
+    }
+    out: dict[float | None, list[Levels]] = {scale: [] for scale in strong_scales}
     for result in results:
         relevant = {i for i, grade in qrels.get(result["id"], {}).items() if grade > 0}
         if not relevant:
@@ -88,30 +95,33 @@ def levels(
         recalled, score, stored = stored_scorer(result["ranked"])
         fold = fold_of(result["id"])
         if not recalled:
-            out.append(Levels(False, False, False, False, None, 0, ranked=False, fold=fold))
+            for queries in out.values():
+                queries.append(Levels(False, False, False, False, None, 0, ranked=False, fold=fold))
             continue
         capped = replace(default, depth=min(default.depth, stored))
         by_default = apply_policy(recalled, score, capped)
-        by_strong = apply_policy(recalled, score, replace(strong, depth=capped.depth))
+        default_right = _top1({item.id: item.score for item in by_default.ranked}, relevant)[1]
         recall_top, recall_right = _top1(dict(recalled), relevant)
-        strong_top, strong_right = _top1({item.id: item.score for item in by_strong.ranked}, relevant)
         features = None
         if by_default.gate is None and by_default.depth:
-            # The block the decision reads: the one both fusions were given (same window and depth).
+            # The block the decision reads: the one every fusion was given (same window and depth).
             scores = dict(score([i for i, _ in recalled[: by_default.depth]]))
             named = decision_features(recalled, scores, by_default.depth)
             features = tuple(named[name] for name in FEATURES)
-        out.append(
-            Levels(
-                recall_right,
-                _top1({item.id: item.score for item in by_default.ranked}, relevant)[1],
-                strong_right,
-                features is not None and recall_top != strong_top and recall_right != strong_right,
-                features,
-                by_default.pairs,
-                fold=fold,
+        for scale, policy in strong.items():
+            by_strong = apply_policy(recalled, score, replace(policy, depth=capped.depth))
+            strong_top, strong_right = _top1({item.id: item.score for item in by_strong.ranked}, relevant)
+            out[scale].append(
+                Levels(
+                    recall_right,
+                    default_right,
+                    strong_right,
+                    features is not None and recall_top != strong_top and recall_right != strong_right,
+                    features,
+                    by_default.pairs,
+                    fold=fold,
+                )
             )
-        )
     return out
 
 
@@ -211,10 +221,9 @@ def choose(
     decisions: list[Calibration] = []  # each row's, for replaying the choice
     names = [f"{split['dataset']} ({split['setting']})" for split, *_ in pooled]
     depths = [stored_depth(results) for _, results, _, _ in pooled]
+    by_set = [levels(results, qrels, default, strong_scales) for _, results, qrels, _ in pooled]
     for strong_scale in strong_scales:
-        per_set = [
-            (name, levels(results, qrels, default, strong_scale)) for name, (_, results, qrels, _) in zip(names, pooled)
-        ]
+        per_set = [(name, queries[strong_scale]) for name, queries in zip(names, by_set)]
         weights, bias, counts = fit(per_set)
         probe = Calibration(tuple(float(w) for w in weights), bias, 1.0, fingerprint, strong_scale)
         fitted_ps = [probabilities_of(queries, probe) for _, queries in per_set]
